@@ -1,0 +1,1 @@
+"""Live feedback windows (PyQt5 + pyqtgraph): operator console and participant display."""

@@ -1,0 +1,1 @@
+"""Protocol runner: scripted staged-cadence sessions, cues, check-ins and safety."""

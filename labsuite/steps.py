@@ -1,0 +1,83 @@
+"""The per-step record: one row per foot contact, shared by the processor, the steps stream, the
+archive, the protocol runner and reports.
+
+Each field has a name with its unit in it and a unit string for metadata. Missing values (no impact
+peak, no IMU) are NaN. ``foot`` is 0 for left, 1 for right; ``loading_rate_method`` is 0 for
+``impact_peak`` and 1 for ``stance_13pct`` (Milner et al. 2006; Blackmore et al. 2016). Times are in
+seconds on the clock of the input: LSL time live, seconds from the start of a file offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FOOT_LEFT = 0
+FOOT_RIGHT = 1
+FOOT_NAMES = ("L", "R")
+
+METHOD_IMPACT_PEAK = 0
+METHOD_STANCE_13PCT = 1
+METHOD_NAMES = ("impact_peak", "stance_13pct")
+
+
+@dataclass(frozen=True)
+class StepField:
+    """One column of the step record: name (with unit), unit for metadata, short description."""
+
+    name: str
+    unit: str
+    description: str
+
+
+STEP_FIELDS: tuple[StepField, ...] = (
+    StepField("foot", "code", "0 left, 1 right"),
+    StepField("strike_s", "s", "foot strike time"),
+    StepField("toe_off_s", "s", "toe-off time"),
+    StepField("contact_s", "s", "contact (stance) time"),
+    StepField("step_s", "s", "time from the previous contralateral strike"),
+    StepField("stride_s", "s", "time from the previous ipsilateral strike"),
+    StepField("cadence_spm", "steps/min", "cadence over the last N steps"),
+    StepField("peak_vgrf_bw", "BW", "peak vertical ground reaction force"),
+    StepField("impact_peak_bw", "BW", "impact peak value, NaN when none"),
+    StepField("impact_peak_s", "s", "impact peak time, NaN when none"),
+    StepField("valr_bw_per_s", "BW/s", "vertical average loading rate"),
+    StepField("vilr_bw_per_s", "BW/s", "vertical instantaneous loading rate"),
+    StepField("loading_rate_method", "code", "0 impact_peak, 1 stance_13pct"),
+    StepField("braking_impulse_bw_s", "BW*s", "braking (negative AP) impulse, as a negative number"),
+    StepField("propulsive_impulse_bw_s", "BW*s", "propulsive (positive AP) impulse"),
+    StepField("cop_strike_x_m", "m", "COP at strike, anterior-posterior, lab frame"),
+    StepField("cop_strike_y_m", "m", "COP at strike, medio-lateral, lab frame"),
+    StepField("cop_path_m", "m", "COP path length during the contact"),
+    StepField("tibial_peak_g", "g", "peak axial tibial acceleration, NaN without IMU"),
+    StepField("step_length_m", "m", "step length from belt speed and step time"),
+    StepField("crossover", "flag", "1 when the foot touched both belts (metrics not valid)"),
+)
+
+STEP_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in STEP_FIELDS)
+STEP_DTYPE = np.dtype([(f.name, np.float64) for f in STEP_FIELDS])
+
+
+def empty_steps(n: int = 0) -> np.ndarray:
+    """Return a structured array of ``n`` step records filled with NaN."""
+    out = np.empty(n, dtype=STEP_DTYPE)
+    for name in STEP_FIELD_NAMES:
+        out[name] = np.nan
+    return out
+
+
+def steps_to_rows(steps: np.ndarray) -> np.ndarray:
+    """Return step records as a plain (n, n_fields) float64 array, column order ``STEP_FIELDS``."""
+    return np.column_stack([steps[name] for name in STEP_FIELD_NAMES]) if len(steps) else np.empty(
+        (0, len(STEP_FIELDS))
+    )
+
+
+def rows_to_steps(rows: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`steps_to_rows`: (n, n_fields) floats back into step records."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, len(STEP_FIELDS))
+    out = np.empty(len(rows), dtype=STEP_DTYPE)
+    for i, name in enumerate(STEP_FIELD_NAMES):
+        out[name] = rows[:, i]
+    return out

@@ -1,0 +1,1 @@
+"""Stream contracts and lab-side acquisition over LSL."""
