@@ -77,7 +77,7 @@ class Driver(abc.ABC):
         """React to a session command (treadmill speed, stop, heartbeat...). Default: ignore."""
 
     def on_idle(self, now_s: float) -> None:
-        """Called every loop turn with the LSL clock; drivers with timers (watchdogs) use it."""
+        """Run timers (watchdogs, ramps): called every loop turn with the LSL clock."""
 
 
 class DriverRunner:

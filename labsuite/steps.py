@@ -1,5 +1,6 @@
-"""The per-step record: one row per foot contact, shared by the processor, the steps stream, the
-archive, the protocol runner and reports.
+"""The per-step record: one row per foot contact, shared by every box of the data flow.
+
+The processor fills it; the steps stream, the archive, the protocol runner and reports read it.
 
 Each field has a name with its unit in it and a unit string for metadata. Missing values (no impact
 peak, no IMU) are NaN. ``foot`` is 0 for left, 1 for right; ``loading_rate_method`` is 0 for
