@@ -29,21 +29,21 @@ EVENT_METRONOME = "metronome"  # fields: spm (None = metronome off)
 EVENT_BEAT = "beat"  # fields: n, spm
 
 
-def encode(kind_field: str, name: str, **fields: Any) -> str:
+def encode(kind_field: str, name: str, /, **fields: Any) -> str:
     """Encode one marker or command as a compact JSON string; NaN becomes null."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in fields.items()}
     return json.dumps({kind_field: name, **clean}, separators=(",", ":"), sort_keys=False)
 
 
-def command(name: str, **fields: Any) -> str:
+def command(name: str, /, **fields: Any) -> str:
     """Encode a treadmill command, e.g. ``command(CMD_SPEED, right_m_s=3.0, left_m_s=3.0)``."""
     if name not in TREADMILL_COMMANDS:
         raise DeviceError(f"unknown treadmill command {name!r}; expected one of {TREADMILL_COMMANDS}")
     return encode("cmd", name, **fields)
 
 
-def marker(event: str, **fields: Any) -> str:
+def marker(event: str, /, **fields: Any) -> str:
     """Encode a marker, e.g. ``marker('stage_start', stage='baseline')``."""
     return encode("event", event, **fields)
 
