@@ -54,6 +54,14 @@ STEP_FIELDS: tuple[StepField, ...] = (
     StepField("tibial_peak_g", "g", "peak axial tibial acceleration, NaN without IMU"),
     StepField("step_length_m", "m", "step length from belt speed and step time"),
     StepField("crossover", "flag", "1 when the foot touched both belts (metrics not valid)"),
+    # Left/right symmetry over the last N steps of each foot (Robinson index 100*(L-R)/mean(L,R);
+    # 0 is symmetric, + means the left value is larger). NaN until both feet have steps.
+    StepField("si_contact_pct", "%", "symmetry index of contact time over the window"),
+    StepField("si_step_pct", "%", "symmetry index of step time over the window"),
+    StepField("si_peak_vgrf_pct", "%", "symmetry index of peak vertical force over the window"),
+    StepField("si_valr_pct", "%", "symmetry index of VALR over the window"),
+    StepField("si_vilr_pct", "%", "symmetry index of VILR over the window"),
+    StepField("si_tibial_peak_pct", "%", "symmetry index of peak tibial acceleration"),
 )
 
 STEP_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in STEP_FIELDS)
