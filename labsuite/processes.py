@@ -1,0 +1,146 @@
+"""Start, watch and stop the processes of a session (drivers, processor, recorder, session).
+
+LSL is the bus between roles, so each role runs in its own process (DESIGN.md: a crash or stall in
+one never stops another). :class:`Supervisor` starts them with the ``spawn`` method, restarts a
+role that dies when it is marked restartable (the gap stays visible in acquisition), and stops
+them all cleanly: a stop request first (the role closes its device or file), then terminate, then
+kill, so Ctrl-C never leaves a device process or a belt command behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from labsuite.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_CTX = mp.get_context("spawn")
+
+
+def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any) -> None:
+    """Child-process entry: ignore SIGINT (the parent decides when we stop), run the role."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(message)s")
+    target(stop=stop, **kwargs)
+
+
+@dataclass
+class Role:
+    """One supervised process: ``target(stop=Event, **kwargs)`` must return when ``stop`` is set."""
+
+    name: str
+    target: Callable[..., Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    restart: bool = True
+    process: Any = None
+    stop_event: Any = None
+    starts: int = 0
+    exits: list[int | None] = field(default_factory=list)
+
+
+class Supervisor:
+    """Run roles as child processes; restart the restartable ones; stop them all cleanly."""
+
+    def __init__(self, *, restart_delay_s: float = 0.5,
+                 on_event: Callable[[str, str], None] | None = None) -> None:
+        self.roles: dict[str, Role] = {}
+        self.restart_delay_s = restart_delay_s
+        self._on_event = on_event or (lambda role, text: log.info("%s: %s", role, text))
+        self._watch: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def add(self, name: str, target: Callable[..., Any], kwargs: dict[str, Any] | None = None,
+            *, restart: bool = True) -> None:
+        """Register a role; ``target`` must be importable (a module-level function)."""
+        if name in self.roles:
+            raise ConfigError(f"role {name!r} is already registered")
+        self.roles[name] = Role(name, target, dict(kwargs or {}), restart)
+
+    def start(self) -> Supervisor:
+        """Start every role and the watcher thread that restarts dead ones."""
+        for role in self.roles.values():
+            self._spawn(role)
+        self._watch = threading.Thread(target=self._watch_loop, name="supervisor", daemon=True)
+        self._watch.start()
+        return self
+
+    def _spawn(self, role: Role) -> None:
+        role.stop_event = _CTX.Event()
+        role.process = _CTX.Process(target=_entry, args=(role.target, role.kwargs, role.stop_event),
+                                    name=role.name, daemon=False)
+        role.process.start()
+        role.starts += 1
+        self._on_event(role.name, f"started (pid {role.process.pid})")
+
+    def _watch_loop(self) -> None:
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                for role in self.roles.values():
+                    proc = role.process
+                    if proc is None or proc.is_alive() or self._stopping.is_set():
+                        continue
+                    role.exits.append(proc.exitcode)
+                    role.process = None
+                    self._on_event(role.name, f"exited with code {proc.exitcode}")
+                    if role.restart:
+                        time.sleep(self.restart_delay_s)
+                        if not self._stopping.is_set():
+                            self._spawn(role)
+
+    def pid(self, name: str) -> int | None:
+        """Return the pid of a running role (None when not running)."""
+        proc = self.roles[name].process
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def kill(self, name: str) -> None:
+        """Kill a role's process hard (SIGKILL), as a crash would; it restarts if restartable."""
+        pid = self.pid(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+    def alive(self) -> dict[str, bool]:
+        """Return which roles are running."""
+        return {n: r.process is not None and r.process.is_alive() for n, r in self.roles.items()}
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, int | None]:
+        """Stop every role: ask, then terminate, then kill. Returns each role's exit code."""
+        self._stopping.set()
+        if self._watch is not None:
+            self._watch.join(timeout=5.0)
+        with self._lock:
+            for role in self.roles.values():
+                if role.stop_event is not None:
+                    role.stop_event.set()
+            deadline = time.monotonic() + timeout_s
+            codes: dict[str, int | None] = {}
+            for role in self.roles.values():
+                proc = role.process
+                if proc is None:
+                    codes[role.name] = role.exits[-1] if role.exits else None
+                    continue
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    self._on_event(role.name, "did not stop in time; terminating")
+                    proc.terminate()
+                    proc.join(3.0)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(3.0)
+                codes[role.name] = proc.exitcode
+        return codes
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
