@@ -131,7 +131,8 @@ class TreadmillDriver(Driver):
     """Base of every treadmill driver: commands in, belt state out, watchdog on the heartbeat.
 
     Subclasses implement the hardware: ``_connect``, ``_disconnect``, ``_send_belt_command`` and
-    ``_read_state``. The base class guarantees that
+    ``_read_state`` (and count their packets in ``health.frames_ok``/``frames_bad``). The base class
+    guarantees that
 
     * nothing is sent before a state (and so the current incline) has been read from the device;
     * every command carries the incline last read, unless an ``incline`` command asks otherwise;
@@ -226,7 +227,6 @@ class TreadmillDriver(Driver):
         state = self._read_state(wait_s)
         if state is not None:
             self.state = state
-            self.health.frames_ok += 1
         now = pylsl.local_clock()
         if now < self._next_tick_s:
             time.sleep(max(0.0, min(self._next_tick_s - now, timeout_s)))
@@ -291,6 +291,13 @@ class TreadmillDriver(Driver):
             self._event("watchdog_stop", f"no session heartbeat for {now_s - last:.2f} s "
                         f"(limit {self.settings.heartbeat_timeout_s} s); ramped stop")
             self._command(0.0, 0.0, self.settings.stop_decel_m_s2, None, "watchdog stop")
+
+    def poll_state(self, timeout_s: float) -> BeltState | None:
+        """Read the device for up to ``timeout_s`` and return the latest state (for one-shot tools)."""
+        state = self._read_state(timeout_s)
+        if state is not None:
+            self.state = state
+        return self.state
 
     # ---- helpers -----------------------------------------------------------------------------
     def _on_speed(self, command: dict[str, Any]) -> None:
