@@ -64,9 +64,9 @@ def test_every_stream_kind_round_trips_through_lsl_metadata(uid):
     np.testing.assert_allclose(c.setup_floats(fp, "force_platform", "origin_m"), [0, 0, -0.02])
     assert fp.setup["force_platform"]["calibration_id"] == "cal-42"
     assert fp.units == ("N", "N", "N", "N*m", "N*m", "N*m")
-    cam = [s for s in specs if s.kind == c.KIND_CAMERA][0]
+    cam = next(s for s in specs if s.kind == c.KIND_CAMERA)
     assert cam.can_drop_samples
-    steps = [s for s in specs if s.kind == c.KIND_STEPS][0]
+    steps = next(s for s in specs if s.kind == c.KIND_STEPS)
     assert steps.labels == STEP_FIELD_NAMES
     del outlets
 
