@@ -1,0 +1,662 @@
+"""The session stage machine: a plain synchronous object driven by the LSL clock and step records.
+
+``feed(now_s, steps)`` (and the operator/safety methods) return :class:`Action` lists — markers and
+treadmill commands, already JSON-encoded — that :mod:`labsuite.protocol.session` publishes over LSL.
+It knows nothing of LSL, threads or terminals, so every rule is unit-testable with plain arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labsuite.errors import ConfigError
+from labsuite.protocol.schema import (
+    BaselineStage,
+    CadenceStage,
+    Protocol,
+    RetentionStage,
+)
+from labsuite.stages import EVENT_STAGE_END, EVENT_STAGE_START, StageRecord
+from labsuite.steps import STEP_DTYPE
+from labsuite.streams import messages as msg
+
+# Marker events published by the session (besides stage_start/stage_end, metronome and beat).
+EVENT_SESSION_START = "session_start"
+EVENT_SESSION_END = "session_end"
+EVENT_CUE = "cue"
+EVENT_BASELINE = "baseline"
+EVENT_BODY_WEIGHT = "body_weight"
+EVENT_CHECKIN_REQUEST = "checkin_request"
+EVENT_CHECKIN = "checkin"
+EVENT_OPERATOR = "operator"
+EVENT_PAUSED = "paused"
+EVENT_RESUMED = "resumed"
+EVENT_SAFETY_STOP = "safety_stop"
+EVENT_EMERGENCY_STOP = "emergency_stop"
+EVENT_BELT = "belt"
+EVENT_DECISION_REQUIRED = "operator_decision_required"
+
+DEFAULT_BAND_PERCENT = 3.0
+SUMMARY_LAST_STEPS = 30
+MIN_BASELINE_STEPS = 5
+GRAVITY_M_S2 = 9.80665
+
+STATE_IDLE = "idle"
+STATE_RUNNING = "running"
+STATE_PAUSED = "paused"
+STATE_FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing to publish: ``channel`` is 'marker' or 'command'; ``text`` the JSON; ``t_s`` LSL time."""
+
+    channel: str
+    name: str
+    text: str
+    t_s: float
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The decoded JSON object."""
+        return msg.decode(self.text)
+
+
+@dataclass
+class _Stats:
+    """Steps seen in the current stage (arrays grow by concatenation: a few per second)."""
+
+    steps: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=STEP_DTYPE))
+    in_band: list[bool] = field(default_factory=list)
+    consecutive_in_band: int = 0
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    v = values[np.isfinite(values)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def cadence_from_steps(steps: np.ndarray) -> float:
+    """Cadence in steps/min as 60 / mean step time of the given steps (NaN without valid steps)."""
+    step_s = steps["step_s"]
+    step_s = step_s[np.isfinite(step_s) & (step_s > 0)]
+    return float(60.0 / step_s.mean()) if len(step_s) else math.nan
+
+
+def _valid_loading(steps: np.ndarray) -> np.ndarray:
+    """Keep the steps whose loading metrics are valid (a foot on both belts invalidates them)."""
+    return steps[~(steps["crossover"] >= 1)]
+
+
+class SessionMachine:
+    """Run one protocol session: stages, cues, check-ins, operator actions and watchdogs.
+
+    ``protocol`` must already be resolved for its programme session (:meth:`Protocol.for_session`).
+    Times are LSL seconds. Call :meth:`start` once, then :meth:`feed` often (every 20-50 ms, with or
+    without new steps) so timers, beats and watchdogs run; :meth:`note_force` whenever force data
+    arrive.
+    """
+
+    def __init__(self, protocol: Protocol, *, programme_session: int | None = None,
+                 participant: str = "") -> None:
+        self.protocol = protocol
+        self.programme_session = programme_session
+        self.participant = participant
+        self.state = STATE_IDLE
+        self.stage_index = -1
+        self.records: list[StageRecord] = []
+        self.end_reason = ""
+        self.baseline_cadence_spm = math.nan
+        self.baseline_valr_bw_per_s = math.nan
+        self.baseline_tibial_g = math.nan
+        self.body_mass_kg = math.nan if protocol.participant.body_mass_kg is None else float(
+            protocol.participant.body_mass_kg)
+        self.pain: list[tuple[float, int, str]] = []  # (time, pain 0-10, reason)
+        self._checkin_id = 0
+        self._pending_checkins: list[int] = []
+        self._pause_reason = ""
+        self._stage_start_s = math.nan
+        self._active_s = 0.0
+        self._paused_s = 0.0
+        self._last_s = math.nan
+        self._stats = _Stats()
+        self._target_spm = math.nan
+        self._band = (math.nan, math.nan)
+        # belt: last command as a ramp from ``_belt_from`` at ``_belt_t0`` towards ``_belt_to``
+        self._belt_from = 0.0
+        self._belt_to = 0.0
+        self._belt_t0 = 0.0
+        self._belt_rate = protocol.safety.accel_m_s2
+        self._moving_since = math.nan
+        self._last_force_s = math.nan
+        self._last_contact_s = math.nan
+        self._force_samples: list[float] = []
+        # cues
+        self._cue_state: dict[str, Any] = {}
+        self._metronome_spm: float | None = None
+        self._next_beat_s = math.nan
+        self._beat_n = 0
+
+    # ---- public state ----------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True once the session has ended (all stages done, aborted or stopped)."""
+        return self.state == STATE_FINISHED
+
+    @property
+    def paused(self) -> bool:
+        """True while paused (by the operator or a check-in rule)."""
+        return self.state == STATE_PAUSED
+
+    @property
+    def stage(self) -> Any:
+        """The current stage model (None before start and after the end)."""
+        if 0 <= self.stage_index < len(self.protocol.stages) and self.state != STATE_FINISHED:
+            return self.protocol.stages[self.stage_index]
+        return None
+
+    @property
+    def target_cadence_spm(self) -> float:
+        """The current stage's resolved cadence target (NaN when none)."""
+        return self._target_spm
+
+    @property
+    def band_spm(self) -> tuple[float, float]:
+        """The current stage's tolerance band (low, high) in steps/min (NaN when none)."""
+        return self._band
+
+    @property
+    def pending_checkins(self) -> tuple[int, ...]:
+        """Ids of check-ins asked and not yet answered."""
+        return tuple(self._pending_checkins)
+
+    def belt_speed_m_s(self, now_s: float) -> float:
+        """Return the belt speed expected from the commands sent (ramps included), m/s."""
+        dt = max(0.0, now_s - self._belt_t0)
+        delta = self._belt_to - self._belt_from
+        step = self._belt_rate * dt
+        if abs(delta) <= step:
+            return self._belt_to
+        return self._belt_from + math.copysign(step, delta)
+
+    def stage_time_left_s(self) -> float:
+        """Active time left in the current stage (NaN when none)."""
+        stage = self.stage
+        return math.nan if stage is None else max(0.0, stage.duration_s - self._active_s)
+
+    def live(self) -> dict[str, Any]:
+        """Return a snapshot for progress displays: stage, time left, steps, cadence vs target, VALR."""
+        stage = self.stage
+        steps = self._stats.steps[-10:]
+        valid = _valid_loading(steps)
+        return {
+            "state": self.state,
+            "stage": stage.name if stage is not None else "",
+            "kind": stage.kind if stage is not None else "",
+            "index": self.stage_index,
+            "time_left_s": self.stage_time_left_s(),
+            "steps": len(self._stats.steps),
+            "cadence_spm": cadence_from_steps(steps),
+            "target_spm": self._target_spm,
+            "band_spm": self._band,
+            "in_band_run": self._stats.consecutive_in_band,
+            "valr_bw_per_s": _finite_mean(valid["valr_bw_per_s"]),
+            "baseline_valr_bw_per_s": self.baseline_valr_bw_per_s,
+            "tibial_peak_g": _finite_mean(valid["tibial_peak_g"]),
+            "feedback_on": bool(self._cue_state.get("feedback_on", False)),
+            "pause_reason": self._pause_reason,
+        }
+
+    # ---- driving -------------------------------------------------------------------------------
+    def start(self, now_s: float) -> list[Action]:
+        """Start the session: session_start marker, the opening check-in, the first stage."""
+        if self.state != STATE_IDLE:
+            raise ConfigError(f"session already {self.state}; start() is called once")
+        p = self.protocol
+        out = [self._marker(now_s, EVENT_SESSION_START, protocol=p.name, participant=self.participant,
+                            programme=p.programme.name if p.programme else None,
+                            programme_session=self.programme_session,
+                            programme_sessions=len(p.programme.sessions) if p.programme else None,
+                            stages=len(p.stages))]
+        self.state = STATE_RUNNING
+        self._last_s = now_s
+        self._last_force_s = now_s  # the force watchdog counts from the start
+        if p.checkins.at_start:
+            out += self._ask(now_s, "session_start")
+        out += self._begin_stage(now_s, 0)
+        return out
+
+    def feed(self, now_s: float, steps: np.ndarray | None = None) -> list[Action]:
+        """Advance to ``now_s`` with the step records that arrived since the last call."""
+        out: list[Action] = []
+        if self.state in (STATE_IDLE, STATE_FINISHED):
+            return out
+        dt = max(0.0, now_s - self._last_s) if math.isfinite(self._last_s) else 0.0
+        self._last_s = now_s
+        if steps is not None and len(steps):
+            if steps.dtype != STEP_DTYPE:
+                raise ConfigError(f"feed(): steps must have dtype STEP_DTYPE, got {steps.dtype}")
+            self._last_contact_s = now_s
+            if self.state == STATE_RUNNING:
+                out += self._take_steps(now_s, steps)
+        if self.state == STATE_PAUSED:
+            self._paused_s += dt
+            out += self._watchdogs(now_s)
+            return out
+        self._active_s += dt
+        out += self._watchdogs(now_s)
+        if self.state != STATE_RUNNING:
+            return out
+        out += self._update_cues(now_s)
+        out += self._beats(now_s)
+        out += self._maybe_advance(now_s)
+        return out
+
+    def note_force(self, now_s: float, vertical_force_n: float = math.nan) -> list[Action]:
+        """Force data arrived at ``now_s``; ``vertical_force_n`` is the total |Fz| (for weighing)."""
+        self._last_force_s = now_s
+        stage = self.stage
+        if stage is not None and stage.kind == "quiet_standing" and self.state == STATE_RUNNING \
+                and math.isfinite(vertical_force_n) and self._active_s >= stage.duration_s / 2:
+            # the second half only: the participant has settled after stepping on
+            self._force_samples.append(abs(vertical_force_n))
+        return []
+
+    # ---- operator ------------------------------------------------------------------------------
+    def pause(self, now_s: float, *, reason: str = "operator", source: str = "api") -> list[Action]:
+        """Pause: stage clock frozen, metronome off, belt ramped to a stop."""
+        out = [self._marker(now_s, EVENT_OPERATOR, action="pause", source=source)] \
+            if reason == "operator" else []
+        if self.state != STATE_RUNNING:
+            return out
+        self.state = STATE_PAUSED
+        self._pause_reason = reason
+        out.append(self._marker(now_s, EVENT_PAUSED, reason=reason, stage=self.stage.name))
+        out += self._set_metronome(now_s, None)
+        out += self._belt(now_s, 0.0)
+        self._stats.consecutive_in_band = 0
+        return out
+
+    def resume(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """Resume after a pause: belt back to the stage speed, cues on again."""
+        out = [self._marker(now_s, EVENT_OPERATOR, action="resume", source=source)]
+        if self.state != STATE_PAUSED:
+            return out
+        self.state = STATE_RUNNING
+        self._pause_reason = ""
+        out.append(self._marker(now_s, EVENT_RESUMED, stage=self.stage.name))
+        out += self._belt(now_s, self.protocol.stage_speed_m_s(self.stage_index))
+        self._cue_state = {}  # republish the cue state
+        out += self._update_cues(now_s)
+        return out
+
+    def skip(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """End the current stage now (reason 'skipped') and go to the next."""
+        out = [self._marker(now_s, EVENT_OPERATOR, action="skip", source=source)]
+        if self.state not in (STATE_RUNNING, STATE_PAUSED):
+            return out
+        if self.state == STATE_PAUSED:
+            self.state = STATE_RUNNING
+            self._pause_reason = ""
+            out.append(self._marker(now_s, EVENT_RESUMED, stage=self.stage.name))
+        return out + self._end_stage(now_s, "skipped")
+
+    def abort(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """End the session now: belt ramped to a stop, stage ended as 'aborted'."""
+        out = [self._marker(now_s, EVENT_OPERATOR, action="abort", source=source)]
+        return out + self._finish(now_s, "aborted", stage_reason="aborted")
+
+    def emergency_stop(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """Emergency stop: the command first, then the markers; the session ends."""
+        out = [self._command(now_s, msg.CMD_EMERGENCY_STOP, source=source),
+               self._marker(now_s, EVENT_EMERGENCY_STOP, source=source)]
+        self._belt_from = self._belt_to = 0.0
+        self._belt_t0 = now_s
+        return out + self._finish(now_s, "emergency_stop", stage_reason="safety_stop", stop_belt=False)
+
+    def request_checkin(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """Ask for a pain rating now (on request)."""
+        out = [self._marker(now_s, EVENT_OPERATOR, action="checkin", source=source)]
+        return out + self._ask(now_s, "request")
+
+    def answer_pain(self, now_s: float, pain: int, *, checkin_id: int | None = None,
+                    source: str = "api") -> list[Action]:
+        """Record a pain rating 0-10 and apply the file's rules (pause, or stop the session)."""
+        if isinstance(pain, bool) or not isinstance(pain, (int, np.integer)) or not 0 <= pain <= 10:
+            raise ConfigError(f"pain rating: expected an integer 0-10, got {pain!r}")
+        pain = int(pain)
+        if checkin_id is None:
+            checkin_id = self._pending_checkins[0] if self._pending_checkins else 0
+        if checkin_id in self._pending_checkins:
+            self._pending_checkins.remove(checkin_id)
+        rules = self.protocol.checkins
+        first = self.pain[0][1] if self.pain else pain
+        self.pain.append((now_s, pain, str(checkin_id)))
+        action = "none"
+        if rules.stop_at is not None and pain >= rules.stop_at:
+            action = "stop"
+        elif rules.stop_on_rise is not None and pain - first >= rules.stop_on_rise:
+            action = "stop"
+        elif rules.pause_at is not None and pain >= rules.pause_at:
+            action = "pause"
+        out = [self._marker(now_s, EVENT_CHECKIN, id=checkin_id, pain=pain, first_pain=first,
+                            action=action, source=source)]
+        if self.state == STATE_FINISHED or self.state == STATE_IDLE:
+            return out
+        if action == "stop":
+            out += self._finish(now_s, "pain_stop", stage_reason="pain_stop")
+        elif action == "pause":
+            out += self.pause(now_s, reason="pain")
+            out.append(self._marker(now_s, EVENT_DECISION_REQUIRED, reason="pain", pain=pain,
+                                    options=["resume", "abort"]))
+        return out
+
+    # ---- internals: stages ------------------------------------------------------------------------
+    def _begin_stage(self, now_s: float, index: int) -> list[Action]:
+        p = self.protocol
+        stage = p.stages[index]
+        self.stage_index = index
+        self._stage_start_s = now_s
+        self._active_s = 0.0
+        self._paused_s = 0.0
+        self._stats = _Stats()
+        self._force_samples = []
+        self._target_spm, self._band = self._resolve_target(stage)
+        speed = p.stage_speed_m_s(index)
+        out = [self._marker(now_s, EVENT_STAGE_START, index=index, name=stage.name, kind=stage.kind,
+                            duration_s=stage.duration_s, target_cadence_spm=self._target_spm,
+                            band_low_spm=self._band[0], band_high_spm=self._band[1],
+                            belt_speed_m_s=speed, instructions=stage.instructions)]
+        out += self._belt(now_s, speed)
+        self._cue_state = {}
+        out += self._update_cues(now_s)
+        return out
+
+    def _resolve_target(self, stage: Any) -> tuple[float, tuple[float, float]]:
+        if not isinstance(stage, (CadenceStage, RetentionStage)) or not stage.has_target:
+            return math.nan, (math.nan, math.nan)
+        if stage.target_spm is not None:
+            target = float(stage.target_spm)
+        else:
+            target = self.baseline_cadence_spm * (1 + float(stage.target_percent or 0.0) / 100)
+        if stage.band_spm is not None:
+            half = float(stage.band_spm)
+        else:
+            half = target * (stage.band_percent or DEFAULT_BAND_PERCENT) / 100
+        return target, (target - half, target + half)
+
+    def _maybe_advance(self, now_s: float) -> list[Action]:
+        stage = self.stage
+        if stage is None:
+            return []
+        until_steps = getattr(stage, "until_steps", None)
+        until_band = getattr(stage, "until_in_band_steps", None)
+        if until_band is not None and self._stats.consecutive_in_band >= until_band:
+            return self._end_stage(now_s, "in_band")
+        if until_steps is not None and len(self._stats.steps) >= until_steps:
+            return self._end_stage(now_s, "steps")
+        if self._active_s >= stage.duration_s:
+            return self._end_stage(now_s, "time")
+        return []
+
+    def _end_stage(self, now_s: float, reason: str) -> list[Action]:
+        out: list[Action] = []
+        stage = self.stage
+        out += self._set_metronome(now_s, None)
+        summary = self._summary()
+        if isinstance(stage, BaselineStage) and reason not in ("aborted", "safety_stop", "pain_stop"):
+            out += self._measure_baseline(now_s, stage)
+        if stage.kind == "quiet_standing" and self._force_samples:
+            self.body_mass_kg = float(np.mean(self._force_samples)) / GRAVITY_M_S2
+            out.append(self._marker(now_s, EVENT_BODY_WEIGHT, mass_kg=round(self.body_mass_kg, 2),
+                                    force_n=round(float(np.mean(self._force_samples)), 1),
+                                    samples=len(self._force_samples)))
+            summary["body_mass_kg"] = self.body_mass_kg
+        record = StageRecord(
+            index=self.stage_index, name=stage.name, kind=stage.kind,
+            start_s=self._stage_start_s, end_s=now_s,
+            target_cadence_spm=self._target_spm, band_low_spm=self._band[0],
+            band_high_spm=self._band[1],
+            belt_speed_m_s=self.protocol.stage_speed_m_s(self.stage_index),
+            end_reason=reason, feedback_json=json.dumps(self._feedback_config(stage)),
+            summary_json=json.dumps(_json_safe(summary)))
+        self.records.append(record)
+        out.append(Action("marker", EVENT_STAGE_END, msg.marker(EVENT_STAGE_END,
+                                                                **record.to_marker_fields()), now_s))
+        if reason in ("aborted", "safety_stop", "pain_stop", "interrupted"):
+            return out
+        checkin = stage.checkin if stage.checkin is not None else self.protocol.checkins.at_stage_boundaries
+        if checkin:
+            out += self._ask(now_s, "stage_end")
+        if isinstance(stage, BaselineStage) and not math.isfinite(self.baseline_cadence_spm):
+            return out + self._finish(now_s, "baseline_failed", stage_reason=None)
+        if self.stage_index + 1 < len(self.protocol.stages):
+            return out + self._begin_stage(now_s, self.stage_index + 1)
+        return out + self._finish(now_s, "completed", stage_reason=None)
+
+    def _finish(self, now_s: float, reason: str, *, stage_reason: str | None,
+                stop_belt: bool = True) -> list[Action]:
+        if self.state in (STATE_FINISHED, STATE_IDLE):
+            return []
+        out: list[Action] = []
+        if stop_belt:
+            out += self._belt(now_s, 0.0)
+        if stage_reason is not None and self.stage is not None:
+            out += self._end_stage(now_s, stage_reason)
+        out += self._set_metronome(now_s, None)
+        self.state = STATE_FINISHED
+        self.end_reason = reason
+        out.append(self._marker(now_s, EVENT_SESSION_END, reason=reason, stages_run=len(self.records)))
+        return out
+
+    def _measure_baseline(self, now_s: float, stage: BaselineStage) -> list[Action]:
+        steps = self._stats.steps[-stage.measure_last_steps:]
+        if len(steps) < MIN_BASELINE_STEPS:
+            return [self._marker(now_s, EVENT_BASELINE, ok=False, n_steps=len(steps),
+                                 detail=f"only {len(steps)} steps; at least {MIN_BASELINE_STEPS} needed")]
+        valid = _valid_loading(steps)
+        self.baseline_cadence_spm = cadence_from_steps(steps)
+        self.baseline_valr_bw_per_s = _finite_mean(valid["valr_bw_per_s"])
+        self.baseline_tibial_g = _finite_mean(valid["tibial_peak_g"])
+        return [self._marker(now_s, EVENT_BASELINE, ok=True, n_steps=len(steps),
+                             cadence_spm=self.baseline_cadence_spm,
+                             valr_bw_per_s=self.baseline_valr_bw_per_s,
+                             tibial_peak_g=self.baseline_tibial_g)]
+
+    def _take_steps(self, now_s: float, steps: np.ndarray) -> list[Action]:
+        stage = self.stage
+        if stage is None:
+            return []
+        # a step struck before this stage began belongs to the previous one
+        mine = steps[~(steps["strike_s"] < self._stage_start_s)]
+        if not len(mine):
+            return []
+        self._stats.steps = np.concatenate([self._stats.steps, mine])
+        low, high = self._band
+        for step in mine:
+            if not math.isfinite(low):
+                continue
+            cad = float(step["cadence_spm"])
+            if not math.isfinite(cad) and step["step_s"] > 0:
+                cad = 60.0 / float(step["step_s"])
+            ok = bool(low <= cad <= high)
+            self._stats.in_band.append(ok)
+            self._stats.consecutive_in_band = self._stats.consecutive_in_band + 1 if ok else 0
+        return []
+
+    def _summary(self) -> dict[str, Any]:
+        steps = self._stats.steps
+        last = steps[-SUMMARY_LAST_STEPS:]
+        valid = _valid_loading(last)
+        valr = _finite_mean(valid["valr_bw_per_s"])
+        tib = _finite_mean(valid["tibial_peak_g"])
+        out: dict[str, Any] = {
+            "n_steps": len(steps),
+            "active_s": self._active_s,
+            "paused_s": self._paused_s,
+            "cadence_spm": cadence_from_steps(last),
+            "cadence_all_spm": cadence_from_steps(steps),
+            "valr_bw_per_s": valr,
+            "vilr_bw_per_s": _finite_mean(valid["vilr_bw_per_s"]),
+            "tibial_peak_g": tib,
+            "valr_percent_of_baseline": 100 * valr / self.baseline_valr_bw_per_s,
+            "tibial_percent_of_baseline": 100 * tib / self.baseline_tibial_g,
+            "cadence_percent_of_baseline": 100 * cadence_from_steps(last) / self.baseline_cadence_spm,
+        }
+        if self._stats.in_band:
+            out["in_band_fraction"] = float(np.mean(self._stats.in_band))
+        if self.pain:
+            out["last_pain"] = self.pain[-1][1]
+        return out
+
+    def _feedback_config(self, stage: Any) -> dict[str, Any]:
+        cues = getattr(stage, "cues", None)
+        return {} if cues is None else cues.model_dump(exclude_none=True)
+
+    # ---- internals: cues -------------------------------------------------------------------------
+    def _feedback_on(self) -> bool:
+        stage = self.stage
+        cues = getattr(stage, "cues", None)
+        if cues is None or not cues.any:
+            return False
+        if cues.fading is None:
+            return True
+        phase = (self._active_s % cues.fading.period_s) / cues.fading.period_s
+        return phase < cues.fading.on_fraction
+
+    def _update_cues(self, now_s: float) -> list[Action]:
+        stage = self.stage
+        cues = getattr(stage, "cues", None)
+        on = self._feedback_on()
+        metronome: float | None = None
+        band: tuple[float, float] | None = None
+        valr_max = tib_max = math.nan
+        if on and cues is not None:
+            if cues.metronome is not None:
+                metronome = self._target_spm if cues.metronome.spm == "target" else float(cues.metronome.spm)
+                if not math.isfinite(metronome):
+                    metronome = None
+            if cues.visual_band:
+                band = self._band
+            if cues.loading_rate is not None:
+                valr_max = self.baseline_valr_bw_per_s * cues.loading_rate.max_percent_of_baseline / 100
+            if cues.tibial_shock is not None:
+                ts = cues.tibial_shock
+                tib_max = ts.max_g if ts.max_g is not None else (
+                    self.baseline_tibial_g * (ts.max_percent_of_baseline or 0.0) / 100)
+        state = {"stage": stage.name, "feedback_on": on,
+                 "metronome_spm": metronome,
+                 "band_low_spm": band[0] if band else None,
+                 "band_high_spm": band[1] if band else None,
+                 "target_spm": self._target_spm if band else None,
+                 "valr_max_bw_per_s": valr_max, "tibial_max_g": tib_max}
+        state = _json_safe(state)
+        out: list[Action] = []
+        if state != self._cue_state:
+            self._cue_state = state
+            out.append(self._marker(now_s, EVENT_CUE, **state))
+        out += self._set_metronome(now_s, metronome)
+        return out
+
+    def _set_metronome(self, now_s: float, spm: float | None) -> list[Action]:
+        if spm == self._metronome_spm:
+            return []
+        previous = self._metronome_spm
+        self._metronome_spm = spm
+        if spm is not None:
+            # keep the beat going when only the rate changes; start at once otherwise
+            last_beat = self._next_beat_s - 60.0 / previous if previous else math.nan
+            self._next_beat_s = last_beat + 60.0 / spm if math.isfinite(last_beat) else now_s
+            self._next_beat_s = max(self._next_beat_s, now_s)
+        return [self._marker(now_s, msg.EVENT_METRONOME, spm=spm)]
+
+    def _beats(self, now_s: float) -> list[Action]:
+        spm = self._metronome_spm
+        if spm is None:
+            return []
+        period = 60.0 / spm
+        out = []
+        # after a long stall, do not fire a burst of stale beats: resume the beat from now
+        if now_s - self._next_beat_s > 2 * period:
+            self._next_beat_s = now_s
+        while self._next_beat_s <= now_s:
+            self._beat_n += 1
+            out.append(self._marker(self._next_beat_s, msg.EVENT_BEAT, n=self._beat_n, spm=spm))
+            self._next_beat_s += period
+        return out
+
+    # ---- internals: belt and safety ---------------------------------------------------------------
+    def _belt(self, now_s: float, speed_m_s: float) -> list[Action]:
+        current = self.belt_speed_m_s(now_s)
+        if speed_m_s == self._belt_to:
+            return []
+        s = self.protocol.safety
+        self._belt_from, self._belt_to, self._belt_t0 = current, speed_m_s, now_s
+        self._belt_rate = s.accel_m_s2
+        if current == 0.0 and speed_m_s > 0:
+            self._moving_since = now_s
+        if speed_m_s > 0:
+            cmd = self._command(now_s, msg.CMD_SPEED, right_m_s=speed_m_s, left_m_s=speed_m_s,
+                                accel_m_s2=s.accel_m_s2)
+        else:
+            cmd = self._command(now_s, msg.CMD_STOP, decel_m_s2=s.accel_m_s2)
+        return [cmd, self._marker(now_s, EVENT_BELT, speed_m_s=speed_m_s, accel_m_s2=s.accel_m_s2)]
+
+    def _watchdogs(self, now_s: float) -> list[Action]:
+        if self._belt_to <= 0 and self.belt_speed_m_s(now_s) <= 0:
+            return []
+        s = self.protocol.safety
+        if now_s - self._last_force_s > s.force_timeout_s:
+            return self._safety_stop(now_s, "force_timeout",
+                                     f"no force data for {now_s - self._last_force_s:.2f} s "
+                                     f"(limit {s.force_timeout_s:g} s) while the belt moves")
+        ramp_s = self._belt_to / s.accel_m_s2 if self._belt_to > 0 else 0.0
+        since = max(self._last_contact_s if math.isfinite(self._last_contact_s) else -math.inf,
+                    self._moving_since + ramp_s if math.isfinite(self._moving_since) else -math.inf)
+        if self._belt_to > 0 and math.isfinite(since) and now_s - since > s.no_contact_timeout_s:
+            return self._safety_stop(now_s, "no_contact",
+                                     f"no foot contact for {now_s - since:.2f} s "
+                                     f"(limit {s.no_contact_timeout_s:g} s) while the belt moves")
+        return []
+
+    def _safety_stop(self, now_s: float, reason: str, detail: str) -> list[Action]:
+        s = self.protocol.safety
+        out = [self._command(now_s, msg.CMD_STOP, decel_m_s2=s.stop_decel_m_s2, reason=reason),
+               self._marker(now_s, EVENT_SAFETY_STOP, reason=reason, detail=detail)]
+        self._belt_from, self._belt_to, self._belt_t0 = self.belt_speed_m_s(now_s), 0.0, now_s
+        self._belt_rate = s.stop_decel_m_s2
+        return out + self._finish(now_s, f"safety_stop:{reason}", stage_reason="safety_stop",
+                                  stop_belt=False)
+
+    # ---- internals: check-ins and encoding --------------------------------------------------------
+    def _ask(self, now_s: float, reason: str) -> list[Action]:
+        self._checkin_id += 1
+        self._pending_checkins.append(self._checkin_id)
+        stage = self.stage
+        return [self._marker(now_s, EVENT_CHECKIN_REQUEST, id=self._checkin_id, reason=reason,
+                             stage=stage.name if stage is not None else None,
+                             question="pain 0-10")]
+
+    def _marker(self, t_s: float, event: str, **fields: Any) -> Action:
+        return Action("marker", event, msg.marker(event, **fields), t_s)
+
+    def _command(self, t_s: float, name: str, **fields: Any) -> Action:
+        return Action("command", name, msg.command(name, **fields), t_s)
+
+
+def _json_safe(obj: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf become None so summaries are valid JSON."""
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if isinstance(v, (float, np.floating)):
+            out[k] = float(v) if math.isfinite(v) else None
+        elif isinstance(v, np.integer):
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
