@@ -46,6 +46,7 @@ KIND_TREADMILL = "treadmill"
 KIND_MARKERS = "markers"
 KIND_STEPS = "steps"
 KIND_COMMANDS = "commands"
+KIND_SIM_GAIT = "sim_gait"  # the simulator's planned steps (ground truth), never from real devices
 
 LSL_TYPES: dict[str, str] = {
     KIND_FORCE_PLATE: "ForcePlate",
@@ -55,6 +56,7 @@ LSL_TYPES: dict[str, str] = {
     KIND_MARKERS: "Markers",
     KIND_STEPS: "GaitSteps",
     KIND_COMMANDS: "Commands",
+    KIND_SIM_GAIT: "SimulatedGait",
 }
 
 # Channel labels as constants (the order is the stream's channel order).
