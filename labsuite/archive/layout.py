@@ -1,0 +1,112 @@
+"""The session file layout (format version 1): names, attribute keys and small helpers.
+
+Shared by the writer (labsuite.archive.writer) and the reader (labsuite.archive.reader) so both
+agree on every name; docs/archive.md documents the same layout for readers without labsuite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from labsuite.errors import ConfigError
+from labsuite.streams.contracts import Channel, StreamSpec
+
+FORMAT_NAME = "labsuite-session"
+FORMAT_VERSION = 1
+
+STREAMS = "streams"
+STEPS = "steps"
+MARKERS = "markers"
+STAGES = "stages"
+CALIBRATION = "calibration"
+EVENTS = "events"
+
+# In a stream group.
+TIME_STAMPS = "time_stamps"  # (n,) float64, raw LSL timestamps as received
+TIME_SERIES = "time_series"  # (n, channels) numeric samples, the stream's own dtype
+CLOCK_OFFSETS = "clock_offsets"  # (k, 2) float64: local LSL time of the measurement, offset s
+TEXT_DATA = "text_data"  # uint8 UTF-8 bytes of every text sample, back to back
+TEXT_END = "text_end"  # int64 end offset (exclusive) of sample i in text_data
+COMMITTED = "committed"  # (1,) int64: rows complete on disk; rows beyond it are not trusted
+LATE_SPEC = "spec"  # late slots: a text log holding the stream description as JSON
+
+LATE_PREFIX = "late_"
+
+PARTICIPANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def validate_participant_id(participant_id: str) -> str:
+    """Return ``participant_id`` if it is a pseudonymous id safe in a path; ConfigError otherwise."""
+    if not isinstance(participant_id, str) or not PARTICIPANT_RE.match(participant_id):
+        raise ConfigError(f"participant_id: expected 1-32 characters from A-Z a-z 0-9 _ - "
+                          f"(a pseudonymous id, never a name), got {participant_id!r}")
+    return participant_id
+
+
+def stream_key(source_id: str, taken: set[str]) -> str:
+    """Return an HDF5-safe group name for a stream, unique among ``taken``."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", source_id) or "stream"
+    if base.startswith(LATE_PREFIX):
+        base = "s_" + base  # late_* names are reserved for the spare slots
+    key, n = base, 2
+    while key in taken:
+        key, n = f"{base}_{n}", n + 1
+    return key
+
+
+def spec_to_json(spec: StreamSpec) -> str:
+    """Serialise a stream description to JSON (numbers in setup become lists)."""
+    return json.dumps({
+        "name": spec.name,
+        "kind": spec.kind,
+        "lsl_type": spec.lsl_type,
+        "channels": [{"label": c.label, "unit": c.unit, "type": c.type} for c in spec.channels],
+        "rate_hz": spec.rate_hz,
+        "dtype": spec.dtype,
+        "source_id": spec.source_id,
+        "manufacturer": spec.manufacturer,
+        "model": spec.model,
+        "serial_number": spec.serial_number,
+        "setup": _jsonable(spec.setup),
+        "can_drop_samples": spec.can_drop_samples,
+    }, separators=(",", ":"))
+
+
+def spec_from_json(text: str) -> StreamSpec:
+    """Rebuild a stream description from :func:`spec_to_json` output."""
+    obj = json.loads(text)
+    return StreamSpec(
+        name=obj["name"], kind=obj["kind"],
+        channels=tuple(Channel(c["label"], c["unit"], c["type"]) for c in obj["channels"]),
+        rate_hz=float(obj["rate_hz"]), dtype=obj["dtype"], source_id=obj["source_id"],
+        manufacturer=obj.get("manufacturer", ""), model=obj.get("model", ""),
+        serial_number=obj.get("serial_number", ""), setup=obj.get("setup", {}),
+        can_drop_samples=bool(obj.get("can_drop_samples", False)),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return np.asarray(value, dtype=float).tolist()
+
+
+def decode_text_log(data: np.ndarray, end: np.ndarray) -> list[str]:
+    """Split the back-to-back UTF-8 bytes of a text log into its strings."""
+    raw = np.asarray(data, dtype=np.uint8).tobytes()
+    out, start = [], 0
+    for stop in np.asarray(end, dtype=np.int64):
+        out.append(raw[start:int(stop)].decode("utf-8", errors="replace"))
+        start = int(stop)
+    return out
