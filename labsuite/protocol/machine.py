@@ -252,9 +252,11 @@ class SessionMachine:
         out += self._watchdogs(now_s)
         if self.state != STATE_RUNNING:
             return out
-        out += self._update_cues(now_s)
+        # beats due so far belong to the stage as it was; a new stage starts with its own cues
         out += self._beats(now_s)
         out += self._maybe_advance(now_s)
+        if self.state == STATE_RUNNING:
+            out += self._update_cues(now_s)
         return out
 
     def note_force(self, now_s: float, vertical_force_n: float = math.nan) -> list[Action]:

@@ -1,0 +1,318 @@
+"""The stage machine without LSL: stages, targets, cues, fading, check-ins, operator and watchdogs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labsuite.errors import ConfigError
+from labsuite.protocol.machine import SessionMachine, cadence_from_steps
+from labsuite.protocol.schema import load_protocol, parse_protocol
+from labsuite.stages import StageRecord
+from labsuite.steps import empty_steps
+
+REPO = Path(__file__).resolve().parents[1]
+
+TICK_S = 0.05
+
+
+def protocol(stages: str, extra: str = "") -> object:
+    text = f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n{extra}\nstages:\n{stages}"
+    return parse_protocol(text, "test.yaml")
+
+
+class Lab:
+    """Drive a machine with a virtual participant stepping at ``cadence_spm`` (ticks of 50 ms)."""
+
+    def __init__(self, machine: SessionMachine, cadence_spm: float = 160.0, t0: float = 1000.0) -> None:
+        self.m = machine
+        self.t = t0
+        self.cadence_spm = cadence_spm
+        self.valr_of = lambda spm: 80.0 * (160.0 / spm) ** 2
+        self.next_strike = t0 + 0.3
+        self.foot = 0
+        self.actions = list(machine.start(t0))
+        self.stepping = True
+        self.force = True
+
+    def run(self, seconds: float) -> list:
+        out = []
+        end = self.t + seconds
+        while self.t < end - 1e-9 and not self.m.finished:
+            self.t += TICK_S
+            steps = empty_steps(0)
+            if self.stepping:
+                strikes = []
+                while self.next_strike <= self.t:
+                    strikes.append(self.next_strike)
+                    self.next_strike += 60.0 / self.cadence_spm
+                steps = empty_steps(len(strikes))
+                for i, s in enumerate(strikes):
+                    self.foot ^= 1
+                    steps[i]["foot"] = self.foot
+                    steps[i]["strike_s"] = s
+                    steps[i]["step_s"] = 60.0 / self.cadence_spm
+                    steps[i]["cadence_spm"] = self.cadence_spm
+                    steps[i]["valr_bw_per_s"] = self.valr_of(self.cadence_spm)
+                    steps[i]["tibial_peak_g"] = 8.0 * 160.0 / self.cadence_spm
+                    steps[i]["crossover"] = 0
+            else:
+                self.next_strike = self.t + 60.0 / self.cadence_spm
+            if self.force:
+                out += self.m.note_force(self.t, 700.0)
+            out += self.m.feed(self.t, steps)
+        self.actions += out
+        return out
+
+
+def events(actions, name=None):
+    return [a.fields for a in actions if a.channel == "marker" and (name is None or a.name == name)]
+
+
+def commands(actions, name=None):
+    return [a.fields for a in actions if a.channel == "command" and (name is None or a.name == name)]
+
+
+NO_CHECKINS = "checkins: {at_start: false, at_stage_boundaries: false}"
+
+BASE_PLUS = """\
+  - {name: stand, kind: quiet_standing, duration_s: 4}
+  - {name: base, kind: baseline, duration_s: 20, measure_last_steps: 30}
+  - name: up
+    kind: cadence
+    duration_s: 30
+    target_percent: 7.5
+    band_percent: 3
+    cues: {metronome: {spm: target}, visual_band: true, loading_rate: {max_percent_of_baseline: 80}}
+  - {name: keep, kind: retention, duration_s: 10, target_percent: 7.5}
+"""
+
+
+def test_full_session_measures_baseline_sets_targets_and_records_stages():
+    m = SessionMachine(parse_protocol(
+        f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n{NO_CHECKINS}\nstages:\n{BASE_PLUS}"))
+    lab = Lab(m, cadence_spm=160.0)
+    lab.run(4.0 + 20.0 + 0.2)
+    assert m.stage.name == "up"
+    assert m.baseline_cadence_spm == pytest.approx(160.0, rel=1e-9)
+    assert m.target_cadence_spm == pytest.approx(172.0)
+    assert m.band_spm == pytest.approx((172.0 - 5.16, 172.0 + 5.16))
+    (base,) = events(lab.actions, "baseline")
+    assert base["ok"] and base["valr_bw_per_s"] == pytest.approx(80.0)
+    (wt,) = events(lab.actions, "body_weight")
+    assert wt["mass_kg"] == pytest.approx(700.0 / 9.80665, abs=0.01)
+    lab.cadence_spm = 172.0
+    lab.run(60)
+    assert m.finished and m.end_reason == "completed"
+    records = [StageRecord.from_marker(e) for e in events(lab.actions, "stage_end")]
+    assert [r.name for r in records] == ["stand", "base", "up", "keep"]
+    assert [r.end_reason for r in records] == ["time"] * 4
+    assert records[0].start_s == 1000.0
+    assert records[1].end_s - records[1].start_s == pytest.approx(20.0, abs=TICK_S + 1e-9)
+    up = json.loads(records[2].summary_json)
+    assert up["cadence_spm"] == pytest.approx(172.0)
+    # VALR falls with cadence in this participant: (160/172)^2 of baseline
+    assert up["valr_percent_of_baseline"] == pytest.approx(100 * (160 / 172) ** 2)
+    assert up["in_band_fraction"] > 0.9
+    assert json.loads(records[2].feedback_json)["metronome"] == {"spm": "target"}
+    # the belt: ramped start for the baseline, ramped stop at the end
+    speeds = commands(lab.actions, "speed")
+    assert speeds[0]["right_m_s"] == 3.0 and speeds[0]["accel_m_s2"] == 0.5
+    assert commands(lab.actions, "stop")[-1]["decel_m_s2"] == 0.5
+
+
+def test_metronome_beats_are_evenly_timed_and_counted():
+    m = SessionMachine(protocol("  - {name: up, kind: cadence, duration_s: 10, target_spm: 150, "
+                                "cues: {metronome: {spm: target}}}\n", NO_CHECKINS))
+    lab = Lab(m, cadence_spm=150)
+    lab.run(12)
+    beats = [a for a in lab.actions if a.name == "beat"]
+    times = np.array([a.t_s for a in beats])
+    # independent count: beats at t0, t0 + 0.4, ... strictly before the stage ends after 10 s
+    assert len(beats) == pytest.approx(10.0 / 0.4, abs=1)
+    assert np.allclose(np.diff(times), 0.4)
+    assert [b.fields["n"] for b in beats] == list(range(1, len(beats) + 1))
+    mets = events(lab.actions, "metronome")
+    assert mets[0]["spm"] == 150 and mets[-1]["spm"] is None
+
+
+def test_in_band_advance_needs_consecutive_steps():
+    m = SessionMachine(protocol("  - {name: up, kind: cadence, duration_s: 600, target_spm: 170, "
+                                "band_spm: 3, until_in_band_steps: 20, cues: {visual_band: true}}\n",
+                                NO_CHECKINS))
+    lab = Lab(m, cadence_spm=160)
+    lab.run(20)
+    assert not m.finished  # out of band: never advances
+    lab.cadence_spm = 171
+    lab.run(20 * 60 / 171 - 0.5)
+    assert not m.finished
+    lab.run(2)
+    assert m.finished
+    (rec,) = [StageRecord.from_marker(e) for e in events(lab.actions, "stage_end")]
+    assert rec.end_reason == "in_band"
+
+
+def test_until_steps_and_time_limit():
+    m = SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 100, measure_last_steps: 10, "
+                                "until_steps: 50}\n", NO_CHECKINS))
+    lab = Lab(m, cadence_spm=180)
+    lab.run(100)
+    (rec,) = [StageRecord.from_marker(e) for e in events(lab.actions, "stage_end")]
+    assert rec.end_reason == "steps"
+    assert json.loads(rec.summary_json)["n_steps"] == 50
+
+
+def test_fading_switches_cues_on_and_off_within_a_stage():
+    m = SessionMachine(protocol("  - {name: up, kind: cadence, duration_s: 40, target_spm: 170, "
+                                "cues: {metronome: {spm: target}, visual_band: true, "
+                                "fading: {on_fraction: 0.25, period_s: 20}}}\n", NO_CHECKINS))
+    lab = Lab(m, cadence_spm=170)
+    lab.run(41)
+    cues = [(a.t_s - 1000.0, a.fields["feedback_on"]) for a in lab.actions if a.name == "cue"]
+    assert [on for _, on in cues] == [True, False, True, False]
+    assert [round(t) for t, _ in cues] == [0, 5, 20, 25]
+    beats = np.array([a.t_s - 1000.0 for a in lab.actions if a.name == "beat"])
+    assert len(beats) > 0
+    assert np.all((beats % 20.0) < 5.0 + TICK_S)
+
+
+def test_programme_session_overrides_duration_and_fading():
+    p = load_protocol(REPO / "protocols" / "willy2016_cadence_programme.yaml")
+    s6 = p.for_session(6)
+    training = next(s for s in s6.stages if s.name == "training")
+    assert training.duration_s == 1800 and training.cues.fading.on_fraction == 0.5
+    with pytest.raises(ConfigError, match=r"give --session 1\.\.8"):
+        p.for_session(None)
+    with pytest.raises(ConfigError, match=r"sessions 1\.\.8"):
+        p.for_session(9)
+    m = SessionMachine(s6, programme_session=6)
+    (start,) = events(m.start(0.0), "session_start")
+    assert start["programme_session"] == 6 and start["programme_sessions"] == 8
+
+
+PAIN = """\
+  - {name: a, kind: baseline, duration_s: 10, measure_last_steps: 10}
+  - {name: b, kind: cadence, duration_s: 10, target_percent: 5, cues: {visual_band: true}}
+"""
+
+
+@pytest.mark.parametrize(("answers", "end", "paused"), [
+    ([0, 1], "completed", False),
+    ([1, 2], "completed", False),
+    ([1, 5], "pain_stop", False),
+    ([0, 2], "pain_stop", False),  # a rise of 2 from the first rating
+    ([2, 3], None, True),  # rise of 1 only, but pain >= 3 pauses
+])
+def test_pain_rules(answers, end, paused):
+    m = SessionMachine(protocol(PAIN))
+    lab = Lab(m)
+    asked = events(lab.actions, "checkin_request")
+    assert asked[0]["reason"] == "session_start"
+    lab.actions += m.answer_pain(lab.t, answers[0])
+    lab.run(10.2)  # end of stage a: check-in asked
+    assert events(lab.actions, "checkin_request")[-1]["reason"] == "stage_end"
+    lab.actions += m.answer_pain(lab.t, answers[1])
+    if paused:
+        assert m.paused
+        assert events(lab.actions, "operator_decision_required")
+        assert commands(lab.actions)[-1]["cmd"] == "stop"
+        left = m.stage_time_left_s()
+        lab.run(5)
+        assert m.stage_time_left_s() == left  # clock frozen while paused
+        lab.actions += m.resume(lab.t)
+        assert commands(lab.actions)[-1]["cmd"] == "speed"
+    lab.run(12)
+    if end is not None:
+        assert m.end_reason == end
+    else:
+        assert m.end_reason == "completed"
+    checks = events(lab.actions, "checkin")
+    assert [c["pain"] for c in checks][:2] == answers
+
+
+def test_pain_rating_is_validated():
+    m = SessionMachine(protocol(PAIN))
+    m.start(0.0)
+    for bad in (-1, 11, 2.5, True, "3"):
+        with pytest.raises(ConfigError, match="pain rating"):
+            m.answer_pain(0.0, bad)
+
+
+def test_operator_skip_abort_and_emergency_stop():
+    m = SessionMachine(protocol(PAIN, NO_CHECKINS))
+    lab = Lab(m)
+    lab.run(2)
+    lab.actions += m.skip(lab.t, source="gui")
+    assert m.stage.name == "b"
+    # baseline skipped before enough steps? 2 s at 160 spm gives 5 steps: measured anyway
+    assert math.isfinite(m.baseline_cadence_spm)
+    lab.run(1)
+    out = m.emergency_stop(lab.t, source="cli")
+    assert out[0].channel == "command" and out[0].name == "emergency_stop"
+    assert m.finished and m.end_reason == "emergency_stop"
+    recs = [StageRecord.from_marker(e) for e in events(out, "stage_end")]
+    assert recs[-1].end_reason == "safety_stop"
+    ops = events(lab.actions, "operator")
+    assert ops[0]["action"] == "skip" and ops[0]["source"] == "gui"
+
+    m2 = SessionMachine(protocol(PAIN, NO_CHECKINS))
+    lab2 = Lab(m2)
+    lab2.run(3)
+    out = m2.abort(lab2.t)
+    assert m2.end_reason == "aborted"
+    assert [c["cmd"] for c in commands(out)] == ["stop"]
+
+
+def test_force_watchdog_stops_a_moving_belt_only():
+    m = SessionMachine(protocol("  - {name: s, kind: quiet_standing, duration_s: 3}\n"
+                                "  - {name: b, kind: baseline, duration_s: 60}\n", NO_CHECKINS))
+    lab = Lab(m)
+    lab.force = False
+    lab.run(2.5)  # belt stopped: missing force data is not a hazard
+    assert not m.finished
+    lab.force = True
+    lab.run(10)
+    lab.force = False
+    t_lost = lab.t
+    out = lab.run(2)
+    assert m.finished and m.end_reason == "safety_stop:force_timeout"
+    (stop,) = [a for a in out if a.channel == "command"]
+    assert stop.name == "stop" and stop.fields["reason"] == "force_timeout"
+    assert 0.5 < stop.t_s - t_lost <= 0.5 + TICK_S + 1e-9
+    assert events(out, "safety_stop")[0]["reason"] == "force_timeout"
+
+
+def test_no_contact_watchdog_allows_the_ramp_then_stops():
+    m = SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 60}\n",
+                                NO_CHECKINS + "\nsafety: {no_contact_timeout_s: 2.0, accel_m_s2: 1.0}"))
+    lab = Lab(m)
+    lab.stepping = False
+    lab.run(4.9)  # 3 s ramp + 2 s grace
+    assert not m.finished
+    lab.run(0.3)
+    assert m.end_reason == "safety_stop:no_contact"
+
+
+def test_belt_speed_ramps_at_the_set_acceleration():
+    m = SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 60}\n", NO_CHECKINS))
+    m.start(0.0)
+    assert m.belt_speed_m_s(0.0) == 0.0
+    assert m.belt_speed_m_s(2.0) == pytest.approx(1.0)
+    assert m.belt_speed_m_s(10.0) == 3.0
+
+
+def test_cadence_from_steps_is_60_over_mean_step_time():
+    s = empty_steps(4)
+    s["step_s"] = [0.35, 0.40, np.nan, 0.45]
+    assert cadence_from_steps(s) == pytest.approx(60 / 0.4)
+
+
+def test_feed_rejects_foreign_arrays():
+    m = SessionMachine(protocol(PAIN, NO_CHECKINS))
+    m.start(0.0)
+    with pytest.raises(ConfigError, match="STEP_DTYPE"):
+        m.feed(0.1, np.zeros(3))
