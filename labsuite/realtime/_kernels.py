@@ -1,0 +1,413 @@
+"""Private numba kernels of the step processor: per-sample plate pipeline and per-contact metrics.
+
+Called only by :mod:`labsuite.realtime.processor`, which validates every input. Each kernel has a
+slow pure-Python twin in ``tests/naive_realtime.py`` that it must match.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# Event rows written by _plate_chunk: (type, k, t, a, b, c)
+EV_START = 1.0  # contact on: k_on, refined strike time, k_first, 1 if strike unknown, -
+EV_END = 2.0  # contact off: k_end, refined toe-off time, k_last, k_hi, -
+EV_MIN = 3.0  # butterfly AP minimum (strike): k, -, copx, copy, k where it was confirmed
+EV_MAX = 4.0  # butterfly AP maximum (toe-off): k, -, copx, copy, k where it was confirmed
+EVENT_COLS = 6
+
+# istate slots
+I_SEEN, I_IN_CONTACT, I_K_ON, I_INIT, I_BF_DIR, I_BF_K = 0, 1, 2, 3, 4, 5
+# fstate slots
+F_BF_EXT, F_BF_Y, F_BF_LO, F_BF_HI, F_BF_LO_K, F_BF_HI_K, F_BF_LO_Y, F_BF_HI_Y, F_BF_X = range(9)
+N_ISTATE = 6
+N_FSTATE = 9
+
+# ring_raw columns: raw vertical GRF (N), raw COP x, y (m, NaN below the on threshold)
+# ring_filt columns: filtered GRF x, y, z (N), filtered COP x, y (m, NaN below the off threshold)
+
+
+@numba.njit(cache=True, nogil=True)
+def _crossing_time(t0: float, v0: float, t1: float, v1: float, level: float) -> float:
+    """Time where the segment (t0, v0)-(t1, v1) crosses ``level`` (linear interpolation)."""
+    dv = v1 - v0
+    if dv == 0.0:
+        return t1
+    return t0 + (level - v0) / dv * (t1 - t0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate, fstate,
+                 ring_t, ring_raw, ring_filt, on_n, off_n, lookback, bf_on, bf_h, events):
+    """Run a chunk of plate samples through filter, geometry, hysteresis and the COP butterfly.
+
+    Writes samples into the rings (index = global sample number % capacity) and events into
+    ``events``; returns the number of events written.
+    """
+    cap = ring_t.shape[0]
+    nsec = sos.shape[0]
+    n_ev = 0
+    c = origin[2]
+    raw = np.empty(6)
+    filt = np.empty(6)
+    for i in range(ts.shape[0]):
+        k = istate[I_SEEN]
+        pos = k % cap
+        for j in range(6):
+            raw[j] = ch[i, j]
+        # ---- causal low-pass: biquad cascade, direct form II transposed, state kept across chunks
+        if filt_on:
+            if istate[I_INIT] == 0:
+                # start from the steady state of the first sample so there is no start-up transient
+                for j in range(6):
+                    for s in range(nsec):
+                        zi[s, j, 0] = zi_unit[s, 0] * raw[j]
+                        zi[s, j, 1] = zi_unit[s, 1] * raw[j]
+                istate[I_INIT] = 1
+            for j in range(6):
+                x = raw[j]
+                for s in range(nsec):
+                    y = sos[s, 0] * x + zi[s, j, 0]
+                    zi[s, j, 0] = sos[s, 1] * x - sos[s, 4] * y + zi[s, j, 1]
+                    zi[s, j, 1] = sos[s, 2] * x - sos[s, 5] * y
+                    x = y
+                filt[j] = x
+        else:
+            for j in range(6):
+                filt[j] = raw[j]
+        # ---- geometry (see geometry.plate_to_lab): raw and filtered
+        ring_t[pos] = ts[i]
+        for which in range(2):
+            src = raw if which == 0 else filt
+            gx = -(rot[0, 0] * src[0] + rot[0, 1] * src[1] + rot[0, 2] * src[2])
+            gy = -(rot[1, 0] * src[0] + rot[1, 1] * src[1] + rot[1, 2] * src[2])
+            gz = -(rot[2, 0] * src[0] + rot[2, 1] * src[1] + rot[2, 2] * src[2])
+            thr = on_n if which == 0 else off_n
+            if gz >= thr:
+                px = (c * src[0] - src[4]) / src[2] - origin[0]
+                py = (src[3] + c * src[1]) / src[2] - origin[1]
+                cx = centre[0] + px * rot[0, 0] + py * rot[0, 1]
+                cy = centre[1] + px * rot[1, 0] + py * rot[1, 1]
+            else:
+                cx = np.nan
+                cy = np.nan
+            if which == 0:
+                ring_raw[pos, 0] = gz
+                ring_raw[pos, 1] = cx
+                ring_raw[pos, 2] = cy
+            else:
+                ring_filt[pos, 0] = gx
+                ring_filt[pos, 1] = gy
+                ring_filt[pos, 2] = gz
+                ring_filt[pos, 3] = cx
+                ring_filt[pos, 4] = cy
+        v = ring_raw[pos, 0]
+        # ---- contact hysteresis on the raw vertical force
+        if istate[I_IN_CONTACT] == 0:
+            if v >= on_n:
+                istate[I_IN_CONTACT] = 1
+                istate[I_K_ON] = k
+                strike = ts[i]
+                k_first = k
+                unknown = 1.0  # the data started inside this contact: no strike to time
+                if k > 0:
+                    vp = ring_raw[(k - 1) % cap, 0]
+                    tp = ring_t[(k - 1) % cap]
+                    t_b = _crossing_time(tp, vp, ts[i], v, on_n)
+                    j = k - 1
+                    stop = max(k - lookback, 0)
+                    while j >= stop and ring_raw[j % cap, 0] >= off_n:
+                        j -= 1
+                    if j >= stop:
+                        unknown = 0.0
+                        k_first = j + 1
+                        t_a = _crossing_time(ring_t[j % cap], ring_raw[j % cap, 0],
+                                             ring_t[(j + 1) % cap], ring_raw[(j + 1) % cap, 0],
+                                             off_n)
+                        # extrapolate the rise through off_n and on_n down to zero force
+                        strike = t_a - off_n * (t_b - t_a) / (on_n - off_n)
+                    else:
+                        strike = t_b
+                        if stop > 0:
+                            unknown = 0.0
+                events[n_ev, 0] = EV_START
+                events[n_ev, 1] = k
+                events[n_ev, 2] = strike
+                events[n_ev, 3] = k_first
+                events[n_ev, 4] = unknown
+                events[n_ev, 5] = 0.0
+                n_ev += 1
+        elif v < off_n:
+            istate[I_IN_CONTACT] = 0
+            vp = ring_raw[(k - 1) % cap, 0]
+            tp = ring_t[(k - 1) % cap]
+            t_d = _crossing_time(tp, vp, ts[i], v, off_n)
+            j = k - 1
+            stop = max(istate[I_K_ON], k - lookback)
+            while j > stop and ring_raw[j % cap, 0] < on_n:
+                j -= 1
+            t_c = _crossing_time(ring_t[j % cap], ring_raw[j % cap, 0],
+                                 ring_t[(j + 1) % cap], ring_raw[(j + 1) % cap, 0], on_n)
+            if ring_raw[j % cap, 0] >= on_n:
+                # extrapolate the fall through on_n and off_n down to zero force
+                toe = t_d + off_n * (t_d - t_c) / (on_n - off_n)
+            else:
+                toe = t_d
+            events[n_ev, 0] = EV_END
+            events[n_ev, 1] = k
+            events[n_ev, 2] = toe
+            events[n_ev, 3] = k - 1
+            events[n_ev, 4] = j
+            events[n_ev, 5] = 0.0
+            n_ev += 1
+        # ---- COP butterfly (Roerdink et al. 2008): zig-zag extrema of the filtered AP COP
+        if bf_on:
+            x = ring_filt[pos, 3]
+            y = ring_filt[pos, 4]
+            if not math.isnan(x):
+                d = istate[I_BF_DIR]
+                if d == 0:
+                    if math.isnan(fstate[F_BF_LO]) or x < fstate[F_BF_LO]:
+                        fstate[F_BF_LO] = x
+                        fstate[F_BF_LO_K] = k
+                        fstate[F_BF_LO_Y] = y
+                    if math.isnan(fstate[F_BF_HI]) or x > fstate[F_BF_HI]:
+                        fstate[F_BF_HI] = x
+                        fstate[F_BF_HI_K] = k
+                        fstate[F_BF_HI_Y] = y
+                    # the first extremum may be cut by the start of the data: only set the direction
+                    if x >= fstate[F_BF_LO] + bf_h:
+                        istate[I_BF_DIR] = 1
+                        fstate[F_BF_EXT] = x
+                        istate[I_BF_K] = k
+                        fstate[F_BF_Y] = y
+                    elif x <= fstate[F_BF_HI] - bf_h:
+                        istate[I_BF_DIR] = -1
+                        fstate[F_BF_EXT] = x
+                        istate[I_BF_K] = k
+                        fstate[F_BF_Y] = y
+                elif d < 0:
+                    if x < fstate[F_BF_EXT]:
+                        fstate[F_BF_EXT] = x
+                        istate[I_BF_K] = k
+                        fstate[F_BF_Y] = y
+                    elif x >= fstate[F_BF_EXT] + bf_h:
+                        events[n_ev, 0] = EV_MIN
+                        events[n_ev, 1] = istate[I_BF_K]
+                        events[n_ev, 2] = 0.0
+                        events[n_ev, 3] = fstate[F_BF_EXT]
+                        events[n_ev, 4] = fstate[F_BF_Y]
+                        events[n_ev, 5] = k
+                        n_ev += 1
+                        istate[I_BF_DIR] = 1
+                        fstate[F_BF_EXT] = x
+                        istate[I_BF_K] = k
+                        fstate[F_BF_Y] = y
+                else:
+                    if x > fstate[F_BF_EXT]:
+                        fstate[F_BF_EXT] = x
+                        istate[I_BF_K] = k
+                        fstate[F_BF_Y] = y
+                    elif x <= fstate[F_BF_EXT] - bf_h:
+                        events[n_ev, 0] = EV_MAX
+                        events[n_ev, 1] = istate[I_BF_K]
+                        events[n_ev, 2] = 0.0
+                        events[n_ev, 3] = fstate[F_BF_EXT]
+                        events[n_ev, 4] = fstate[F_BF_Y]
+                        events[n_ev, 5] = k
+                        n_ev += 1
+                        istate[I_BF_DIR] = -1
+                        fstate[F_BF_EXT] = x
+                        istate[I_BF_K] = k
+                        fstate[F_BF_Y] = y
+        istate[I_SEEN] = k + 1
+    return n_ev
+
+
+# Output slots of _contact_metrics (forces in N, rates in N/s, impulses in N*s)
+M_PEAK, M_IMPACT, M_IMPACT_T, M_VALR, M_VILR, M_METHOD, M_BRAKE, M_PROP, M_PATH, M_ML = range(10)
+N_METRICS = 10
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_crossing(f, t0, dt, level, j_max):
+    """First index j <= j_max with f[j] >= level and its interpolated crossing time (-1 if none)."""
+    for j in range(j_max + 1):
+        if f[j] >= level:
+            if j == 0:
+                return 0, t0
+            return j, _crossing_time(t0 + (j - 1) * dt, f[j - 1], t0 + j * dt, f[j], level)
+    return -1, np.nan
+
+
+@numba.njit(cache=True, nogil=True)
+def _contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s, toe_off_s,
+                     bw_n, impact_frac, impact_min_n, impact_drop_n, need_higher_peak, out):
+    """Per-contact metrics from the filtered stance window (sample j at time t0 + j / rate_hz).
+
+    Loading rates follow Milner et al. 2006 (VALR through 20 % and 80 % of the impact peak, VILR
+    the steepest sample-to-sample slope between them) with the 13 %-of-stance point of Blackmore
+    et al. 2016 when there is no impact peak.
+    """
+    n = fz.shape[0]
+    dt = 1.0 / rate_hz
+    for s in range(N_METRICS):
+        out[s] = np.nan
+    if n < 3:
+        return
+    imax = 0
+    for j in range(n):
+        if fz[j] > fz[imax]:
+            imax = j
+    out[M_PEAK] = fz[imax]
+    contact = toe_off_s - strike_s
+    # ---- impact peak: first local maximum early in stance followed by a clear drop
+    ref_j = -1
+    for j in range(1, n - 1):
+        frac = (t0 + j * dt - strike_s) / contact
+        if frac > impact_frac:
+            break
+        if fz[j] > fz[j - 1] and fz[j] >= fz[j + 1] and fz[j] >= impact_min_n:
+            if need_higher_peak and j >= imax:
+                continue
+            valley = fz[j]
+            k = j + 1
+            while k < n and fz[k] <= fz[j]:
+                if fz[k] < valley:
+                    valley = fz[k]
+                k += 1
+            if fz[j] - valley >= impact_drop_n:
+                ref_j = j
+                break
+    if ref_j >= 0:
+        f_ref = fz[ref_j]
+        t_ref = t0 + ref_j * dt
+        j_ref = ref_j
+        out[M_IMPACT] = f_ref
+        out[M_IMPACT_T] = t_ref
+        out[M_METHOD] = 0.0
+    else:
+        t_ref = strike_s + 0.13 * contact
+        x = (t_ref - t0) / dt
+        j0 = math.floor(x)
+        if j0 < 0:
+            j0 = 0
+        if j0 > n - 2:
+            j0 = n - 2
+        w = x - j0
+        f_ref = fz[j0] * (1.0 - w) + fz[j0 + 1] * w
+        j_ref = j0 + 1
+        out[M_METHOD] = 1.0
+    if f_ref > 0.0:
+        i20, t20 = _level_crossing(fz, t0, dt, 0.2 * f_ref, j_ref)
+        i80, t80 = _level_crossing(fz, t0, dt, 0.8 * f_ref, j_ref)
+        if i20 >= 0 and i80 >= 0:
+            if t80 > t20:
+                out[M_VALR] = 0.6 * f_ref / (t80 - t20)
+            k0 = i20 - 1 if i20 > 0 else 0
+            k1 = i80 - 1 if i80 > k0 else k0
+            best = -np.inf
+            for k in range(k0, k1 + 1):
+                if k + 1 < n:
+                    slope = (fz[k + 1] - fz[k]) * rate_hz
+                    if slope > best:
+                        best = slope
+            if best > -np.inf:
+                out[M_VILR] = best
+    # ---- antero-posterior impulses (rectangle rule)
+    brake = 0.0
+    prop = 0.0
+    for j in range(n):
+        if fx[j] < 0.0:
+            brake += fx[j] * dt
+        else:
+            prop += fx[j] * dt
+    out[M_BRAKE] = brake
+    out[M_PROP] = prop
+    # ---- COP path length over consecutive valid samples
+    path = 0.0
+    for j in range(1, n):
+        if not (math.isnan(copx[j]) or math.isnan(copx[j - 1])):
+            path += math.sqrt((copx[j] - copx[j - 1]) ** 2 + (copy[j] - copy[j - 1]) ** 2)
+    out[M_PATH] = path
+    # ---- force-weighted medio-lateral COP (raw), used to tell the feet apart on a single plate
+    num = 0.0
+    den = 0.0
+    for j in range(fz_raw.shape[0]):
+        if not math.isnan(copy_raw[j]):
+            num += fz_raw[j] * copy_raw[j]
+            den += fz_raw[j]
+    if den > 0.0:
+        out[M_ML] = num / den
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_window(ring, k0, k1, out):
+    """Copy global sample indices k0..k1 inclusive out of a ring (rows = index % capacity)."""
+    cap = ring.shape[0]
+    for k in range(k0, k1 + 1):
+        out[k - k0] = ring[k % cap]
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_max_between(ring_t, ring_v, n_seen, t_lo, t_hi):
+    """Max of ring_v over samples with t_lo <= t <= t_hi among the last min(n_seen, cap) samples."""
+    cap = ring_t.shape[0]
+    start = n_seen - cap if n_seen > cap else 0
+    best = np.nan
+    for k in range(start, n_seen):
+        t = ring_t[k % cap]
+        if t >= t_lo and t <= t_hi:
+            v = ring_v[k % cap]
+            if math.isnan(best) or v > best:
+                best = v
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_append(ring_t, ring_v, n_seen, ts, vals):
+    """Append samples to a (time, value) ring; returns the new sample count."""
+    cap = ring_t.shape[0]
+    for i in range(ts.shape[0]):
+        ring_t[(n_seen + i) % cap] = ts[i]
+        ring_v[(n_seen + i) % cap] = vals[i]
+    return n_seen + ts.shape[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit_edge(v, tau, hi_n, power):
+    """Onset time of a rising force edge: least-squares fit of v = A (tau - tau0)^power.
+
+    ``v`` starts at the first sample at or above the off threshold; the fit uses samples up to
+    the first one at or above ``hi_n``. Fitting many samples averages the plate noise that makes a
+    two-threshold extrapolation jitter; the power describes the convex start of a contact.
+    Returns tau0, or NaN when fewer than two samples rise.
+    """
+    n = v.shape[0]
+    m = 0
+    sx = 0.0
+    sy = 0.0
+    sxx = 0.0
+    sxy = 0.0
+    inv = 1.0 / power
+    for j in range(n):
+        g = v[j] ** inv if v[j] > 0.0 else 0.0
+        sx += tau[j]
+        sy += g
+        sxx += tau[j] * tau[j]
+        sxy += tau[j] * g
+        m += 1
+        if v[j] >= hi_n:
+            break
+    if m < 2:
+        return np.nan
+    den = m * sxx - sx * sx
+    if den <= 0.0:
+        return np.nan
+    a = (m * sxy - sx * sy) / den
+    b = (sy - a * sx) / m
+    if a <= 0.0:
+        return np.nan
+    return -b / a
