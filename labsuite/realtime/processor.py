@@ -134,7 +134,7 @@ class ProcessorSettings:
     belt_speed_m_s: float | None = None
     impact_search_frac: float | None = None
     impact_min_bw: float = 0.5
-    impact_drop_bw: float = 0.05
+    impact_drop_bw: float = 0.02
     crossover_window_s: float = 0.04
     butterfly_min_ap_m: float = 0.03
     max_step_s: float = 2.0
@@ -320,7 +320,8 @@ class StepProcessor:
         self._seq = 0
         self._last_strike: dict[int, float] = {}
         self._step_times: deque[float] = deque(maxlen=s.cadence_window_steps)
-        self._ml_history: deque[float] = deque(maxlen=8)
+        self._alt: tuple[int, float, float, float] = (0, 0.0, math.nan, math.nan)
+        self._alt_next = self._alt
         self._sym: dict[int, dict[str, deque[float]]] = {
             f: {name: deque(maxlen=s.symmetry_window_steps) for _, name in _SYMMETRY_FIELDS}
             for f in (FOOT_LEFT, FOOT_RIGHT)}
@@ -597,12 +598,23 @@ class StepProcessor:
         y = c.cop_strike[1]
         if math.isnan(y):
             return -1
-        # The landing COP of one foot against the previous contact (the other foot, when no step
-        # was missed): step width survives the participant drifting across the belt, which a
-        # running midline or the stance-mean COP does not (checked against the foot markers of
-        # RBDS001: 0 of 85 steps wrong with this rule, 5-30 with the others).
-        ref = self._ml_history[-1] if self._ml_history else float(self._belts[c.belt].centre[1])
-        return FOOT_LEFT if y > ref else FOOT_RIGHT
+        # Feet alternate; which parity is the left foot is decided by the landing COP, evidence
+        # accumulated over every contact since the last gap in the rhythm as parity-signed
+        # differences between neighbours (step width adds up, drift across the belt cancels), so
+        # one ambiguous landing cannot flip the labels (RBDS001 foot markers: 0 of 85 wrong; a
+        # running midline or the stance-mean COP got 5-30 wrong).
+        n, evidence, prev_t, prev_y = self._alt
+        if math.isnan(prev_t) or c.strike_s - prev_t > self.settings.max_step_s:
+            n, evidence = 0, 0.0
+        else:
+            n += 1
+            evidence += (1.0 if n % 2 == 0 else -1.0) * (y - prev_y)
+        if evidence == 0.0:
+            left = y > float(self._belts[c.belt].centre[1])
+        else:
+            left = (n % 2 == 0) == (evidence > 0.0)
+        self._alt_next = (n, evidence, c.strike_s, y)
+        return FOOT_LEFT if left else FOOT_RIGHT
 
     def _is_crossover(self, c: _Contact) -> bool:
         s = self.settings
@@ -633,7 +645,7 @@ class StepProcessor:
         r["crossover"] = 1.0 if crossover else 0.0
         r["cop_strike_x_m"], r["cop_strike_y_m"] = c.cop_strike
         if s.layout == "single" and s.mode == "run" and not math.isnan(c.cop_strike[1]):
-            self._ml_history.append(c.cop_strike[1])
+            self._alt = self._alt_next
         if crossover or foot < 0:
             return rec
         r["peak_vgrf_bw"] = m[K.M_PEAK] / bw
