@@ -575,9 +575,9 @@ class GaitPlanner:
         shape: dict[str, float] = {}
         if run and s.strike == "rearfoot":
             u = speed / 3.0
-            rise = 0.025 * q * u**-0.5 * e()
-            shape.update(imp_amp_bw=0.95 * q**-1.0 * u**0.5 * e(), imp_rise_s=rise,
-                         imp_decay_s=1.3 * rise * e(0.5), b1_a=1.6, b1_b=1.6,
+            rise = 0.025 * q**2.5 * u**-0.5 * e()
+            shape.update(imp_amp_bw=0.95 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
+                         imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.6,
                          cop_start_frac=0.06, cop_end_frac=0.85, cop_shape_k=3.0,
                          brake_end_frac=0.47, shank_strike_rad=0.18 * e(2.0),
                          shank_toe_off_rad=-0.8 * e(), shock_peak_s=0.8 * rise)
@@ -683,10 +683,12 @@ def _check_times(t: np.ndarray, what: str) -> np.ndarray:
     return t
 
 
-def _stream_key(seed: int, stream: str, channel: int) -> np.uint64:
-    h = (int(seed) * 0x9E3779B97F4A7C15 + zlib.crc32(stream.encode()) * 0x100000001B3
-         + channel * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
-    return np.uint64(h)
+def _stream_keys(seed: int, stream: str, n: int) -> np.ndarray:
+    """Return n well-mixed 64-bit keys for (seed, stream): one per uniform draw of each channel."""
+    base = (int(seed) * 0x9E3779B97F4A7C15 + zlib.crc32(stream.encode()) * 0x100000001B3) \
+        & 0xFFFFFFFFFFFFFFFF
+    return _splitmix64(np.uint64(base) + np.arange(1, n + 1, dtype=np.uint64)
+                       * np.uint64(0xD1B54A32D192ED03))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -700,22 +702,18 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def sample_noise(seed: int, stream: str, t: np.ndarray, n_channels: int) -> np.ndarray:
     """Standard-normal noise (n, n_channels) that is a pure function of (seed, stream, sample time).
 
-    The sample time is quantised to 0.1 ms and hashed (splitmix64, a counter-based generator) with
-    the seed, stream and channel; Box-Muller turns two hashes into one normal value. So two
+    The sample time is quantised to 0.1 ms and hashed (splitmix64, a counter-based generator) with a
+    key per (seed, stream, channel); Box-Muller turns two hashes into one normal value. So two
     processes, or two chunkings, rendering the same times draw the same noise.
     """
     t = np.asarray(t, dtype=np.float64)
     ticks = np.rint(t * NOISE_TICKS_PER_S).astype(np.int64).view(np.uint64)
-    out = np.empty((t.size, n_channels))
-    two53 = 1.0 / 9007199254740992.0
-    for c in range(n_channels):
-        key = _stream_key(seed, stream, c)
-        h1 = _splitmix64(_splitmix64(ticks * np.uint64(2) + key))
-        h2 = _splitmix64(_splitmix64(ticks * np.uint64(2) + np.uint64(1) + key))
-        u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * two53
-        u2 = (h2 >> np.uint64(11)).astype(np.float64) * two53
-        out[:, c] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-    return out
+    keys = _stream_keys(seed, stream, 2 * n_channels)
+    h = _splitmix64(_splitmix64(ticks[:, None] + keys[None, :]))
+    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    u1 = u[:, :n_channels] + 0.5 / 9007199254740992.0  # in (0, 1): log is finite
+    u2 = u[:, n_channels:]
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
 def _smooth(u: np.ndarray) -> np.ndarray:
