@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 _CTX = mp.get_context("spawn")
 
 
-def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any) -> None:
+def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any, log_level: int) -> None:
     """Child-process entry: ignore SIGINT (the parent decides when we stop), run the role."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(message)s")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(name)s: %(message)s")
     target(stop=stop, **kwargs)
 
 
@@ -41,18 +41,24 @@ class Role:
     target: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
     restart: bool = True
+    max_restarts_per_min: int = 5
     process: Any = None
     stop_event: Any = None
     starts: int = 0
     exits: list[int | None] = field(default_factory=list)
+    exit_times: list[float] = field(default_factory=list)
+    gave_up: bool = False
+    restart_at: float | None = None
 
 
 class Supervisor:
     """Run roles as child processes; restart the restartable ones; stop them all cleanly."""
 
     def __init__(self, *, restart_delay_s: float = 0.5,
-                 on_event: Callable[[str, str], None] | None = None) -> None:
+                 on_event: Callable[[str, str], None] | None = None,
+                 log_level: int = logging.WARNING) -> None:
         self.roles: dict[str, Role] = {}
+        self.log_level = log_level
         self.restart_delay_s = restart_delay_s
         self._on_event = on_event or (lambda role, text: log.info("%s: %s", role, text))
         self._watch: threading.Thread | None = None
@@ -60,11 +66,15 @@ class Supervisor:
         self._lock = threading.Lock()
 
     def add(self, name: str, target: Callable[..., Any], kwargs: dict[str, Any] | None = None,
-            *, restart: bool = True) -> None:
-        """Register a role; ``target`` must be importable (a module-level function)."""
+            *, restart: bool = True, max_restarts_per_min: int = 5) -> None:
+        """Register a role; ``target`` must be importable (a module-level function).
+
+        A restartable role that dies more than ``max_restarts_per_min`` times within a minute is
+        given up on (a crash loop helps nobody); the event says so.
+        """
         if name in self.roles:
             raise ConfigError(f"role {name!r} is already registered")
-        self.roles[name] = Role(name, target, dict(kwargs or {}), restart)
+        self.roles[name] = Role(name, target, dict(kwargs or {}), restart, max_restarts_per_min)
 
     def start(self) -> Supervisor:
         """Start every role and the watcher thread that restarts dead ones."""
@@ -76,7 +86,8 @@ class Supervisor:
 
     def _spawn(self, role: Role) -> None:
         role.stop_event = _CTX.Event()
-        role.process = _CTX.Process(target=_entry, args=(role.target, role.kwargs, role.stop_event),
+        role.process = _CTX.Process(target=_entry,
+                                    args=(role.target, role.kwargs, role.stop_event, self.log_level),
                                     name=role.name, daemon=False)
         role.process.start()
         role.starts += 1
@@ -85,17 +96,30 @@ class Supervisor:
     def _watch_loop(self) -> None:
         while not self._stopping.wait(0.1):
             with self._lock:
+                now = time.monotonic()
                 for role in self.roles.values():
+                    if self._stopping.is_set():
+                        break
+                    if role.restart_at is not None and now >= role.restart_at:
+                        role.restart_at = None
+                        self._spawn(role)
+                        continue
                     proc = role.process
-                    if proc is None or proc.is_alive() or self._stopping.is_set():
+                    if proc is None or proc.is_alive():
                         continue
                     role.exits.append(proc.exitcode)
+                    role.exit_times.append(now)
                     role.process = None
                     self._on_event(role.name, f"exited with code {proc.exitcode}")
-                    if role.restart:
-                        time.sleep(self.restart_delay_s)
-                        if not self._stopping.is_set():
-                            self._spawn(role)
+                    if not role.restart:
+                        continue
+                    recent = [t for t in role.exit_times if now - t < 60.0]
+                    if len(recent) > role.max_restarts_per_min:
+                        role.gave_up = True
+                        self._on_event(role.name, f"died {len(recent)} times within a minute; "
+                                       "not restarting it again")
+                        continue
+                    role.restart_at = now + self.restart_delay_s * 2 ** (len(recent) - 1)
 
     def pid(self, name: str) -> int | None:
         """Return the pid of a running role (None when not running)."""
@@ -124,6 +148,7 @@ class Supervisor:
             deadline = time.monotonic() + timeout_s
             codes: dict[str, int | None] = {}
             for role in self.roles.values():
+                role.restart_at = None
                 proc = role.process
                 if proc is None:
                     codes[role.name] = role.exits[-1] if role.exits else None

@@ -186,20 +186,31 @@ class StreamReader:
     def _run(self) -> None:
         import pylsl
 
+        # A continuous resolver, not repeated one-shot resolves: in a process that owns an outlet,
+        # short one-shot resolves missed a newly started stream about half the time (measured with
+        # liblsl 1.18), while the continuous resolver found it within 0.5 s every time.
+        resolver = pylsl.ContinuousResolver(pred=self.query.predicate(), forget_after=2.0)
         lost_at: float | None = None
+        tried: set[str] = set()
         while not self._stop.is_set():
-            # 0.3 s, not 0.5: liblsl 1.16-1.18 turns a 0.5 s resolve timeout into 5.5 s (measured).
-            found = pylsl.resolve_bypred(self.query.predicate(), 1, 0.3)
+            # Newest first, and skip an instance we already lost: after a driver restart the
+            # resolver still lists the dead instance until it forgets it.
+            found = [i for i in sorted(resolver.results(), key=lambda i: -i.created_at())
+                     if i.uid() not in tried]
             if not found:
+                self._stop.wait(0.1)
                 continue
-            inlet = pylsl.StreamInlet(found[0], max_buflen=max(1, int(np.ceil(self.buffer_s))),
+            info = found[0]
+            tried.add(info.uid())
+            inlet = pylsl.StreamInlet(info, max_buflen=max(1, int(np.ceil(self.buffer_s))),
                                       recover=False)
             try:
-                spec = StreamSpec.from_info(inlet.info(timeout=5.0))
-                inlet.open_stream(timeout=5.0)
+                spec = StreamSpec.from_info(inlet.info(timeout=2.0))
+                inlet.open_stream(timeout=2.0)
             except (pylsl.util.LostError, pylsl.util.TimeoutError) as exc:
-                self._event(EVENT_LOST, f"could not open the stream: {exc}")
+                log.info("%s: could not open %s: %s", self.query, info.uid(), exc)
                 inlet.close_stream()
+                del inlet
                 continue
             self._adopt(spec)
             self._connected = True
@@ -217,8 +228,8 @@ class StreamReader:
             finally:
                 self._connected = False
                 inlet.close_stream()
-                # Destroy the dead inlet before resolving again: while it lives, liblsl's own
-                # recovery attempt for it delays the next resolve by several seconds.
+                # Destroy the dead inlet before connecting again: while it lives, liblsl's own
+                # recovery attempt for it delays the next connection by seconds.
                 del inlet
 
     def _adopt(self, spec: StreamSpec) -> None:

@@ -1,0 +1,422 @@
+"""The simulated gait lab: a virtual participant on an instrumented treadmill, one process per device.
+
+A *participant* process plans the steps (``drivers.sim.gait.GaitPlanner``), following the belt
+speed from the treadmill stream and the metronome from the session's markers, and publishes each
+planned step ahead of time on a ``SimulatedGait`` stream (the ground truth, too). Each device
+process (left/right or single belt force plate, left/right tibial IMU, camera, treadmill) is a
+:class:`~labsuite.drivers.base.Driver` that renders its samples from those planned steps on its
+own clock grid, so killing one device leaves the others running, as in a real lab.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from labsuite.drivers.base import Chunk, Driver, DriverRunner
+from labsuite.drivers.sim import gait
+from labsuite.drivers.treadmill import BeltRamp, BeltState, TreadmillDriver, TreadmillSettings
+
+from labsuite.errors import ConfigError
+from labsuite.realtime.geometry import lab_to_plate
+from labsuite.streams import contracts as c
+from labsuite.streams.acquisition import StreamQuery, StreamReader
+from labsuite.streams.messages import EVENT_METRONOME, decode
+
+log = logging.getLogger(__name__)
+
+BELT_LENGTH_M = 1.8
+BELT_WIDTH_M = 0.25  # each belt of a split-belt treadmill; a single belt is twice as wide
+PLATE_ORIGIN_M = (0.0, 0.0, -0.04)  # surface centre 40 mm above the sensor origin (z points down)
+
+DEVICES_SPLIT = ("fp-left", "fp-right", "imu-left", "imu-right", "camera", "treadmill")
+DEVICES_SINGLE = ("fp-single", "imu-left", "imu-right", "camera", "treadmill")
+
+_LAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+def belt_corners(belt: str) -> np.ndarray:
+    """Return C3D CORNERS (4, 3) in m for a simulated belt plate (plate z points down).
+
+    Lab frame: x forward, y left, z up. The left belt spans y in [0, 0.25] m, the right belt
+    [-0.25, 0] m, a single belt [-0.25, 0.25] m; all span x in [-0.9, 0.9] m.
+    """
+    y0, width = {c.BELT_LEFT: (0.0, BELT_WIDTH_M), c.BELT_RIGHT: (-BELT_WIDTH_M, BELT_WIDTH_M),
+                 c.BELT_SINGLE: (-BELT_WIDTH_M, 2 * BELT_WIDTH_M)}[belt]
+    x = BELT_LENGTH_M / 2
+    return np.array([[x, y0, 0.0], [-x, y0, 0.0], [-x, y0 + width, 0.0], [x, y0 + width, 0.0]])
+
+
+@dataclass(frozen=True)
+class SimLabSettings:
+    """What the simulated lab looks like. ``lab_id`` makes every source_id unique.
+
+    ``initial_speed_m_s`` is the belt speed at start (None: the participant's speed, so
+    ``labsuite simulate`` shows gait at once; a session passes 0 and commands the belt itself).
+    """
+
+    lab_id: str = "default"
+    participant: gait.ParticipantSettings = field(default_factory=gait.ParticipantSettings)
+    plate_rate_hz: float = 1000.0
+    imu_rate_hz: float = 1000.0
+    camera_rate_hz: float = 100.0
+    camera_drop_fraction: float = 0.002
+    treadmill_rate_hz: float = 50.0
+    initial_speed_m_s: float | None = None
+    chunk_s: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not _LAB_ID.match(self.lab_id):
+            raise ConfigError(f"lab_id: expected 1-40 letters, digits, '-' or '_', got {self.lab_id!r}")
+        for name in ("plate_rate_hz", "imu_rate_hz", "camera_rate_hz", "treadmill_rate_hz", "chunk_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"simulated lab {name}: expected > 0, got {value!r}")
+        if self.plate_rate_hz not in (500.0, 1000.0, 2000.0):
+            raise ConfigError(f"simulated lab plate_rate_hz: expected 500, 1000 or 2000 Hz, "
+                              f"got {self.plate_rate_hz}")
+        if not 0.0 <= self.camera_drop_fraction < 0.5:
+            raise ConfigError("simulated lab camera_drop_fraction: expected in [0, 0.5)")
+        if self.initial_speed_m_s is not None and not 0.0 <= self.initial_speed_m_s <= 8.0:
+            raise ConfigError("simulated lab initial_speed_m_s: expected 0-8 m/s")
+
+    @property
+    def single_belt(self) -> bool:
+        """True when both feet land on one plate."""
+        return self.participant.single_belt
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The device names of this lab, one process each."""
+        return DEVICES_SINGLE if self.single_belt else DEVICES_SPLIT
+
+    def source_id(self, device: str) -> str:
+        """The stable source_id of a simulated device (or 'gait' for the participant's plan)."""
+        return f"labsuite-sim-{self.lab_id}-{device}"
+
+    @property
+    def session_markers_source_id(self) -> str:
+        """Where the session publishes its markers (the participant listens for the metronome)."""
+        return f"labsuite-session-{self.lab_id}-markers"
+
+    @property
+    def session_commands_source_id(self) -> str:
+        """Where the session publishes treadmill commands and its heartbeat."""
+        return f"labsuite-session-{self.lab_id}-commands"
+
+    def stream_specs(self) -> dict[str, list[c.StreamSpec]]:
+        """The streams each device publishes, by device name."""
+        return {d: make_driver(self, d).stream_specs() for d in self.devices}
+
+
+def gait_plan_spec(settings: SimLabSettings) -> c.StreamSpec:
+    """The participant's planned steps: one float sample per step (the simulator's ground truth)."""
+    chans = tuple(c.Channel(name, "", "PlannedStep") for name in gait.PLANNED_STEP_FIELDS)
+    return c.StreamSpec(name=f"labsuite-sim-gait-{settings.lab_id}", kind=c.KIND_SIM_GAIT,
+                        channels=chans, rate_hz=c.IRREGULAR_RATE, dtype="float64",
+                        source_id=settings.source_id("gait"), model="labsuite virtual participant")
+
+
+# ---- the participant process ---------------------------------------------------------------
+
+def run_participant(stop: Any, settings: SimLabSettings) -> None:
+    """Participant role: plan steps from belt speed and metronome, publish them ahead of time."""
+    import pylsl
+
+    spec = gait_plan_spec(settings)
+    outlet = pylsl.StreamOutlet(spec.to_info())
+    start = pylsl.local_clock()
+    planner = gait.GaitPlanner(settings.participant, start)
+    initial = settings.participant.initial_speed_m_s if settings.initial_speed_m_s is None \
+        else settings.initial_speed_m_s
+    planner.set_belt_speed(initial, start)
+    inbox: list[tuple[str, float, Any]] = []
+    lock = threading.Lock()
+
+    def on_belt(reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+        idx_r = reader.spec.channel_index(c.SPEED_RIGHT) if reader.spec else 0
+        idx_l = reader.spec.channel_index(c.SPEED_LEFT) if reader.spec else 1
+        speed = float(0.5 * (data[-1, idx_r] + data[-1, idx_l]))
+        with lock:
+            inbox.append(("speed", float(ts[-1] + reader.offset_s), speed))
+
+    def on_marker(reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+        for t, row in zip(ts, data, strict=True):
+            try:
+                msg = decode(str(row[0]))
+            except ConfigError:
+                continue
+            if msg.get("event") == EVENT_METRONOME:
+                spm = msg.get("spm")
+                with lock:
+                    inbox.append(("metronome", float(t + reader.offset_s),
+                                  None if spm is None else float(spm)))
+
+    readers = [
+        StreamReader(StreamQuery(source_id=settings.source_id("treadmill")), on_chunk=on_belt,
+                     buffer_s=5.0).start(),
+        StreamReader(StreamQuery(source_id=settings.session_markers_source_id), on_chunk=on_marker,
+                     buffer_s=5.0).start(),
+    ]
+    last_speed = initial
+    try:
+        while not stop.is_set():
+            with lock:
+                todo, inbox[:] = list(inbox), []
+            for what, t, value in todo:
+                if what == "speed":
+                    # The belt stream runs at 50 Hz; only changes matter to the participant.
+                    if abs(value - last_speed) > 0.02 or (value == 0.0) != (last_speed == 0.0):
+                        planner.set_belt_speed(value, t)
+                        last_speed = value
+                else:
+                    planner.set_target_cadence(value, t)
+            now = pylsl.local_clock()
+            for step in planner.plan_until(now):
+                outlet.push_sample(step.to_vector(), now)
+            stop.wait(0.02)
+    finally:
+        for r in readers:
+            r.stop()
+        del outlet
+
+
+# ---- device drivers --------------------------------------------------------------------------
+
+class _PlanFollower:
+    """Collects the participant's planned steps (from its LSL stream) for a device to render."""
+
+    def __init__(self, settings: SimLabSettings) -> None:
+        self._rows = np.empty((0, len(gait.PLANNED_STEP_FIELDS)))
+        self._lock = threading.Lock()
+        self._strike = gait.PLANNED_STEP_FIELDS.index("strike_s")
+        self._end = gait.PLANNED_STEP_FIELDS.index("next_strike_s")
+        self._reader = StreamReader(StreamQuery(source_id=settings.source_id("gait")),
+                                    on_chunk=self._on_chunk, buffer_s=10.0)
+
+    def start(self) -> None:
+        self._reader.start()
+
+    def stop(self) -> None:
+        self._reader.stop()
+
+    def _on_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+        rows = np.array(data, dtype=np.float64).reshape(len(ts), -1)
+        if rows.shape[1] != self._rows.shape[1]:
+            log.warning("gait plan with %d fields ignored (expected %d)", rows.shape[1],
+                        self._rows.shape[1])
+            return
+        with self._lock:
+            self._rows = np.vstack([self._rows, rows])
+
+    def rows_for(self, t0: float, t1: float) -> np.ndarray:
+        """Planned records that may shape samples in [t0, t1]; long-finished ones are forgotten."""
+        with self._lock:
+            self._rows = self._rows[self._rows[:, self._end] >= t0 - 2.0]
+            return self._rows[self._rows[:, self._strike] <= t1]
+
+
+class _GridDevice(Driver):
+    """A simulated device sampling on an exact grid t0 + k / rate of the LSL clock."""
+
+    rate_hz: float
+
+    def __init__(self, settings: SimLabSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self._follower: _PlanFollower | None = None
+        self._t0 = 0.0
+        self._k = 0
+
+    def open(self) -> None:
+        import pylsl
+
+        self._follower = _PlanFollower(self.settings)
+        self._follower.start()
+        self._t0 = pylsl.local_clock()
+        self._k = 0
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+
+    def _due(self, timeout_s: float) -> np.ndarray:
+        """Wait for at least one chunk's worth of samples (or the timeout); return their indices."""
+        import pylsl
+
+        chunk = max(1, round(self.settings.chunk_s * self.rate_hz))
+        ready_at = self._t0 + (self._k + chunk) / self.rate_hz
+        wait = ready_at - pylsl.local_clock()
+        if wait > 0:
+            time.sleep(min(wait, timeout_s))
+        due = int((pylsl.local_clock() - self._t0) * self.rate_hz)
+        if due <= self._k:
+            return np.empty(0, dtype=np.int64)
+        k = np.arange(self._k, due, dtype=np.int64)
+        self._k = due
+        return k
+
+    def _times(self, k: np.ndarray) -> np.ndarray:
+        return self._t0 + k / self.rate_hz
+
+    def _steps(self, t: np.ndarray) -> np.ndarray:
+        assert self._follower is not None
+        return self._follower.rows_for(float(t[0]), float(t[-1]))
+
+
+class SimForcePlate(_GridDevice):
+    """One belt's force plate: renders lab-frame GRF/COP, publishes C3D-style plate output."""
+
+    def __init__(self, settings: SimLabSettings, belt: str) -> None:
+        super().__init__(settings)
+        self.belt = belt
+        self.rate_hz = settings.plate_rate_hz
+        self.corners = belt_corners(belt)
+
+    def stream_specs(self) -> list[c.StreamSpec]:
+        """One force-plate stream with the belt's C3D geometry."""
+        return [c.force_plate_spec(self.settings.source_id(f"fp-{self.belt}"), belt=self.belt,
+                                   corners_m=self.corners, origin_m=PLATE_ORIGIN_M,
+                                   calibration_id=f"sim-{self.belt}", rate_hz=self.rate_hz,
+                                   serial_number=f"SIM-FP-{self.belt.upper()}")]
+
+    def read(self, timeout_s: float) -> list[Chunk]:
+        """Render the samples that fell due since the last call."""
+        k = self._due(timeout_s)
+        if len(k) == 0:
+            return []
+        t = self._times(k)
+        grf, cop, tz = gait.render_plate(self._steps(t), t, self.belt, self.settings.participant)
+        self.health.frames_ok += len(k)
+        return [Chunk(0, t, lab_to_plate(grf, cop, tz, self.corners, PLATE_ORIGIN_M))]
+
+
+class SimIMU(_GridDevice):
+    """A tibial IMU on one leg."""
+
+    def __init__(self, settings: SimLabSettings, side: str) -> None:
+        super().__init__(settings)
+        self.side = side
+        self.rate_hz = settings.imu_rate_hz
+
+    def stream_specs(self) -> list[c.StreamSpec]:
+        """One IMU stream, located on the distal tibia of its side."""
+        return [c.imu_spec(self.settings.source_id(f"imu-{self.side}"),
+                           location=f"{self.side} distal tibia, anteromedial", side=self.side,
+                           rate_hz=self.rate_hz, serial_number=f"SIM-IMU-{self.side.upper()}")]
+
+    def read(self, timeout_s: float) -> list[Chunk]:
+        """Render the samples that fell due since the last call."""
+        k = self._due(timeout_s)
+        if len(k) == 0:
+            return []
+        t = self._times(k)
+        data = gait.render_imu(self._steps(t), t, self.side, self.settings.participant)
+        self.health.frames_ok += len(k)
+        return [Chunk(0, t, data)]
+
+
+class SimCamera(_GridDevice):
+    """A camera's frame counter; a small, deterministic fraction of frames is dropped."""
+
+    def __init__(self, settings: SimLabSettings) -> None:
+        super().__init__(settings)
+        self.rate_hz = settings.camera_rate_hz
+
+    def open(self) -> None:
+        """A camera needs no gait plan: just start the frame clock."""
+        import pylsl
+
+        self._t0 = pylsl.local_clock()
+        self._k = 0
+
+    def stream_specs(self) -> list[c.StreamSpec]:
+        """The frame-counter stream (frames may drop)."""
+        return [c.camera_spec(self.settings.source_id("camera"), rate_hz=self.rate_hz)]
+
+    def read(self, timeout_s: float) -> list[Chunk]:
+        """Publish the frames that fell due, minus the dropped ones."""
+        k = self._due(timeout_s)
+        if len(k) == 0:
+            return []
+        # A hash of the frame index decides drops, so the pattern is reproducible.
+        keep = ((k * 2654435761) % 1_000_003) / 1_000_003 >= self.settings.camera_drop_fraction
+        self.health.frames_ok += int(keep.sum())
+        self.health.extra["frames_dropped"] = self.health.extra.get("frames_dropped", 0.0) + float(
+            (~keep).sum())
+        if not keep.any():
+            return []
+        return [Chunk(0, self._times(k[keep]), k[keep].astype(np.float64).reshape(-1, 1))]
+
+
+class SimTreadmill(TreadmillDriver):
+    """A treadmill whose belts ramp in software; obeys the session's commands and heartbeat."""
+
+    def __init__(self, settings: SimLabSettings) -> None:
+        super().__init__(TreadmillSettings(source_id=settings.source_id("treadmill"),
+                                           model="simulated instrumented treadmill",
+                                           state_rate_hz=settings.treadmill_rate_hz))
+        speed = settings.participant.initial_speed_m_s if settings.initial_speed_m_s is None \
+            else settings.initial_speed_m_s
+        self._ramp = BeltRamp(speed, speed, 0.0)
+        self._last_advance: float | None = None
+
+    def _connect(self) -> None:
+        self._last_advance = time.monotonic()
+
+    def _disconnect(self) -> None:
+        self._last_advance = None
+
+    def _send_belt_command(self, right_m_s: float, left_m_s: float, accel_m_s2: float,
+                           incline_deg: float) -> None:
+        self._ramp.set_target(right_m_s, left_m_s, accel_m_s2, incline_deg)
+
+    def _read_state(self, timeout_s: float) -> BeltState | None:
+        now = time.monotonic()
+        dt = 0.0 if self._last_advance is None else now - self._last_advance
+        self._last_advance = now
+        return self._ramp.advance(dt)
+
+
+def make_driver(settings: SimLabSettings, device: str) -> Driver:
+    """Build the driver of one simulated device by name (see ``SimLabSettings.devices``)."""
+    if device.startswith("fp-"):
+        return SimForcePlate(settings, device[3:])
+    if device.startswith("imu-"):
+        return SimIMU(settings, device[4:])
+    if device == "camera":
+        return SimCamera(settings)
+    if device == "treadmill":
+        return SimTreadmill(settings)
+    raise ConfigError(f"unknown simulated device {device!r}; "
+                      f"expected one of {(*DEVICES_SPLIT, 'fp-single')}")
+
+
+def run_device(stop: Any, settings: SimLabSettings, device: str) -> None:
+    """Device role: run one simulated device under the DriverRunner until ``stop`` is set."""
+    driver = make_driver(settings, device)
+    command_source = settings.session_commands_source_id if device == "treadmill" else None
+    runner = DriverRunner(driver, command_source_id=command_source)
+    watcher = threading.Thread(target=lambda: (stop.wait(), runner.stop()), daemon=True)
+    watcher.start()
+    runner.run()
+
+
+def sim_lab_roles(settings: SimLabSettings) -> list[tuple[str, Any, dict[str, Any]]]:
+    """The processes of the simulated lab as (name, target, kwargs) for the Supervisor."""
+    roles: list[tuple[str, Any, dict[str, Any]]] = [
+        ("sim-participant", run_participant, {"settings": settings})]
+    roles += [(f"sim-{d}", run_device, {"settings": settings, "device": d}) for d in settings.devices]
+    return roles
+
+
+def with_overrides(settings: SimLabSettings, **participant: Any) -> SimLabSettings:
+    """Return settings with some participant fields replaced (validated again)."""
+    return replace(settings, participant=replace(settings.participant, **participant))
