@@ -74,7 +74,7 @@ def default_cadence_spm(mode: str, speed_m_s: float) -> float:
 def _duty(mode: str, speed_m_s: float) -> float:
     """Contact time over step time at the preferred cadence (running < 1: flight; walking > 1)."""
     if mode == "run":
-        return min(max(0.66 - 0.06 * (speed_m_s - 3.0), 0.45), 0.85)
+        return min(max(0.66 - 0.04 * (speed_m_s - 3.0), 0.45), 0.85)
     return min(max(1.24 - 0.06 * (speed_m_s - 1.3), 1.1), 1.4)
 
 
@@ -147,6 +147,9 @@ class ParticipantSettings:
         number("foot_length_m", 0.15, 0.35)
         number("step_width_m", 0.07, 0.4)
         number("lookahead_s", 0.05, 5.0)
+        if self.mode == "walk" and self.strike != "rearfoot":
+            raise ConfigError("participant setting strike: walking is simulated heel-first only; "
+                              "use strike='rearfoot' with mode='walk'")
         if self.preferred_cadence_spm is not None:
             lo, hi = (140.0, 220.0) if self.mode == "run" else (70.0, 140.0)
             if not lo <= self.preferred_cadence_spm <= hi:
@@ -311,6 +314,16 @@ def steps_to_array(steps: Iterable[PlannedStep]) -> np.ndarray:
     return np.vstack(rows)
 
 
+def prune_records(rows: Sequence[PlannedStep] | np.ndarray, t0_s: float) -> np.ndarray:
+    """Keep the records a renderer still needs for samples at or after ``t0_s`` (as an array).
+
+    A record whose foot has struck again before ``t0_s`` can no longer touch those samples; a live
+    device process prunes its received records with this so rendering stays cheap.
+    """
+    arr = _as_rows(rows)
+    return arr[arr[:, _COL["next_strike_s"]] >= t0_s]
+
+
 def array_to_steps(rows: np.ndarray) -> list[PlannedStep]:
     """Inverse of :func:`steps_to_array`."""
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, len(PLANNED_STEP_FIELDS))
@@ -458,6 +471,11 @@ class GaitPlanner:
             raise ConfigError(f"{what}: expected a finite time in seconds, got {at_s!r}")
         return float(at_s)
 
+    @property
+    def horizon_s(self) -> float:
+        """Every record with strike <= this time has been returned (-inf before the first call)."""
+        return self._horizon_s
+
     # ---- planning ---------------------------------------------------------------------------
     def plan_until(self, t_s: float) -> list[PlannedStep]:
         """Return the records not yet returned whose strike is <= ``t_s`` + lookahead."""
@@ -575,11 +593,11 @@ class GaitPlanner:
         shape: dict[str, float] = {}
         if run and s.strike == "rearfoot":
             u = speed / 3.0
-            rise = 0.025 * q**2.5 * u**-0.5 * e()
-            shape.update(imp_amp_bw=0.95 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
-                         imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.6,
+            rise = 0.028 * q**2.5 * u**-0.5 * e()
+            shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
+                         imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.4,
                          cop_start_frac=0.06, cop_end_frac=0.85, cop_shape_k=3.0,
-                         brake_end_frac=0.47, shank_strike_rad=0.18 * e(2.0),
+                         brake_end_frac=0.45, shank_strike_rad=0.18 * e(2.0),
                          shank_toe_off_rad=-0.8 * e(), shock_peak_s=0.8 * rise)
         elif run:
             shape.update(imp_amp_bw=0.0, b1_a=1.4 * e(0.5), b1_b=1.6 * e(0.5),
@@ -607,7 +625,7 @@ class GaitPlanner:
             # Keep the impulse while letting the two peaks differ step to step.
             shape["b1_amp_bw"] = amp * (1.0 + skew * k2 / k1)
             shape["b2_amp_bw"] = amp * (1.0 - skew)
-        brake = (0.42 * (speed / 3.0) ** 0.7 if run else 0.2 * speed / 1.3) * e()
+        brake = (0.38 * (speed / 3.0) ** 0.7 if run else 0.2 * speed / 1.3) * e()
         fb = shape["brake_end_frac"]
         shape.update(brake_bw=brake, prop_bw=brake * fb / (1.0 - fb),  # zero net AP impulse
                      ml_bw=(0.07 if run else 0.05) * e(2.0),
@@ -914,6 +932,7 @@ def simulate_offline(settings: ParticipantSettings, duration_s: float, plate_rat
 
     ``cadence_schedule``: (at_s, spm or None) metronome commands; ``speed_schedule``: (at_s, m/s)
     belt speed changes. Plate signals per belt (two belts, or one when ``settings.single_belt``).
+    ``steps`` holds the records that strike before ``duration_s`` (a last contact may run past it).
     """
     if not (isinstance(duration_s, (int, float)) and 0.0 < duration_s <= 24 * 3600.0):
         raise ConfigError(f"simulate_offline duration_s: expected 0 < seconds <= 86400, "
@@ -927,7 +946,7 @@ def simulate_offline(settings: ParticipantSettings, duration_s: float, plate_rat
         planner.set_target_cadence(spm, at_s)
     for at_s, m_s in speed_schedule:
         planner.set_belt_speed(m_s, at_s)
-    steps = tuple(planner.plan_until(duration_s))
+    steps = tuple(s for s in planner.plan_until(duration_s) if s.strike_s < duration_s)
     rows = steps_to_array(steps)
     t_plate = np.arange(round(duration_s * plate_rate_hz)) / plate_rate_hz
     t_imu = np.arange(round(duration_s * imu_rate_hz)) / imu_rate_hz
