@@ -649,3 +649,19 @@ def test_simulated_forefoot_runner_resembles_rbds_s1(shared_data):
     assert sim["peak_bw"] == pytest.approx(real["peak_bw"], rel=0.1)
     assert sim["valr_bw_per_s"] == pytest.approx(real["valr_bw_per_s"], rel=0.25)
     assert real["impact_share"] < 0.1 and sim["impact_share"] < 0.1
+
+
+@pytest.mark.parametrize(("mode", "top_m_s", "max_bw"), [("run", 3.0, 3.2), ("walk", 1.3, 1.5)])
+def test_belt_ramp_from_standing_stays_plausible(mode, top_m_s, max_bw):
+    # The treadmill stream reports a ramp in small steps, as the simulated treadmill does.
+    ramp = [(2.0 + 0.0667 * i, min(top_m_s, 0.05 * (i + 1))) for i in range(80)]
+    s = ParticipantSettings(mode=mode, seed=2, plate_noise_n=0.0)
+    rec = simulate_offline(s, 14.0, speed_schedule=[(0.0, 0.0), *ramp])
+    total = (rec.grf_n["left"][:, 2] + rec.grf_n["right"][:, 2]) / s.weight_n
+    assert total.max() < max_bw
+    assert np.all(total[rec.t_plate_s < 1.9] == pytest.approx(1.0))  # standing before the belt
+    steps = rec.gait_steps()
+    assert steps[0].strike_s < 3.0
+    early = np.mean([x.cadence_spm for x in steps[:3]])
+    late = np.mean([x.cadence_spm for x in steps if x.strike_s > 10.0])
+    assert late > early  # cadence rises with belt speed

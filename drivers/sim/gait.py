@@ -583,7 +583,7 @@ class GaitPlanner:
         else:
             # Toe-off follows the other foot's strike (at strike + step_s) by the double support,
             # so the two contacts overlap by a consistent time whatever the step-time jitter.
-            double_s = (contact - t_nom) * (1.0 + rng.normal(0.0, cv))
+            double_s = (_duty(s.mode, speed) - 1.0) * t_nom * (1.0 + rng.normal(0.0, cv))
             contact = step_s + max(double_s, 0.05 * t_nom)
         e = lambda scale=1.0: 1.0 + rng.normal(0.0, scale * cv)  # noqa: E731
         rec: dict[str, Any] = {"kind": "step", "foot": foot, "strike_s": strike_s,
@@ -592,7 +592,8 @@ class GaitPlanner:
                                "speed_m_s": speed, "foot_length_m": s.foot_length_m}
         shape: dict[str, float] = {}
         if run and s.strike == "rearfoot":
-            u = speed / 3.0
+            # Impact scales with speed (Hennig & Lafortune 1991); clamp for belt ramps and jogging.
+            u = min(max(speed / 3.0, 0.6), 2.0)
             rise = 0.028 * q**2.5 * u**-0.5 * e()
             shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
                          imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.4,
