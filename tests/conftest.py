@@ -12,12 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 
-# LSL must never leave this machine in tests: use the shared machine-scope config, or the copy
-# labsuite ships with the same settings. liblsl reads it on first use, so set it before any import
-# of pylsl (conftest is imported before the test modules).
-_cfg = SHARED / "lsl_api.cfg"
-if not _cfg.exists():
-    _cfg = REPO / "labsuite" / "data" / "lsl_local.cfg"
+# LSL must never leave this machine in tests: use the copy of ../shared/lsl_api.cfg that labsuite
+# ships (same machine scope and loopback peers, plus a port range wide enough for a whole
+# simulated lab; see the file). liblsl reads it on first use, so set it before any import of pylsl
+# (conftest is imported before the test modules); child processes inherit it.
+_cfg = REPO / "labsuite" / "data" / "lsl_local.cfg"
 os.environ["LSLAPICFG"] = str(_cfg)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
