@@ -1,0 +1,330 @@
+"""Recorder: every stream of a session (or the ones named) from LSL into one SessionWriter.
+
+The recorder role of DESIGN.md: acquisition readers (labsuite.streams.acquisition) pull each stream
+on their own thread and hand chunks straight to the writer's queue; clock offsets, gaps, losses and
+reconnects go into the file too. The steps stream also fills the step table and stage_end markers
+the stage table. Used by ``labsuite record`` and by the session runner (``run_recorder`` role).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labsuite.archive.layout import validate_participant_id
+from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings, expected_bytes_per_s
+from labsuite.errors import ArchiveError, ConfigError
+from labsuite.steps import STEP_FIELDS, rows_to_steps
+from labsuite.streams.contracts import KIND_STEPS, StreamSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """What to record and where.
+
+    ``source_ids`` empty: every stream visible at the start, and any that appears later (kept in
+    the writer's spare slots). Named streams not visible after ``wait_s`` are looked for all along
+    and recorded from the moment they appear. ``path`` overrides the file name made from
+    ``out_dir``, the participant and the UTC start time.
+    """
+
+    participant_id: str
+    out_dir: Path = Path(".")
+    path: Path | None = None
+    source_ids: tuple[str, ...] = ()
+    wait_s: float = 2.0
+    watch_new_streams: bool = True
+    mass_kg: float | None = None
+    protocol_path: Path | None = None
+    protocol_text: str | None = None
+    session_number: int | None = None
+    expected_duration_s: float = 3600.0
+    writer: WriterSettings = field(default_factory=WriterSettings)
+    exclude_source_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_participant_id(self.participant_id)
+        if not (math.isfinite(self.wait_s) and self.wait_s > 0):
+            raise ConfigError(f"wait_s: expected a positive number of seconds, got {self.wait_s!r}")
+        if not (math.isfinite(self.expected_duration_s) and self.expected_duration_s > 0):
+            raise ConfigError(f"expected_duration_s: expected > 0 s, got {self.expected_duration_s!r}")
+
+    def session_path(self) -> Path:
+        """The file to write: ``path`` or ``out_dir/<participant>[_s<n>]_<UTC time>.h5``."""
+        if self.path is not None:
+            return Path(self.path)
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        sess = f"_s{self.session_number}" if self.session_number is not None else ""
+        return Path(self.out_dir) / f"{self.participant_id}{sess}_{stamp}.h5"
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """One stream's counters for the progress display."""
+
+    source_id: str
+    name: str
+    received: int
+    written: int
+    measured_rate_hz: float
+    gaps: int
+    dropped: int
+    reconnects: int
+    connected: bool
+
+
+class _Recorded:
+    """One stream being recorded: its reader, its writer handle, and what was passed on."""
+
+    def __init__(self, source_id: str) -> None:
+        self.source_id = source_id
+        self.reader: Any = None
+        self.handle: StreamHandle | None = None
+        self.offsets_sent = 0
+        self.refused = False
+
+
+class Recorder:
+    """Record LSL streams into a session file until :meth:`stop`.
+
+    ``on_message(text)`` receives warnings and errors for the operator (late streams, refused
+    streams, write errors); by default they are logged.
+    """
+
+    def __init__(self, settings: RecorderSettings,
+                 on_message: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.path = settings.session_path()
+        self._on_message = on_message or (lambda text: log.warning("%s", text))
+        self._streams: dict[str, _Recorded] = {}
+        self._lock = threading.Lock()
+        self._writer: SessionWriter | None = None
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: ArchiveError | None = None
+        self.start_monotonic = math.nan
+
+    # ---- control ---------------------------------------------------------------------------
+    def start(self) -> Path:
+        """Find the streams, create the file and start recording; returns the file path.
+
+        Raises ArchiveError when the file cannot be created or no stream is visible.
+        """
+        from labsuite.streams.acquisition import discover
+
+        s = self.settings
+        wanted = set(s.source_ids)
+        specs = [sp for sp in discover(s.wait_s) if sp.source_id not in s.exclude_source_ids]
+        if wanted:
+            specs = [sp for sp in specs if sp.source_id in wanted]
+            missing = sorted(wanted - {sp.source_id for sp in specs})
+            if missing:
+                self._on_message(f"not visible yet, recorded from the moment they appear: {missing}")
+        elif not specs:
+            raise ArchiveError(f"no LSL streams visible after {s.wait_s} s; start the drivers (or "
+                               "`labsuite simulate`) first, or wait longer with --wait-s")
+        if s.path is None:
+            Path(s.out_dir).mkdir(parents=True, exist_ok=True)
+        self._writer = SessionWriter(
+            self.path, participant_id=s.participant_id, mass_kg=s.mass_kg,
+            protocol_text=s.protocol_text, protocol_path=s.protocol_path,
+            session_number=s.session_number, settings=s.writer,
+            expected_rate_bytes_per_s=expected_bytes_per_s(specs),
+            expected_duration_s=s.expected_duration_s,
+            on_event=lambda kind, detail: self._on_message(f"{kind}: {detail}"))
+        for spec in specs:
+            rec = _Recorded(spec.source_id)
+            rec.handle = self._writer.add_stream(spec)
+            self._streams[spec.source_id] = rec
+        for sid in sorted(wanted - set(self._streams)):
+            self._streams[sid] = _Recorded(sid)
+        self._writer.start()
+        self.start_monotonic = time.monotonic()
+        for rec in list(self._streams.values()):
+            self._start_reader(rec)
+        if s.watch_new_streams and not wanted:
+            self._watcher = threading.Thread(target=self._watch_loop, name="recorder-watch", daemon=True)
+            self._watcher.start()
+        return self.path
+
+    def stop(self) -> None:
+        """Stop the readers, write what is queued and close the file (marked complete)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10.0)
+        readers = [r.reader for r in self._streams.values() if r.reader is not None]
+        for reader in readers:
+            reader.request_stop()
+        for reader in readers:
+            reader.stop(10.0)
+        if self._writer is not None:
+            self._sync_offsets()
+            try:
+                self._writer.close()
+            except ArchiveError as exc:
+                self._error = self._error or exc
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def writer(self) -> SessionWriter:
+        """The session writer (after :meth:`start`)."""
+        if self._writer is None:
+            raise ArchiveError("the recorder has not started")
+        return self._writer
+
+    @property
+    def failed(self) -> ArchiveError | None:
+        """The error that stopped recording, or None."""
+        return self._error or (self._writer.failed if self._writer is not None else None)
+
+    def tick(self) -> None:
+        """Pass new clock offsets to the writer; call about once a second (``run`` does)."""
+        self._sync_offsets()
+
+    def progress(self) -> list[StreamProgress]:
+        """Counters per stream: received, written (flushed), rate, gaps, dropped, reconnects."""
+        written = self._writer.stats().samples_written if self._writer is not None else {}
+        out = []
+        for sid, rec in sorted(self._streams.items()):
+            st = rec.reader.stats() if rec.reader is not None else None
+            key = rec.handle.key if rec.handle is not None else ""
+            name = rec.reader.spec.name if rec.reader is not None and rec.reader.spec is not None else sid
+            out.append(StreamProgress(
+                sid, name, st.samples if st else 0, written.get(key, 0),
+                st.measured_rate_hz if st else math.nan, st.gaps if st else 0, st.dropped if st else 0,
+                st.reconnects if st else 0, bool(st and st.connected)))
+        return out
+
+    def run(self, duration_s: float | None = None, *, report: Callable[[str], None] | None = print,
+            stop_event: Any = None) -> Path:
+        """Start, record until ``duration_s``, ``stop_event`` or Ctrl-C, stop; print progress each second."""
+        self.start()
+        try:
+            t_end = None if duration_s is None else self.start_monotonic + duration_s
+            while True:
+                now = time.monotonic()
+                if t_end is not None and now >= t_end:
+                    break
+                if stop_event is not None and stop_event.is_set():
+                    break
+                if self.failed is not None:
+                    break
+                wait = 1.0 if t_end is None else max(0.0, min(1.0, t_end - now))
+                if stop_event is not None:
+                    stop_event.wait(wait)
+                else:
+                    time.sleep(wait)
+                self.tick()
+                if report is not None:
+                    report(format_progress(time.monotonic() - self.start_monotonic, self.progress(),
+                                           self.writer.stats().samples_queued))
+        finally:
+            self.stop()
+        return self.path
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _start_reader(self, rec: _Recorded) -> None:
+        from labsuite.streams.acquisition import StreamQuery, StreamReader
+
+        def on_chunk(reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
+            self._on_chunk(rec, reader, ts, data)
+
+        def on_event(reader: Any, kind: str, detail: str) -> None:
+            self._on_event(rec, kind, detail)
+
+        rec.reader = StreamReader(StreamQuery(source_id=rec.source_id), on_chunk=on_chunk, on_event=on_event)
+        rec.reader.start()
+
+    def _on_chunk(self, rec: _Recorded, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
+        if rec.refused or self._writer is None:
+            return
+        writer = self._writer
+        try:
+            if rec.handle is None:
+                # A stream that appeared after the start: it goes to a spare slot.
+                with self._lock:
+                    if rec.handle is None:
+                        rec.handle = writer.add_stream(reader.spec)
+                        self._on_message(f"stream {rec.source_id!r} appeared after the start; recording it")
+            writer.append(rec.handle, ts, data)
+            if rec.handle.spec.kind == KIND_STEPS and data.shape[1] == len(STEP_FIELDS):
+                writer.append_steps(rows_to_steps(np.asarray(data, dtype=np.float64)))
+        except ArchiveError as exc:
+            if writer.failed is not None:
+                self._error = writer.failed
+                self._stop.set()
+            else:
+                rec.refused = True
+                self._on_message(str(exc))
+
+    def _on_event(self, rec: _Recorded, kind: str, detail: str) -> None:
+        if self._writer is not None and self._writer.failed is None:
+            try:
+                self._writer.log_event(kind, detail, source_id=rec.source_id)
+            except ArchiveError as exc:
+                log.warning("event %s of %s not stored: %s", kind, rec.source_id, exc)
+        if kind in ("lost", "reconnected"):
+            self._on_message(f"{rec.source_id}: {kind}: {detail}")
+
+    def _sync_offsets(self) -> None:
+        if self._writer is None:
+            return
+        for rec in self._streams.values():
+            if rec.reader is None or rec.handle is None:
+                continue
+            offsets = rec.reader.clock_offsets()
+            for local_time, offset in offsets[rec.offsets_sent:]:
+                try:
+                    self._writer.add_clock_offset(rec.handle, float(local_time), float(offset))
+                except ArchiveError:
+                    return
+            rec.offsets_sent = len(offsets)
+
+    def _watch_loop(self) -> None:
+        import pylsl
+
+        resolver = pylsl.ContinuousResolver(forget_after=5.0)
+        try:
+            while not self._stop.wait(1.0):
+                for info in resolver.results():
+                    sid = info.source_id()
+                    if (not sid or sid in self._streams or sid in self.settings.exclude_source_ids):
+                        continue
+                    rec = _Recorded(sid)
+                    self._streams[sid] = rec
+                    self._start_reader(rec)
+        finally:
+            del resolver
+
+
+def format_progress(elapsed_s: float, rows: Sequence[StreamProgress], queued: int) -> str:
+    """One progress line per second: per stream samples written, rate, gaps."""
+    parts = []
+    for p in rows:
+        rate = "-" if not math.isfinite(p.measured_rate_hz) else f"{p.measured_rate_hz:.0f}Hz"
+        state = "" if p.connected else " LOST"
+        gaps = f" gaps={p.gaps}/{p.dropped}" if p.gaps else ""
+        parts.append(f"{p.name}={p.written}/{p.received} {rate}{gaps}{state}")
+    return f"[{elapsed_s:7.1f} s] " + "  ".join(parts) + (f"  queued={queued}" if queued else "")
+
+
+def run_recorder(stop: Any, settings: RecorderSettings) -> None:
+    """Supervisor role: record until ``stop`` is set (used by ``labsuite run``)."""
+    Recorder(settings).run(None, report=None, stop_event=stop)
+
+
+def spec_summary(spec: StreamSpec) -> str:
+    """A short description of a stream for messages."""
+    return f"{spec.name} ({spec.source_id}, {spec.channel_count} ch, {spec.rate_hz:g} Hz)"
