@@ -594,7 +594,7 @@ class GaitPlanner:
         if run and s.strike == "rearfoot":
             # Impact scales with speed (Hennig & Lafortune 1991); clamp for belt ramps and jogging.
             u = min(max(speed / 3.0, 0.6), 2.0)
-            rise = 0.028 * q**2.5 * u**-0.5 * e()
+            rise = 0.028 * q**2.2 * u**-0.5 * e()
             shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
                          imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.4,
                          cop_start_frac=0.06, cop_end_frac=0.85, cop_shape_k=3.0,
