@@ -56,6 +56,7 @@ STOP_SPEED_M_S = 0.2  # below this belt speed the participant stands instead of 
 STAND_BLOCK_S = 0.25  # standing is planned in blocks of this length (weight shift, COP sway)
 STAND_COP_FRAC = 0.45  # standing COP sits this far along the foot from the heel
 STAND_SHANK_RAD = 0.03
+SPEED_ADAPTATION_STEPS = 3.0  # preferred cadence follows a belt-speed change within a few steps
 METHOD_IMPACT_PEAK = 0
 METHOD_STANCE_13PCT = 1
 IMPACT_WINDOW_FRAC = 0.20  # an impact peak is a local maximum within the first 20 % of stance
@@ -433,8 +434,8 @@ class GaitPlanner:
         self._last_step: dict[str, Any] | None = None
         self._last_stand_end_s: float | None = None
         self._next_foot = "left"
-        v0 = settings.initial_speed_m_s
-        self._intended_spm = settings.preferred_cadence_at(v0 if v0 >= STOP_SPEED_M_S else 1.0)
+        self._offset_spm = 0.0
+        self._pref_spm: float | None = None
         self._x_com_m = 0.0
         self._load_left = 0.5
         self._cop_dx = {"left": 0.0, "right": 0.0}
@@ -564,13 +565,19 @@ class GaitPlanner:
         foot = self._next_foot
         self._next_foot = "right" if foot == "left" else "left"
         self._standing = False
-        pref = s.preferred_cadence_at(speed)
+        # Cadence = preferred at this speed (followed within a few steps, as on a ramping belt) +
+        # an offset that approaches the metronome's demand to first order over tens of steps with
+        # a small random drift (people do not lock on at once).
+        pref_now = s.preferred_cadence_at(speed)
+        if self._pref_spm is None:
+            self._pref_spm = pref_now
+        self._pref_spm += (pref_now - self._pref_spm) / SPEED_ADAPTATION_STEPS
+        pref = self._pref_spm
         target = self._cadence.at(strike_s)
-        target = pref if target is None else target
-        # First-order approach to the target with a small random drift (people do not lock on).
-        self._intended_spm += (target - self._intended_spm) / s.adaptation_steps
-        self._intended_spm += rng.normal(0.0, 0.25)
-        cadence = self._intended_spm
+        goal = 0.0 if target is None else target - pref
+        self._offset_spm += (goal - self._offset_spm) / s.adaptation_steps
+        self._offset_spm += rng.normal(0.0, 0.25)
+        cadence = pref + self._offset_spm
         t_nom = 60.0 / cadence
         t_pref = 60.0 / pref
         step_s = t_nom * (1.0 + rng.normal(0.0, s.step_time_cv))
