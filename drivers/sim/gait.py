@@ -342,11 +342,10 @@ def milner_valr(tau_s: np.ndarray, f_bw: np.ndarray, contact_s: float
     t20 and t80 the first (linearly interpolated) crossings of 20 % and 80 % of the reference force.
     """
     n_win = int(np.searchsorted(tau_s, IMPACT_WINDOW_FRAC * contact_s))
-    imp_i = -1
-    for i in range(1, max(n_win, 1)):
-        if f_bw[i] > f_bw[i - 1] and f_bw[i] >= f_bw[i + 1]:
-            imp_i = i
-            break
+    mid = f_bw[1:n_win]
+    is_max = (mid > f_bw[:n_win - 1]) & (mid >= f_bw[2:n_win + 1]) if n_win > 1 else mid > 0
+    hits = np.flatnonzero(is_max)
+    imp_i = int(hits[0]) + 1 if hits.size else -1
     if imp_i > 0:
         ref, ref_tau, method = float(f_bw[imp_i]), float(tau_s[imp_i]), METHOD_IMPACT_PEAK
     else:
@@ -655,7 +654,7 @@ class GaitPlanner:
     def _true_metrics(self, rec: dict[str, Any]) -> None:
         """Measure peak, impact peak, VALR and set the tibial shock on the noise-free template."""
         contact = rec["contact_s"]
-        tau = np.linspace(0.0, contact, 8001)
+        tau = np.linspace(0.0, contact, 4001)
         f = wf.vertical_bw(tau, contact, rec.get("imp_amp_bw", 0.0), rec.get("imp_rise_s", 1.0),
                            rec.get("imp_decay_s", 1.0), rec["b1_amp_bw"], rec["b1_a"],
                            rec["b1_b"], rec.get("b2_amp_bw", 0.0), rec.get("b2_a", 2.0),
