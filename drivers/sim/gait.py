@@ -14,10 +14,13 @@ Physiology and the sources behind the numbers:
   bump of ~2.3-2.8 BW (Clark, Ryan & Weyand 2017, J Exp Biol 220:247; Lieberman et al. 2010, Nature
   463:531 for forefoot strikes without an impact peak); walking = M shape, two peaks ~1.1 BW. The
   active amplitude is set from the vertical impulse balance (mean vertical force = body weight).
-* Loading rate falls as cadence rises: VALR scales with (cadence / preferred)^-2, i.e. ~17 % lower
-  for +10 % cadence (Heiderscheit et al. 2011; Willy et al. 2016, Scand J Med Sci Sports 26:197).
-  Cadence follows a metronome with a first-order lag over tens of steps (Willy et al. 2016 saw
-  runners settle within a session; Bood et al. 2013, PLoS One 8:e76716, on metronome tracking).
+* Loading rate falls as cadence rises: the impact rise time scales with (cadence / preferred)^2.2
+  and its amplitude with ^-1.5, so VALR is ~16 % lower at +7.5 % and ~20 % lower at +10 % cadence
+  (Heiderscheit et al. 2011; Willy et al. 2016, Scand J Med Sci Sports 26:197). Cadence follows a
+  metronome with a first-order lag over tens of steps (Bood et al. 2013, PLoS One 8:e76716, on
+  metronome tracking) and a belt-speed change within a few steps.
+* AP force: braking then propulsion with zero net impulse per step at steady speed (Cavanagh &
+  Lafortune 1980, J Biomech 13:397).
 * Tibial peak acceleration rises with loading rate, ~4-10 g in rearfoot runners (Hennig & Lafortune
   1991, J Appl Biomech 7:303; Crowell & Davis 2011, Clin Biomech 26:78).
 * True VALR and impact peak follow Milner et al. (2006, MSSE 38:323): slope between 20 % and 80 % of
