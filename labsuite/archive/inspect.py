@@ -1,0 +1,120 @@
+"""Summarise a session file: streams, durations, measured rates, gaps, steps per stage.
+
+Reads with labsuite.archive.reader; ``labsuite inspect`` prints :func:`format_summary`, reports
+and tests use :func:`summarize` (plain dict, JSON-ready).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from labsuite.archive.reader import Session
+from labsuite.steps import FOOT_LEFT, FOOT_RIGHT
+
+
+def summarize(session: Session) -> dict[str, Any]:
+    """Return a JSON-ready summary of the session."""
+    a = session.attrs
+    streams = []
+    for sid, sd in session.streams.items():
+        gaps = sd.gaps()
+        co = sd.clock_offsets
+        streams.append({
+            "source_id": sid, "name": sd.spec.name, "kind": sd.spec.kind, "key": sd.key,
+            "channels": sd.spec.channel_count, "nominal_rate_hz": sd.spec.rate_hz,
+            "samples": sd.n_samples, "duration_s": sd.duration_s,
+            "measured_rate_hz": _finite(sd.measured_rate_hz),
+            "gaps": len(gaps), "gap_total_s": float(sum(g[1] for g in gaps)),
+            "longest_gap_s": float(max((g[1] for g in gaps), default=0.0)),
+            "clock_offsets": len(co),
+            "last_offset_ms": _finite(float(co[-1, 1]) * 1000.0) if len(co) else None,
+            "late": sd.late,
+        })
+    steps = session.steps
+    feet = steps["foot"]
+    stages = [{"index": st.index, "name": st.name, "kind": st.kind, "start_s": st.start_s,
+               "end_s": st.end_s, "duration_s": st.end_s - st.start_s, "steps": n,
+               "end_reason": st.end_reason}
+              for st, n in session.stages_steps()]
+    events = session.events
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    return {
+        "path": str(session.path),
+        "complete": session.complete,
+        "participant_id": a.get("participant_id"),
+        "mass_kg": _finite(a.get("mass_kg", math.nan)),
+        "session_number": a.get("session_number"),
+        "start_time_utc": a.get("start_time_utc"),
+        "host": a.get("host"),
+        "labsuite_version": a.get("labsuite_version"),
+        "protocol_sha256": a.get("protocol_sha256") or None,
+        "streams": streams,
+        "steps": {"total": len(steps), "left": int(np.count_nonzero(feet == FOOT_LEFT)),
+                  "right": int(np.count_nonzero(feet == FOOT_RIGHT))},
+        "stages": stages,
+        "markers": len(session.markers),
+        "calibration_records": len(session.calibration),
+        "events": counts,
+        "errors": [e["detail"] for e in events if e["kind"] in ("error", "late_stream_refused")],
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Format :func:`summarize` output for the terminal."""
+    lines = [f"session {s['path']}"]
+    lines.append("  status: complete (closed cleanly)" if s["complete"] else
+                 "  status: INCOMPLETE: not closed cleanly (cut short, or still being recorded); "
+                 "holds everything up to its last flush")
+    mass = "-" if s["mass_kg"] is None else f"{s['mass_kg']:g} kg"
+    number = "-" if s["session_number"] in (None, -1) else str(s["session_number"])
+    lines.append(f"  participant {s['participant_id']}  mass {mass}  session {number}  "
+                 f"started {s['start_time_utc']} on {s['host']}  labsuite {s['labsuite_version']}")
+    if s["protocol_sha256"]:
+        lines.append(f"  protocol sha256 {s['protocol_sha256']}")
+    header = ("stream", "kind", "source_id", "ch", "nominal_hz", "measured_hz", "samples",
+              "duration_s", "gaps", "gap_s", "offsets")
+    rows = [header]
+    for st in s["streams"]:
+        nominal = "irregular" if st["nominal_rate_hz"] == 0 else f"{st['nominal_rate_hz']:g}"
+        measured = "-" if st["measured_rate_hz"] is None or st["nominal_rate_hz"] == 0 else \
+            f"{st['measured_rate_hz']:.2f}"
+        rows.append((st["name"] + (" (late)" if st["late"] else ""), st["kind"], st["source_id"],
+                     str(st["channels"]), nominal, measured, str(st["samples"]),
+                     f"{st['duration_s']:.2f}", str(st["gaps"]), f"{st['gap_total_s']:.3f}",
+                     str(st["clock_offsets"])))
+    lines.append("")
+    lines += _table(rows)
+    steps = s["steps"]
+    lines.append("")
+    lines.append(f"steps: {steps['total']} (left {steps['left']}, right {steps['right']})")
+    if s["stages"]:
+        rows = [("#", "stage", "kind", "duration_s", "steps", "end_reason")]
+        rows += [(str(st["index"]), st["name"], st["kind"], f"{st['duration_s']:.1f}", str(st["steps"]),
+                  st["end_reason"]) for st in s["stages"]]
+        lines += _table(rows)
+    else:
+        lines.append("stages: none recorded")
+    ev = ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"
+    lines.append(f"markers: {s['markers']}   calibration records: {s['calibration_records']}   "
+                 f"events: {ev}")
+    for err in s["errors"]:
+        lines.append(f"  ERROR during recording: {err}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
