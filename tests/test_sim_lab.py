@@ -223,3 +223,41 @@ def test_treadmill_obeys_session_commands_and_participant_stands_when_the_belt_s
         codes = sup.stop()
         del commands
     assert all(code == 0 for code in codes.values()), codes
+
+
+def test_participant_follows_the_session_metronome_over_tens_of_steps(uid):
+    from labsuite.streams.messages import EVENT_METRONOME, marker
+
+    settings = SimLabSettings(lab_id=uid)
+    preferred = settings.participant.preferred_cadence_at(settings.participant.initial_speed_m_s)
+    target = round(preferred * 1.10, 1)
+    markers = pylsl.StreamOutlet(c.markers_spec(settings.session_markers_source_id).to_info())
+    sup = Supervisor()
+    sup.add("participant", run_participant, {"settings": settings}, restart=False)
+    plan = StreamReader(gait_plan_spec(settings).source_id, buffer_s=120).start()
+    sup.start()
+    try:
+        assert _wait(lambda: plan.stats().samples > 10, 20)
+        # The participant's reader must be connected to our markers before the metronome starts.
+        assert _wait(lambda: markers.have_consumers(), 20)
+        t_cmd = pylsl.local_clock()
+        markers.push_sample([marker(EVENT_METRONOME, spm=target)])
+        time.sleep(16.0)
+        _, rows = plan.ring.latest()
+        steps = [gait.PlannedStep.from_vector(r) for r in rows]
+        steps = [s for s in steps if s.kind == "step"]
+        strikes = np.array([s.strike_s for s in steps])
+        spm = 60.0 / np.diff(strikes)
+        after = strikes[1:] > t_cmd + 1.0
+        first = spm[after][:3].mean()
+        last = spm[after][-10:].mean()
+        before = spm[strikes[1:] < t_cmd].mean()
+        assert before == pytest.approx(preferred, rel=0.03)
+        # Not at once: the first steps after the command are still well short of the target ...
+        assert first < before + 0.7 * (target - before)
+        # ... but after ~16 s (tens of steps) the participant is close to it.
+        assert last == pytest.approx(target, rel=0.02)
+    finally:
+        plan.stop()
+        sup.stop()
+        del markers

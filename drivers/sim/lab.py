@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BELT_LENGTH_M = 1.8
 BELT_WIDTH_M = 0.25  # each belt of a split-belt treadmill; a single belt is twice as wide
-PLATE_ORIGIN_M = (0.0, 0.0, -0.04)  # surface centre 40 mm above the sensor origin (z points down)
+PLATE_ORIGIN_M = np.array([0.0, 0.0, -0.04])  # surface centre 40 mm above the sensor origin (z down)
 
 DEVICES_SPLIT = ("fp-left", "fp-right", "imu-left", "imu-right", "camera", "treadmill")
 DEVICES_SINGLE = ("fp-single", "imu-left", "imu-right", "camera", "treadmill")
@@ -283,7 +283,7 @@ class SimForcePlate(_GridDevice):
     def stream_specs(self) -> list[c.StreamSpec]:
         """One force-plate stream with the belt's C3D geometry."""
         return [c.force_plate_spec(self.settings.source_id(f"fp-{self.belt}"), belt=self.belt,
-                                   corners_m=self.corners, origin_m=PLATE_ORIGIN_M,
+                                   corners_m=self.corners, origin_m=tuple(PLATE_ORIGIN_M),
                                    calibration_id=f"sim-{self.belt}", rate_hz=self.rate_hz,
                                    serial_number=f"SIM-FP-{self.belt.upper()}")]
 
