@@ -260,4 +260,3 @@ def test_participant_follows_the_session_metronome_over_tens_of_steps(uid):
     finally:
         plan.stop()
         sup.stop()
-        del markers
