@@ -665,3 +665,26 @@ def test_belt_ramp_from_standing_stays_plausible(mode, top_m_s, max_bw):
     early = np.mean([x.cadence_spm for x in steps[:3]])
     late = np.mean([x.cadence_spm for x in steps if x.strike_s > 10.0])
     assert late > early  # cadence rises with belt speed
+
+
+def test_crossover_steps_load_both_belts():
+    s = ParticipantSettings(seed=14, crossover_fraction=0.2, plate_noise_n=0.0)
+    rec = simulate_offline(s, 30.0)
+    steps = [st for st in rec.gait_steps() if 0.5 < st.strike_s and st.toe_off_s < 29.9]
+    crossed = [st for st in steps if st.other_belt_share > 0.0]
+    assert 0.1 < len(crossed) / len(steps) < 0.3
+    t = rec.t_plate_s
+    for st in steps:
+        other = "right" if st.foot == "left" else "left"
+        m = (t > st.strike_s + 0.05) & (t < st.toe_off_s - 0.05)
+        fz_other = rec.grf_n[other][m, 2]
+        if st.other_belt_share > 0.0:
+            assert fz_other.max() > 0.2 * s.weight_n  # part of the foot is on the other belt
+        elif s.mode == "run":
+            assert fz_other.max() == 0.0  # flight of the other foot: that belt is empty
+    # Whatever lands where, both belts together carry what one plate under both feet would.
+    rows = steps_to_array(rec.steps)
+    single, _, _ = render_plate(rows, t, "single", s)
+    np.testing.assert_allclose(rec.grf_n["left"] + rec.grf_n["right"], single, atol=1e-9)
+    on_own = [rec.cop_m[b][rec.grf_n[b][:, 2] > 50.0, 1] for b in ("left", "right")]
+    assert on_own[0].min() > 0.0 and on_own[1].max() < 0.0  # each belt's COP stays on it

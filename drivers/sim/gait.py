@@ -95,6 +95,8 @@ class ParticipantSettings:
     ``variability_cv`` the step-to-step CV of force and impact parameters, ``step_time_cv`` that of
     step times; ``adaptation_steps`` the time constant (steps) of the approach to a commanded cadence.
     ``lookahead_s``: the planner hands out steps whose strike is at most this far ahead.
+    ``crossover_fraction``: share of steps that land across the gap of a split belt, part of their
+    force on the other belt (for testing cross-over flags; 0 by default).
     """
 
     mass_kg: float = 70.0
@@ -113,6 +115,7 @@ class ParticipantSettings:
     foot_length_m: float = 0.26
     step_width_m: float = 0.14
     lookahead_s: float = 0.5
+    crossover_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         def number(name: str, lo: float, hi: float, *, allow_none: bool = False) -> None:
@@ -151,6 +154,7 @@ class ParticipantSettings:
         number("foot_length_m", 0.15, 0.35)
         number("step_width_m", 0.07, 0.4)
         number("lookahead_s", 0.05, 5.0)
+        number("crossover_fraction", 0.0, 0.5)
         if self.mode == "walk" and self.strike != "rearfoot":
             raise ConfigError("participant setting strike: walking is simulated heel-first only; "
                               "use strike='rearfoot' with mode='walk'")
@@ -196,6 +200,8 @@ class PlannedStep:
     position in the lab frame at strike. The remaining fields are the waveform's shape parameters.
     Standing blocks use ``load_start_bw``/``load_end_bw`` (this foot's share of body weight) and
     ``cop_dx_start_m``/``cop_dx_end_m`` (AP sway), interpolated smoothly over the block.
+    ``other_belt_share`` > 0 marks a cross-over step: that fraction of the foot's force lands on the
+    other belt of a split-belt treadmill.
     """
 
     kind: str
@@ -244,6 +250,7 @@ class PlannedStep:
     load_end_bw: float = math.nan
     cop_dx_start_m: float = 0.0
     cop_dx_end_m: float = 0.0
+    other_belt_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -651,6 +658,10 @@ class GaitPlanner:
         sign = 1.0 if foot == "left" else -1.0
         y = 0.5 * s.step_width_m + rng.normal(0.0, 0.012)
         rec["foot_y_m"] = sign * max(y, 0.035)  # stay on its own belt (y > 0 left)
+        # Drawn only when asked for, so other settings keep their random sequence.
+        if s.crossover_fraction > 0.0 and rng.random() < s.crossover_fraction:
+            rec["foot_y_m"] = sign * 0.005  # straddling the gap between the belts
+            rec["other_belt_share"] = rng.uniform(0.2, 0.5)
         self._queue.append(rec)
         self._last_step = rec
 
@@ -774,7 +785,8 @@ def render_plate(steps: Sequence[PlannedStep] | np.ndarray, t: np.ndarray, belt:
     if n and rows.size:
         sel = (rows[:, _COL["toe_off_s"]] >= t[0]) & (rows[:, _COL["strike_s"]] <= t[-1])
         if belt != "single":
-            sel &= rows[:, _COL["foot"]] == FEET.index(belt)
+            own = rows[:, _COL["foot"]] == FEET.index(belt)
+            sel &= own | (rows[:, _COL["other_belt_share"]] > 0.0)
         w = settings.weight_n
         for r in rows[sel]:
             a, b = r[_COL["strike_s"]], r[_COL["toe_off_s"]]
@@ -785,6 +797,15 @@ def render_plate(steps: Sequence[PlannedStep] | np.ndarray, t: np.ndarray, belt:
             tt = t[i0:i1]
             sign = 1.0 if r[_COL["foot"]] == 0 else -1.0
             length = r[_COL["foot_length_m"]]
+            # Split belts: a cross-over step puts part of its load on the other belt, each part
+            # centred on its own belt just beside the gap.
+            share = r[_COL["other_belt_share"]] if belt != "single" else 0.0
+            if share > 0.0:
+                mine = r[_COL["foot"]] == FEET.index(belt)
+                factor = 1.0 - share if mine else share
+                y_part = 0.03 * (1.0 if belt == "left" else -1.0)
+            else:
+                factor, y_part = 1.0, math.nan
             if r[_COL["kind"]] == 1:  # standing block
                 u = _smooth((tt - a) / (b - a))
                 load = r[_COL["load_start_bw"]] + (r[_COL["load_end_bw"]]
@@ -815,6 +836,9 @@ def render_plate(steps: Sequence[PlannedStep] | np.ndarray, t: np.ndarray, belt:
                                                       r[_COL["cop_end_frac"]],
                                                       r[_COL["cop_shape_k"]])
                 y = r[_COL["foot_y_m"]] + sign * 0.012 * (1.0 - 2.0 * s)  # lateral heel, medial toe
+            if factor != 1.0:
+                z, hx, hy, tau_free = factor * z, factor * hx, factor * hy, factor * tau_free
+                y = np.full_like(tt, y_part)
             sl = slice(i0, i1)
             fz[sl] += z
             fx[sl] += hx
