@@ -142,7 +142,8 @@ class CameraDriver(Driver):
         due = int((now - self._t0) / period) + 1 - self._k
         if due <= 0:
             return []
-        frames, stamps = [], []
+        frames: list[np.ndarray] = []
+        stamps: list[float] = []
         # Frames more than one period late are dropped, as a camera's buffer would overrun.
         keep_from = max(0, due - 1) if due > 2 else 0
         for i in range(due):
@@ -192,7 +193,8 @@ class CameraDriver(Driver):
         number = len(self.segments)
         path = base if number == 0 else base.with_name(f"{base.stem}.part{number + 1}{base.suffix}")
         height, width = frame.shape[:2]
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.settings.fourcc),
+        fourcc = cv2.VideoWriter.fourcc(*self.settings.fourcc)
+        writer = cv2.VideoWriter(str(path), fourcc,
                                  self.settings.rate_hz, (width, height))
         if not writer.isOpened():
             raise DeviceError(f"camera: cannot write video {str(path)!r} with codec "

@@ -169,8 +169,9 @@ class PlateCalibration:
     def stream_spec(self, source_id: str, *, belt: str, rate_hz: float, name: str | None = None,
                     manufacturer: str | None = None, model: str | None = None) -> StreamSpec:
         """The plate's stream description, with this calibration's geometry, id and plate serial."""
+        ox, oy, oz = (float(v) for v in self.origin_m)
         return force_plate_spec(source_id, belt=belt, corners_m=self.corners_m,
-                                origin_m=tuple(float(v) for v in self.origin_m),
+                                origin_m=(ox, oy, oz),
                                 calibration_id=self.calibration_id, rate_hz=rate_hz, name=name,
                                 manufacturer=manufacturer or self.manufacturer or "labsuite",
                                 model=model or self.model or "force plate",

@@ -124,8 +124,8 @@ def parse_yaml_model(text: str, file: str, model: type[M], *, what: str) -> M:
             probe = tuple(loc)
             while probe and probe not in positions:
                 probe = probe[:-1]
-            line = positions.get(probe, 0)
-            where = f"{file}:{line}" if line else file
+            line_no = positions.get(probe, 0)
+            where = f"{file}:{line_no}" if line_no else file
             problems.append(f"{where}: {format_path(loc) or '(top level)'}: {msg}")
         unique = list(dict.fromkeys(problems))
         raise ConfigError(f"{file}: invalid {what} ({len(unique)} problem"

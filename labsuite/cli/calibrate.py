@@ -8,6 +8,7 @@ tolerance; ``--record`` appends the result to the file's verification history.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 COMMAND = "calibrate"
 HELP = "Force-plate calibration: show a calibration file, verify a plate with a known mass."
@@ -85,7 +86,9 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     cal = config.calibrations[args.plate]
     driver = config.build_driver(args.plate)
-    calibrator = driver.calibrator  # type: ignore[attr-defined]
+    calibrator = getattr(driver, "calibrator", None)
+    if calibrator is None:
+        raise ConfigError(f"{args.lab}: device {args.plate!r} has no calibration to verify")
     driver.open()
     try:
         print(f"taring {args.plate}: keep the plate empty ...", flush=True)
@@ -128,7 +131,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_FAILED_CHECK
 
 
-def _drain(driver, seconds: float) -> None:  # type: ignore[no-untyped-def]
+def _drain(driver: Any, seconds: float) -> None:
     """Read and discard for ``seconds`` (at least one read), so the buffer holds only new data."""
     import time
 
