@@ -1,0 +1,138 @@
+"""Operator commands over LSL: how a GUI (or any process) drives a running session.
+
+The session reads a JSON string stream whose source_id is ``labsuite-session-<lab_id>-operator``;
+each sample is one command such as ``{"op":"pause"}`` or ``{"op":"pain","pain":2,"id":3}``.
+:class:`OperatorConsole` publishes them; the session (:mod:`labsuite.protocol.session`) obeys them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from labsuite.errors import ConfigError, DeviceError
+from labsuite.streams.contracts import commands_spec
+from labsuite.streams.messages import decode, encode
+
+OP_PAUSE = "pause"
+OP_RESUME = "resume"
+OP_SKIP = "skip"
+OP_ABORT = "abort"
+OP_EMERGENCY_STOP = "emergency_stop"
+OP_CHECKIN = "checkin"  # ask for a pain rating now
+OP_PAIN = "pain"  # fields: pain (0-10), id (the checkin_request id answered; optional)
+OPERATOR_COMMANDS = (OP_PAUSE, OP_RESUME, OP_SKIP, OP_ABORT, OP_EMERGENCY_STOP, OP_CHECKIN, OP_PAIN)
+
+_LAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+def check_lab_id(lab_id: str) -> str:
+    """Return ``lab_id`` if it is 1-40 letters, digits, '-' or '_'; ConfigError otherwise."""
+    if not isinstance(lab_id, str) or not _LAB_ID.match(lab_id):
+        raise ConfigError(f"lab_id: expected 1-40 letters, digits, '-' or '_', got {lab_id!r}")
+    return lab_id
+
+
+def markers_source_id(lab_id: str) -> str:
+    """The session's marker stream (stages, cues, beats, check-ins, operator actions)."""
+    return f"labsuite-session-{check_lab_id(lab_id)}-markers"
+
+
+def commands_source_id(lab_id: str) -> str:
+    """The session's treadmill command stream (speed, stop, emergency stop, heartbeat)."""
+    return f"labsuite-session-{check_lab_id(lab_id)}-commands"
+
+
+def operator_source_id(lab_id: str) -> str:
+    """The operator command stream the session obeys (published by the GUI or a console)."""
+    return f"labsuite-session-{check_lab_id(lab_id)}-operator"
+
+
+def operator_command(op: str, /, **fields: Any) -> str:
+    """Encode an operator command; ConfigError for an unknown one or a bad pain rating."""
+    if op not in OPERATOR_COMMANDS:
+        raise ConfigError(f"operator command {op!r}: expected one of {OPERATOR_COMMANDS}")
+    if op == OP_PAIN:
+        pain = fields.get("pain")
+        if isinstance(pain, bool) or not isinstance(pain, int) or not 0 <= pain <= 10:
+            raise ConfigError(f"operator command pain: field pain expected an integer 0-10, got {pain!r}")
+    return encode("op", op, **fields)
+
+
+def parse_operator_command(text: str) -> dict[str, Any]:
+    """Decode one operator command; ConfigError naming the text when it is not one."""
+    try:
+        obj = decode(text)
+    except DeviceError as exc:
+        raise ConfigError(f"operator command {text[:80]!r}: {exc}") from None
+    op = obj.get("op")
+    if op not in OPERATOR_COMMANDS:
+        raise ConfigError(f"operator command {text[:80]!r}: field 'op' expected one of "
+                          f"{OPERATOR_COMMANDS}")
+    if op == OP_PAIN:
+        pain = obj.get("pain")
+        if isinstance(pain, bool) or not isinstance(pain, int) or not 0 <= pain <= 10:
+            raise ConfigError(f"operator command {text[:80]!r}: field 'pain' expected an integer 0-10")
+    return obj
+
+
+class OperatorConsole:
+    """Publish operator commands for the session of ``lab_id`` (what the GUI uses).
+
+    ``source`` names the sender in the session's ``operator`` markers (e.g. 'gui').
+    """
+
+    def __init__(self, lab_id: str, *, source: str = "console") -> None:
+        import pylsl
+
+        self.lab_id = check_lab_id(lab_id)
+        self.source = source
+        spec = commands_spec(operator_source_id(lab_id), name=f"labsuite-operator-{lab_id}")
+        self._outlet = pylsl.StreamOutlet(spec.to_info())
+        self._lock = threading.Lock()
+
+    def wait_for_session(self, timeout_s: float) -> bool:
+        """Block until the session has connected to this console (True) or the timeout passed."""
+        return bool(self._outlet.wait_for_consumers(timeout_s))
+
+    def send(self, op: str, /, **fields: Any) -> None:
+        """Publish one command now."""
+        text = operator_command(op, source=self.source, **fields)
+        with self._lock:
+            self._outlet.push_sample([text])
+
+    def pause(self) -> None:
+        """Pause the session (belt ramps to a stop, stage clock frozen)."""
+        self.send(OP_PAUSE)
+
+    def resume(self) -> None:
+        """Resume a paused session."""
+        self.send(OP_RESUME)
+
+    def skip(self) -> None:
+        """End the current stage and start the next."""
+        self.send(OP_SKIP)
+
+    def abort(self) -> None:
+        """End the session (ramped stop)."""
+        self.send(OP_ABORT)
+
+    def emergency_stop(self) -> None:
+        """Emergency stop: the session sends emergency_stop to the treadmill at once."""
+        self.send(OP_EMERGENCY_STOP)
+
+    def request_checkin(self) -> None:
+        """Ask the participant for a pain rating now."""
+        self.send(OP_CHECKIN)
+
+    def pain(self, rating: int, checkin_id: int | None = None) -> None:
+        """Answer a check-in with a pain rating 0-10."""
+        fields: dict[str, Any] = {"pain": rating}
+        if checkin_id is not None:
+            fields["id"] = checkin_id
+        self.send(OP_PAIN, **fields)
+
+    def close(self) -> None:
+        """Destroy the outlet."""
+        self._outlet = None

@@ -1,0 +1,439 @@
+"""The session role over LSL: feeds the stage machine and publishes its markers and treadmill commands.
+
+Reads ``labsuite-steps`` (step records), the force-plate streams (for the force watchdog and the
+weigh-in) and the operator stream; publishes markers on ``labsuite-session-<lab>-markers`` and
+commands plus a 0.1 s heartbeat on ``labsuite-session-<lab>-commands``. The rules live in
+:class:`~labsuite.protocol.machine.SessionMachine`; this file only moves data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from labsuite.errors import ConfigError, DeviceError
+from labsuite.protocol import operator as op
+from labsuite.protocol.machine import Action, SessionMachine
+from labsuite.protocol.schema import Protocol
+from labsuite.steps import STEP_FIELD_NAMES, rows_to_steps
+from labsuite.streams import messages as msg
+from labsuite.streams.contracts import FZ, commands_spec, markers_spec
+
+log = logging.getLogger(__name__)
+
+_PARTICIPANT = r"^[A-Za-z0-9_-]{1,32}$"
+_RESOLVER_RENEW_S = 3.0
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Where the session's streams are and how often it ticks.
+
+    ``steps_source_id`` is the processor's step stream; ``force_source_ids`` the force-plate
+    streams the force watchdog watches (every one must keep arriving while the belt moves).
+    """
+
+    lab_id: str
+    participant_id: str
+    steps_source_id: str
+    force_source_ids: tuple[str, ...] = ()
+    programme_session: int | None = None
+    tick_s: float = 0.02
+    heartbeat_period_s: float = msg.HEARTBEAT_PERIOD_S
+    connect_timeout_s: float = 30.0
+    settle_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        import re
+
+        op.check_lab_id(self.lab_id)
+        if not isinstance(self.participant_id, str) or not re.match(_PARTICIPANT, self.participant_id):
+            raise ConfigError(f"participant id: expected 1-32 letters, digits, '-' or '_' "
+                              f"(a pseudonym, never a name), got {self.participant_id!r}")
+        if not self.steps_source_id:
+            raise ConfigError("steps_source_id: expected the processor's step stream source_id")
+        for name in ("tick_s", "heartbeat_period_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"session setting {name}: expected > 0 s, got {value!r}")
+        if self.heartbeat_period_s >= msg.HEARTBEAT_TIMEOUT_S:
+            raise ConfigError(f"heartbeat_period_s: expected < {msg.HEARTBEAT_TIMEOUT_S} s "
+                              "(the treadmill stops the belt when the heartbeat is missing that long)")
+        if not (math.isfinite(self.settle_s) and self.settle_s >= 0):
+            raise ConfigError(f"session setting settle_s: expected >= 0 s, got {self.settle_s!r}")
+
+    @property
+    def markers_source_id(self) -> str:
+        """Where markers go."""
+        return op.markers_source_id(self.lab_id)
+
+    @property
+    def commands_source_id(self) -> str:
+        """Where treadmill commands and the heartbeat go."""
+        return op.commands_source_id(self.lab_id)
+
+    @property
+    def operator_source_id(self) -> str:
+        """Where operator commands come from."""
+        return op.operator_source_id(self.lab_id)
+
+
+class Session:
+    """Run one protocol session over LSL.
+
+    ``open()`` creates the outlets and starts the readers; ``wait_ready()`` waits for the treadmill,
+    the force plates and the processor; ``start()`` starts the stage machine on its own thread.
+    ``on_action(action)`` is called (on that thread) for every marker and command published, for
+    progress displays and prompts. Operator methods may be called from any thread.
+    """
+
+    def __init__(self, protocol: Protocol, settings: SessionSettings, *,
+                 on_action: Callable[[Action], None] | None = None) -> None:
+        self.protocol = protocol
+        self.settings = settings
+        self.machine = SessionMachine(protocol, programme_session=settings.programme_session,
+                                      participant=settings.participant_id)
+        self.on_action = on_action
+        self.published: list[Action] = []
+        self.log: list[tuple[float, str]] = []
+        self._ops: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._steps: queue.Queue[np.ndarray] = queue.Queue()
+        self._machine_lock = threading.Lock()
+        self._push_lock = threading.Lock()
+        self._markers: Any = None
+        self._commands: Any = None
+        self._inputs: _Inputs | None = None
+        self._input_thread: threading.Thread | None = None
+        self._force_last: dict[str, float] = {}
+        self._force_fz: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._estop_sent_at = math.nan
+        self._hb_seq = 0
+        self.heartbeats = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> Session:
+        """Create the marker and command outlets; start the input thread and the heartbeat."""
+        import pylsl
+
+        s = self.settings
+        self._markers = pylsl.StreamOutlet(
+            markers_spec(s.markers_source_id, name=f"labsuite-markers-{s.lab_id}").to_info())
+        self._commands = pylsl.StreamOutlet(
+            commands_spec(s.commands_source_id, name=f"labsuite-commands-{s.lab_id}").to_info())
+        now = pylsl.local_clock()
+        for sid in s.force_source_ids:
+            self._force_last[sid] = now
+        self._inputs = _Inputs(self, [s.steps_source_id, *s.force_source_ids, s.operator_source_id])
+        self._input_thread = threading.Thread(target=self._inputs.run, args=(self._stop,),
+                                              name="session-inputs", daemon=True)
+        self._input_thread.start()
+        # the heartbeat runs from now on, so a treadmill that connects sees a live session
+        self._thread = threading.Thread(target=self._loop, name="session", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout_s: float | None = None) -> list[str]:
+        """Wait for the treadmill, force plates and processor; return what is still missing."""
+        deadline = time.monotonic() + (self.settings.connect_timeout_s if timeout_s is None else timeout_s)
+        missing: list[str] = []
+        while time.monotonic() < deadline:
+            missing = []
+            if not self._commands.have_consumers():
+                missing.append(f"treadmill (nobody reads {self.settings.commands_source_id})")
+            if not self._inputs.connected(self.settings.steps_source_id):
+                missing.append(f"processor (stream {self.settings.steps_source_id})")
+            for sid in self.settings.force_source_ids:
+                if not self._inputs.samples.get(sid):
+                    missing.append(f"force plate (stream {sid})")
+            if not missing:
+                break
+            time.sleep(0.1)
+        if not missing and self.settings.settle_s > 0:
+            # consumers that resolve on a timer (the recorder, a GUI) get time to connect
+            time.sleep(self.settings.settle_s)
+        return missing
+
+    def start(self) -> None:
+        """Start the protocol: the first markers and belt commands go out now."""
+        import pylsl
+
+        if self._thread is None:
+            raise ConfigError("Session.start(): call open() first")
+        self._ops.put(("start", {"t": pylsl.local_clock()}))
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the session has finished (True) or the timeout passed (False)."""
+        return self._done.wait(timeout_s)
+
+    @property
+    def finished(self) -> bool:
+        """True once the stage machine has ended the session."""
+        return self._done.is_set()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the loop and the readers; an unfinished session is aborted first (belt stopped)."""
+        if self._thread is not None and self._thread.is_alive():
+            if not self.machine.finished and self.machine.state != "idle":
+                self.abort(source="shutdown")
+                self._done.wait(1.0)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self._input_thread is not None:
+            self._input_thread.join(timeout_s)
+        self._markers = None
+        self._commands = None
+
+    def __enter__(self) -> Session:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- operator API (any thread) ---------------------------------------------------------------
+    def pause(self, source: str = "api") -> None:
+        """Pause the session."""
+        self._ops.put((op.OP_PAUSE, {"source": source}))
+
+    def resume(self, source: str = "api") -> None:
+        """Resume a paused session."""
+        self._ops.put((op.OP_RESUME, {"source": source}))
+
+    def skip(self, source: str = "api") -> None:
+        """Skip to the next stage."""
+        self._ops.put((op.OP_SKIP, {"source": source}))
+
+    def abort(self, source: str = "api") -> None:
+        """End the session with a ramped stop."""
+        self._ops.put((op.OP_ABORT, {"source": source}))
+
+    def request_checkin(self, source: str = "api") -> None:
+        """Ask for a pain rating now."""
+        self._ops.put((op.OP_CHECKIN, {"source": source}))
+
+    def answer_pain(self, pain: int, checkin_id: int | None = None, source: str = "api") -> None:
+        """Answer a check-in (pain 0-10); ConfigError at once for a bad rating."""
+        if isinstance(pain, bool) or not isinstance(pain, int) or not 0 <= pain <= 10:
+            raise ConfigError(f"pain rating: expected an integer 0-10, got {pain!r}")
+        self._ops.put((op.OP_PAIN, {"pain": pain, "id": checkin_id, "source": source}))
+
+    def emergency_stop(self, source: str = "api") -> float:
+        """Send emergency_stop to the treadmill from this thread, now; returns its LSL time."""
+        import pylsl
+
+        t = pylsl.local_clock()
+        with self._push_lock:
+            if self._commands is not None:
+                self._commands.push_sample([msg.command(msg.CMD_EMERGENCY_STOP, source=source)], t)
+            self._estop_sent_at = t
+        self._note(t, f"EMERGENCY STOP from {source}")
+        self._ops.put((op.OP_EMERGENCY_STOP, {"source": source}))
+        return t
+
+    # ---- input callbacks (input thread) ---------------------------------------------------------
+    def _on_chunk(self, sid: str, spec: Any, ts: np.ndarray, data: np.ndarray) -> None:
+        s = self.settings
+        if sid == s.steps_source_id:
+            if spec.labels != STEP_FIELD_NAMES:
+                self._note(ts[-1], f"ignored steps from {sid}: channels {list(spec.labels[:3])}... "
+                           "are not the step record")
+                return
+            self._steps.put(rows_to_steps(np.asarray(data, dtype=np.float64)))
+        elif sid == s.operator_source_id:
+            self._on_operator(ts, data)
+        else:
+            import pylsl
+
+            # arrival time, not sample time: the watchdog asks whether data still come in
+            self._force_last[sid] = pylsl.local_clock()
+            try:
+                self._force_fz[sid] = float(np.mean(np.asarray(data, dtype=float)[:, spec.channel_index(FZ)]))
+            except DeviceError:
+                self._force_fz[sid] = math.nan
+
+    def _on_operator(self, ts: np.ndarray, data: Any) -> None:
+        for row in data:
+            try:
+                cmd = op.parse_operator_command(str(row[0]))
+            except ConfigError as exc:
+                self._note(float(ts[-1]), f"ignored operator command: {exc}")
+                continue
+            name = cmd.pop("op")
+            cmd.setdefault("source", "operator")
+            if name == op.OP_EMERGENCY_STOP:
+                self.emergency_stop(source=str(cmd["source"]))  # at once, not at the next tick
+            else:
+                self._ops.put((name, cmd))
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        import pylsl
+
+        s = self.settings
+        next_hb = 0.0
+        ended_at = math.nan
+        while not self._stop.is_set():
+            now = pylsl.local_clock()
+            if now >= next_hb:
+                self._heartbeat(now)
+                next_hb = now + s.heartbeat_period_s
+            with self._machine_lock:
+                actions = self._drain_ops(now)
+                steps = self._drain_steps()
+                if self._force_last:
+                    fz = [abs(v) for v in self._force_fz.values() if math.isfinite(v)]
+                    actions += self.machine.note_force(min(self._force_last.values()),
+                                                       float(sum(fz)) if fz else math.nan)
+                actions += self.machine.feed(now, steps)
+            self._publish(actions)
+            if self.machine.finished and not self._done.is_set():
+                ended_at = now
+                self._done.set()
+            # keep the heartbeat going while the belt ramps down, then stop talking
+            if math.isfinite(ended_at) and self.machine.belt_speed_m_s(now) <= 0 and now - ended_at > 0.5:
+                break
+            self._stop.wait(s.tick_s)
+
+    def _heartbeat(self, now: float) -> None:
+        self._hb_seq += 1
+        with self._push_lock:
+            if self._commands is not None:
+                self._commands.push_sample([msg.command(msg.CMD_HEARTBEAT, seq=self._hb_seq)], now)
+                self.heartbeats += 1
+
+    def _drain_ops(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        m = self.machine
+        while True:
+            try:
+                name, f = self._ops.get_nowait()
+            except queue.Empty:
+                return out
+            source = str(f.get("source", "api"))
+            if name == "start":
+                out += m.start(f["t"])
+            elif name == op.OP_PAUSE:
+                out += m.pause(now, source=source)
+            elif name == op.OP_RESUME:
+                out += m.resume(now, source=source)
+            elif name == op.OP_SKIP:
+                out += m.skip(now, source=source)
+            elif name == op.OP_ABORT:
+                out += m.abort(now, source=source)
+            elif name == op.OP_CHECKIN:
+                out += m.request_checkin(now, source=source)
+            elif name == op.OP_PAIN:
+                out += m.answer_pain(now, int(f["pain"]), checkin_id=f.get("id"), source=source)
+            elif name == op.OP_EMERGENCY_STOP:
+                # the command itself already went out from the caller's thread
+                out += [a for a in m.emergency_stop(self._estop_sent_at, source=source)
+                        if not (a.channel == "command" and a.name == msg.CMD_EMERGENCY_STOP)]
+
+    def _drain_steps(self) -> np.ndarray | None:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._steps.get_nowait())
+            except queue.Empty:
+                break
+        return np.concatenate(chunks) if chunks else None
+
+    def _publish(self, actions: list[Action]) -> None:
+        if not actions:
+            return
+        with self._push_lock:
+            for a in actions:
+                outlet = self._markers if a.channel == "marker" else self._commands
+                if outlet is not None:
+                    outlet.push_sample([a.text], a.t_s)
+        for a in actions:
+            self.published.append(a)
+            if a.name in ("safety_stop", "emergency_stop", "session_end", "paused"):
+                self._note(a.t_s, a.text)
+            if self.on_action is not None:
+                self.on_action(a)
+
+    def _note(self, t: float, text: str) -> None:
+        self.log.append((float(t), text))
+        log.warning("session: %s", text) if "STOP" in text.upper() else log.info("session: %s", text)
+
+    def live(self) -> dict[str, Any]:
+        """Return the machine's progress snapshot (thread-safe)."""
+        with self._machine_lock:
+            return self.machine.live()
+
+
+class _Inputs:
+    """Find the session's input streams with one ContinuousResolver and pull them on one thread.
+
+    One resolver for all streams: concurrent one-shot resolves in one process were measured to miss
+    streams that a continuous resolver sees at once.
+    """
+
+    def __init__(self, session: Session, source_ids: list[str]) -> None:
+        self.session = session
+        self.source_ids = list(dict.fromkeys(source_ids))
+        self.inlets: dict[str, tuple[Any, Any]] = {}
+        self.samples: dict[str, int] = {}
+        self._next_look = 0.0
+
+    def connected(self, sid: str) -> bool:
+        """True while the stream ``sid`` has an open inlet."""
+        return sid in self.inlets
+
+    def run(self, stop: threading.Event) -> None:
+        """Resolve, open and pull until ``stop`` is set."""
+        import pylsl
+
+        from labsuite.streams.contracts import StreamSpec
+
+        resolver = pylsl.ContinuousResolver(forget_after=5.0)
+        renew_at = time.monotonic() + _RESOLVER_RENEW_S
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= self._next_look and len(self.inlets) < len(self.source_ids):
+                    self._next_look = now + 0.2
+                    if now >= renew_at:
+                        # a resolver started alongside others in one process was seen to stay
+                        # blind for good; a fresh one finds the streams at once
+                        del resolver
+                        resolver = pylsl.ContinuousResolver(forget_after=5.0)
+                        renew_at = now + _RESOLVER_RENEW_S
+                    for info in resolver.results():
+                        sid = info.source_id()
+                        if sid in self.source_ids and sid not in self.inlets:
+                            inlet = pylsl.StreamInlet(info, max_buflen=30, recover=False)
+                            try:
+                                spec = StreamSpec.from_info(inlet.info(timeout=2.0))
+                                inlet.open_stream(timeout=2.0)
+                            except (pylsl.util.LostError, pylsl.util.TimeoutError) as exc:
+                                self.session._note(pylsl.local_clock(), f"{sid}: could not open: {exc}")
+                                continue
+                            self.inlets[sid] = (inlet, spec)
+                            self.session._note(pylsl.local_clock(), f"{sid}: connected ({spec.name})")
+                for sid, (inlet, spec) in list(self.inlets.items()):
+                    try:
+                        data, ts = inlet.pull_chunk(timeout=0.0, max_samples=4096)
+                    except pylsl.util.LostError:
+                        del self.inlets[sid]
+                        self.session._note(pylsl.local_clock(), f"{sid}: lost")
+                        continue
+                    if ts:
+                        self.samples[sid] = self.samples.get(sid, 0) + len(ts)
+                        self.session._on_chunk(sid, spec, np.asarray(ts, dtype=float), data)
+                stop.wait(0.005)
+        finally:
+            self.inlets.clear()
+            del resolver
