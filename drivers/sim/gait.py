@@ -542,7 +542,7 @@ class GaitPlanner:
         s = self.settings
         end_s = start_s + STAND_BLOCK_S
         # Load ramps in after stepping (or after a block that unloaded), out before stepping again.
-        ramp_in = self._last_step is not None and (not self._standing or self._stand_ramped_out)
+        ramp_in = self._stand_ramped_out if self._standing else self._last_step is not None
         ramp_out = float(self._speed.at(end_s)) >= STOP_SPEED_M_S
         rng = self._rng
         load_l0 = self._load_left
