@@ -196,7 +196,6 @@ class _PlanFollower:
         self._rows = np.empty((0, len(gait.PLANNED_STEP_FIELDS)))
         self._lock = threading.Lock()
         self._strike = gait.PLANNED_STEP_FIELDS.index("strike_s")
-        self._end = gait.PLANNED_STEP_FIELDS.index("next_strike_s")
         self._reader = StreamReader(StreamQuery(source_id=settings.source_id("gait")),
                                     on_chunk=self._on_chunk, buffer_s=10.0)
 
@@ -218,7 +217,7 @@ class _PlanFollower:
     def rows_for(self, t0: float, t1: float) -> np.ndarray:
         """Planned records that may shape samples in [t0, t1]; long-finished ones are forgotten."""
         with self._lock:
-            self._rows = self._rows[self._rows[:, self._end] >= t0 - 2.0]
+            self._rows = gait.prune_records(self._rows, t0)
             return self._rows[self._rows[:, self._strike] <= t1]
 
 
