@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pylsl
-from labsuite.drivers.base import Driver, DriverRunner
 
+from labsuite.drivers.base import Driver, DriverRunner
 from labsuite.streams.contracts import StreamSpec
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pylsl
 import pytest
 from driver_contract import check_driver_contract
+
 from labsuite.drivers.sim import gait
 from labsuite.drivers.sim.lab import (
     SimLabSettings,
@@ -19,7 +20,6 @@ from labsuite.drivers.sim.lab import (
     run_participant,
     sim_lab_roles,
 )
-
 from labsuite.processes import Supervisor
 from labsuite.streams import contracts as c
 from labsuite.streams.acquisition import (

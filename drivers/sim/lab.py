@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
 from labsuite.drivers.base import Chunk, Driver, DriverRunner
 from labsuite.drivers.sim import gait
 from labsuite.drivers.treadmill import BeltRamp, BeltState, TreadmillDriver, TreadmillSettings
-
 from labsuite.errors import ConfigError
 from labsuite.realtime.geometry import lab_to_plate
 from labsuite.streams import contracts as c
