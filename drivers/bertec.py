@@ -27,7 +27,6 @@ import struct
 from dataclasses import dataclass, field
 
 from labsuite.drivers.treadmill import BeltState, TreadmillDriver, TreadmillSettings
-
 from labsuite.errors import ConfigError, DeviceError
 
 COMMAND_SIZE = 64

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from labsuite.drivers.base import Chunk, Driver
 
+from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, camera_spec
 

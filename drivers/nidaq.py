@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from labsuite.drivers.base import Chunk, Driver
-from labsuite.drivers.serial_plate import DeviceClock
 
 from labsuite.calibration import PlateCalibration, PlateCalibrator, TareSettings
+from labsuite.drivers.base import Chunk, Driver
+from labsuite.drivers.serial_plate import DeviceClock
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import BELTS, StreamSpec
 

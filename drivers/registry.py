@@ -16,7 +16,6 @@ from labsuite.errors import ConfigError
 
 if TYPE_CHECKING:
     from labsuite.drivers.base import Driver
-
     from labsuite.labconfig import LabConfig
 
 
@@ -84,7 +83,6 @@ def build_driver(config: LabConfig, device: Any, *, session_dir: str | Path | No
     stream_name = f"labsuite-{device.name}"
     if device.kind == "bertec_treadmill":
         from labsuite.drivers.bertec import BertecSettings, BertecTreadmill
-
         from labsuite.labconfig import _treadmill_settings
 
         limits = _treadmill_settings(config.lab_id, device, f"{config.file}: device {device.name!r}")

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from labsuite.drivers.base import Chunk, Driver
 
 from labsuite.calibration import PlateCalibration, PlateCalibrator, TareSettings
+from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import BELTS, StreamSpec
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from labsuite.drivers.base import Chunk, Driver
 
+from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, treadmill_spec
 from labsuite.streams.messages import (
@@ -43,7 +43,8 @@ class TreadmillSettings:
 
     ``max_reverse_m_s`` is the largest backwards belt speed allowed (0: never run backwards).
     ``stop_decel_m_s2`` is used for ``stop`` and for the watchdog's stop; ``emergency_decel_m_s2``
-    is the treadmill's maximum safe deceleration, used for ``emergency_stop``.
+    is the treadmill's maximum safe deceleration, used for ``emergency_stop``. A controller that
+    sends no state for ``state_timeout_s`` is treated as lost (the runner reconnects).
     """
 
     source_id: str
@@ -62,13 +63,14 @@ class TreadmillSettings:
     max_incline_deg: float = 15.0
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
     first_state_timeout_s: float = 2.0
+    state_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.source_id:
             raise ConfigError("treadmill source_id: expected a stable non-empty id")
         positive = ("state_rate_hz", "max_speed_m_s", "default_accel_m_s2", "min_accel_m_s2",
                     "max_accel_m_s2", "stop_decel_m_s2", "emergency_decel_m_s2",
-                    "heartbeat_timeout_s", "first_state_timeout_s")
+                    "heartbeat_timeout_s", "first_state_timeout_s", "state_timeout_s")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -154,6 +156,7 @@ class TreadmillDriver(Driver):
         self._stop_pending = False
         self._lost: str | None = None
         self._next_tick_s: float | None = None
+        self._last_state_s = 0.0
         for key in ("commands", "commands_rejected", "watchdog_stops", "emergency_stops"):
             self.health.extra[key] = 0.0
 
@@ -199,6 +202,7 @@ class TreadmillDriver(Driver):
                               f"{self.settings.first_state_timeout_s} s of connecting; check that "
                               "the treadmill controller is on and in remote-control mode")
         self.state = state
+        self._last_state_s = time.monotonic()
         if self.last_command is None:
             # First connection: adopt what the belt is doing, so an incline command keeps the speed.
             self.target = (state.right_m_s, state.left_m_s)
@@ -227,6 +231,11 @@ class TreadmillDriver(Driver):
         state = self._read_state(wait_s)
         if state is not None:
             self.state = state
+            self._last_state_s = time.monotonic()
+        elif time.monotonic() - self._last_state_s > self.settings.state_timeout_s:
+            # A controller that stopped talking is lost, not still: never publish a stale belt.
+            raise DeviceError(f"treadmill {self.settings.name!r}: no state for "
+                              f"{self.settings.state_timeout_s} s")
         now = pylsl.local_clock()
         if now < self._next_tick_s:
             time.sleep(max(0.0, min(self._next_tick_s - now, timeout_s)))

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.drivers.serial_plate import DeviceClock
-
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, imu_spec
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -170,15 +170,32 @@ class PlateCalibration:
                     manufacturer: str | None = None, model: str | None = None) -> StreamSpec:
         """The plate's stream description, with this calibration's geometry, id and plate serial."""
         ox, oy, oz = (float(v) for v in self.origin_m)
-        return force_plate_spec(source_id, belt=belt, corners_m=self.corners_m,
+        spec = force_plate_spec(source_id, belt=belt, corners_m=self.corners_m,
                                 origin_m=(ox, oy, oz),
                                 calibration_id=self.calibration_id, rate_hz=rate_hz, name=name,
                                 manufacturer=manufacturer or self.manufacturer or "labsuite",
                                 model=model or self.model or "force plate",
                                 serial_number=self.plate_serial)
+        # The calibration itself travels in the stream's metadata, so whatever records the
+        # stream (the session archive, any XDF recorder) keeps the calibration that was used.
+        setup = dict(spec.setup)
+        setup["calibration"] = {
+            "calibration_id": self.calibration_id,
+            "plate_serial": self.plate_serial,
+            "date": self.date.isoformat(),
+            "input_units": self.input_units,
+            "matrix_shape": f"{self.matrix.shape[0]} {self.matrix.shape[1]}",
+            "matrix": self.matrix.ravel(),
+            "file": self.source_file,
+            "file_text": self.source_text,
+        }
+        return replace(spec, setup=setup)
 
     def to_archive(self) -> dict[str, str]:
-        """What a session archive stores: id, serial, date and the file text exactly as used."""
+        """What a session archive stores: id, serial, date and the file text exactly as used.
+
+        The same fields travel in every plate stream's metadata (``desc/setup/calibration``).
+        """
         return {"calibration_id": self.calibration_id, "plate_serial": self.plate_serial,
                 "date": self.date.isoformat(), "file": self.source_file, "text": self.source_text}
 

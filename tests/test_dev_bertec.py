@@ -10,6 +10,8 @@ import pylsl
 import pytest
 from driver_contract import check_driver_contract
 from emulators.bertec import BertecEmulator
+
+from labsuite.cli import main
 from labsuite.drivers.base import DriverRunner
 from labsuite.drivers.bertec import (
     BertecSettings,
@@ -19,8 +21,6 @@ from labsuite.drivers.bertec import (
     parse_host_port,
 )
 from labsuite.drivers.treadmill import TreadmillSettings
-
-from labsuite.cli import main
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import commands_spec
 from labsuite.streams.messages import command
@@ -200,6 +200,58 @@ def test_heartbeat_loss_stops_the_belt_ramped(uid):
         finally:
             runner.stop()
             thread.join(timeout=15)
+        assert emu.violations == []
+
+
+def test_hung_controller_is_reconnected_and_the_belt_still_stops_when_the_session_dies(uid):
+    cmd_id = f"{uid}-commands"
+    outlet = pylsl.StreamOutlet(commands_spec(cmd_id, name=f"cmd-{uid}").to_info())
+    with BertecEmulator() as emu:
+        settings = TreadmillSettings(source_id=uid, name=f"bertec-{uid}", state_timeout_s=0.5)
+        drv = BertecTreadmill(BertecSettings(host="127.0.0.1", port=emu.port, treadmill=settings))
+        runner, thread = _run(drv, command_source_id=cmd_id)
+        try:
+            assert outlet.wait_for_consumers(15.0)
+            outlet.push_sample([command("heartbeat", seq=0)])
+            outlet.push_sample([command("speed", right_m_s=1.0, accel_m_s2=2.0)])
+            seq = 1
+            deadline = time.monotonic() + 10
+            while emu.state()[0] < 1.0:
+                assert time.monotonic() < deadline, "belt never reached 1 m/s"
+                outlet.push_sample([command("heartbeat", seq=seq)])
+                seq += 1
+                time.sleep(0.1)
+            # The controller hangs (no feedback) and the session dies at the same moment.
+            emu.inject("silence")
+            _wait_for(lambda: drv.health.reconnects >= 1)
+            _wait_for(lambda: emu.commands[-1].speeds_mm_s == (0, 0, 0, 0))
+            assert drv.health.extra["watchdog_stops"] == 1
+            _wait_for(lambda: emu.state()[0] == 0.0)
+        finally:
+            runner.stop()
+            thread.join(timeout=15)
+        assert "no state for 0.5 s" in drv.health.last_error or drv.health.reconnects >= 1
+        assert emu.violations == []
+
+
+def test_a_stop_that_could_not_be_sent_is_sent_on_reconnect(uid):
+    with BertecEmulator() as emu:
+        drv = _driver(emu, uid)
+        drv.open()
+        drv.handle_command({"cmd": "speed", "right_m_s": 1.0, "accel_m_s2": 2.0})
+        _wait_for(lambda: emu.state()[0] == 1.0)
+        drv.close()  # the link is gone; the belt keeps running on the controller
+        drv.handle_command({"cmd": "emergency_stop"})
+        assert [e[1] for e in drv.events][-1] == "send_failed"
+        with pytest.raises(DeviceError, match="not delivered"):
+            drv.read(0.05)  # the runner learns of the lost device here and reconnects
+        drv.open()
+        try:
+            _wait_for(lambda: emu.commands[-1].speeds_mm_s == (0, 0, 0, 0))
+            assert [e[1] for e in drv.events][-1] == "stop_resent"
+            _wait_for(lambda: emu.state()[0] == 0.0)
+        finally:
+            drv.close()
         assert emu.violations == []
 
 

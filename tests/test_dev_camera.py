@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 from driver_contract import check_driver_contract
+
 from labsuite.drivers.base import DriverRunner
 from labsuite.drivers.camera import CameraDriver, CameraSettings
-
 from labsuite.errors import ConfigError, DeviceError
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV (the camera extra) is not installed")

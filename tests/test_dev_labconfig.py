@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from emulators.bertec import BertecEmulator
+
+from labsuite.cli import main
 from labsuite.drivers.bertec import BertecTreadmill
 from labsuite.drivers.registry import DRIVERS, driver_info
 from labsuite.drivers.serial_plate import SerialPlateDriver
-
-from labsuite.cli import main
 from labsuite.errors import ConfigError
 from labsuite.labconfig import DEVICE_KINDS, load_lab_config, parse_lab_config, run_lab_device
 

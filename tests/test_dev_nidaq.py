@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from driver_contract import check_driver_contract
 from emulators.serial_plate import G, point_load_channels
-from labsuite.drivers.nidaq import NIDAQPlateDriver, NIDAQPlateSettings
 
 from labsuite.calibration import TareSettings, load_calibration, verify_known_load
+from labsuite.drivers.nidaq import NIDAQPlateDriver, NIDAQPlateSettings
 from labsuite.errors import ConfigError, DeviceError
 
 REPO = Path(__file__).resolve().parents[1]

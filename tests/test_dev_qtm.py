@@ -11,10 +11,10 @@ import pytest
 from driver_contract import check_driver_contract
 from emulators.qtm import QTMEmulator
 from emulators.serial_plate import G, point_load_channels
-from labsuite.drivers.base import DriverRunner
-from labsuite.drivers.qtm import QTMPlateDriver, QTMPlateSettings
 
 from labsuite.calibration import TareSettings, load_calibration, verify_known_load
+from labsuite.drivers.base import DriverRunner
+from labsuite.drivers.qtm import QTMPlateDriver, QTMPlateSettings
 from labsuite.errors import ConfigError, DeviceError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from driver_contract import check_driver_contract
 from emulators.serial_plate import SerialPlateEmulator, crc16_ccitt_false
+
+from labsuite.calibration import TareSettings, load_calibration
 from labsuite.drivers.base import DriverRunner
 from labsuite.drivers.serial_plate import (
     DeviceClock,
@@ -19,8 +21,6 @@ from labsuite.drivers.serial_plate import (
     crc16_ccitt,
     encode_frame,
 )
-
-from labsuite.calibration import TareSettings, load_calibration
 from labsuite.errors import ConfigError, DeviceError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,11 @@ def test_driver_contract_and_metadata(tmp_path, cal, uid):
     setup = result.read_back[0].setup["force_platform"]
     assert setup["calibration_id"] == cal.calibration_id
     assert result.read_back[0].serial_number == cal.plate_serial
+    # The calibration used travels with the stream, so any recorder archives it.
+    sent = result.read_back[0].setup["calibration"]
+    assert sent["file_text"] == CAL_LEFT.read_text()
+    matrix = np.array([float(v) for v in sent["matrix"].split()]).reshape(6, 6)
+    assert np.array_equal(matrix, cal.matrix)
     # Tared and unloaded: every channel near zero (noise only) after the tare period.
     fz = result.samples[0][:, 2]
     assert abs(np.mean(fz)) < 1.0

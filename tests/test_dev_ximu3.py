@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from driver_contract import check_driver_contract
 from emulators.ximu3 import XIMU3Emulator, ascii_inertial, binary_inertial
+
 from labsuite.drivers.base import DriverRunner
 from labsuite.drivers.ximu3 import XIMU3Driver, XIMU3Settings, decode_inertial, parse_axes, unstuff
-
 from labsuite.errors import ConfigError, DeviceError
 
 G = 9.80665

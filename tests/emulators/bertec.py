@@ -71,8 +71,11 @@ class BertecEmulator:
         self._server.close()
 
     def inject(self, fault: str) -> None:
-        """Queue a fault: 'bad_format', 'bad_speed', 'partial_then_drop' or 'drop'."""
-        assert fault in ("bad_format", "bad_speed", "partial_then_drop", "drop")
+        """Queue a fault: 'bad_format', 'bad_speed', 'partial_then_drop', 'drop' or 'silence'.
+
+        'silence' keeps the connection open but sends no feedback for 2 s (a hung controller).
+        """
+        assert fault in ("bad_format", "bad_speed", "partial_then_drop", "drop", "silence")
         with self._lock:
             self._faults.append(fault)
 
@@ -102,6 +105,7 @@ class BertecEmulator:
         pending = bytearray()
         next_send = time.monotonic()
         last = time.monotonic()
+        silent_until = 0.0
         while not self._stop.is_set():
             wait = max(0.0, next_send - time.monotonic())
             ready, _, _ = select.select([client], [], [], wait)
@@ -129,6 +133,10 @@ class BertecEmulator:
                 next_send = now + period
             with self._lock:
                 fault = self._faults.pop(0) if self._faults else None
+            if fault == "silence":
+                silent_until = now + 2.0
+            if now < silent_until:
+                continue
             try:
                 if fault == "drop":
                     return
