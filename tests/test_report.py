@@ -1,0 +1,455 @@
+"""Reports on session files made by the real pieces: per-stage numbers, CSV, HTML, programme, crashes.
+
+Session files come from :func:`record_session`: the simulated participant (GaitPlanner, plate and IMU
+renderers) on a split-belt treadmill, the StepProcessor fed chunk by chunk, the protocol's
+SessionMachine deciding stages, cues, check-ins and belt speed, and a SessionWriter storing it all, as
+``labsuite run --simulate`` does, in one process and on a simulated clock (no LSL needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labsuite import report
+from labsuite.archive.reader import open_session
+from labsuite.archive.writer import SessionWriter, WriterSettings
+from labsuite.cli import main as cli_main
+from labsuite.drivers.sim import gait
+from labsuite.drivers.sim.lab import PLATE_ORIGIN_M, belt_corners
+from labsuite.errors import ConfigError
+from labsuite.protocol.machine import SessionMachine
+from labsuite.protocol.schema import parse_protocol
+from labsuite.realtime.geometry import lab_to_plate
+from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, StepProcessor
+from labsuite.streams import contracts as c
+from labsuite.streams import messages as msg
+
+PROTOCOL_TEXT = """\
+schema: labsuite-protocol/1
+name: report-test
+description: short protocol for report tests
+speed_m_s: 3.0
+safety: {accel_m_s2: 1.5}
+checkins: {at_start: true, at_stage_boundaries: true, pause_at: 4, stop_at: 5, stop_on_rise: 4}
+programme:
+  name: report test programme
+  sessions:
+    - {label: "1: full feedback", feedback_on_fraction: {training: 1.0}}
+    - {label: "2: half feedback", feedback_on_fraction: {training: 0.5}}
+    - {label: "3: no feedback", feedback_on_fraction: {training: 0.0}}
+stages:
+  - {name: weigh-in, kind: quiet_standing, duration_s: 3}
+  - {name: baseline, kind: baseline, duration_s: 14, measure_last_steps: 20}
+  - name: training
+    kind: cadence
+    duration_s: 20
+    target_percent: 7.5
+    band_percent: 3
+    cues:
+      metronome: {spm: target}
+      visual_band: true
+      loading_rate: {max_percent_of_baseline: 85}
+      fading: {on_fraction: 1.0, period_s: 10}
+  - {name: retention, kind: retention, duration_s: 10, target_percent: 7.5, band_percent: 3}
+"""
+
+T0_S = 1000.0  # session clock start (an LSL-like time far from 0)
+RATE_HZ = 1000.0
+TICK_S = 0.05
+MASS_KG = 68.0
+
+
+def record_session(path: str | os.PathLike[str], *, session: int = 1, participant: str = "P01",
+                   seed: int = 1, pains: tuple[int, ...] = (0, 1, 1, 2, 1),
+                   emergency_at_s: float | None = None, kill_at_s: float | None = None,
+                   preferred_spm: float = 164.0) -> None:
+    """Run the protocol on the simulated lab and record it; returns when the session ends.
+
+    ``pains``: answers to the check-ins in order (each 0.5 s after it is asked). ``emergency_at_s``:
+    the operator presses the emergency stop at this session time. ``kill_at_s``: the process
+    SIGKILLs itself at this session time after the writer's last flush (the file is never closed).
+    """
+    protocol = parse_protocol(PROTOCOL_TEXT, "report-test.yaml").for_session(session)
+    machine = SessionMachine(protocol, programme_session=session, participant=participant)
+    ps = gait.ParticipantSettings(mass_kg=MASS_KG, mode="run", speed_m_s=0.0, seed=seed,
+                                  preferred_cadence_spm=preferred_spm)
+    planner = gait.GaitPlanner(ps, T0_S)
+    lab = f"rep{seed}"
+    plate_specs = {b: c.force_plate_spec(f"labsuite-sim-{lab}-fp-{b}", belt=b, corners_m=belt_corners(b),
+                                         origin_m=PLATE_ORIGIN_M, calibration_id=f"sim-{b}")
+                   for b in ("left", "right")}
+    imu_specs = {s: c.imu_spec(f"labsuite-sim-{lab}-imu-{s}", location=f"{s} distal tibia", side=s)
+                 for s in ("left", "right")}
+    proc = StepProcessor(ProcessorSettings(
+        rate_hz=RATE_HZ, plates=tuple(PlateGeometry.from_spec(s) for s in plate_specs.values()),
+        layout="split", mode="run", body_mass_kg=MASS_KG, imu_sides=("left", "right")))
+    writer = SessionWriter(path, participant_id=participant, protocol_text=PROTOCOL_TEXT,
+                           session_number=session, settings=WriterSettings(flush_interval_s=0.1),
+                           expected_duration_s=120.0)
+    h_plate = {b: writer.add_stream(s) for b, s in plate_specs.items()}
+    h_imu = {s: writer.add_stream(sp) for s, sp in imu_specs.items()}
+    h_belt = writer.add_stream(c.treadmill_spec(f"labsuite-sim-{lab}-treadmill", rate_hz=20.0))
+    h_markers = writer.add_stream(c.markers_spec(f"labsuite-session-{lab}-markers"))
+    writer.start()
+
+    rows = np.empty((0, len(gait.PLANNED_STEP_FIELDS)))
+    answers: list[tuple[float, int, int]] = []  # (due time, checkin id, pain)
+    pain_iter = iter(pains)
+    belt_told = 0.0
+
+    def apply(actions: list) -> None:
+        for a in actions:
+            if a.channel != "marker":
+                continue
+            writer.append(h_markers, np.array([a.t_s]), [[a.text]])
+            fields = a.fields
+            if a.name == msg.EVENT_METRONOME:
+                planner.set_target_cadence(fields.get("spm"), a.t_s)
+            elif a.name == "checkin_request":
+                pain = next(pain_iter, None)
+                if pain is not None:
+                    answers.append((a.t_s + 0.5, int(fields["id"]), pain))
+
+    apply(machine.start(T0_S))
+    k = 0
+    t = T0_S
+    while not machine.finished and t < T0_S + 200.0:
+        t_next = t + TICK_S
+        n_to = round((t_next - T0_S) * RATE_HZ)
+        ts = T0_S + np.arange(k, n_to) / RATE_HZ
+        k = n_to
+        belt = machine.belt_speed_m_s(t)
+        if abs(belt - belt_told) > 1e-6:
+            planner.set_belt_speed(belt, t)
+            belt_told = belt
+        new = planner.plan_until(float(ts[-1]))
+        if new:
+            rows = np.vstack([rows, gait.steps_to_array(new)])
+        rows = gait.prune_records(rows, float(ts[0]) - 1.0)
+        steps_out = []
+        total_fz = 0.0
+        for b in ("left", "right"):
+            grf, cop, tz = gait.render_plate(rows, ts, b, ps)
+            ch = lab_to_plate(grf, cop, tz, belt_corners(b), PLATE_ORIGIN_M).astype(np.float32)
+            writer.append(h_plate[b], ts, ch)
+            steps_out.append(proc.feed_plate(b, ts, ch))
+            total_fz += float(grf[:, 2].mean())
+        for s in ("left", "right"):
+            data = gait.render_imu(rows, ts, s, ps).astype(np.float32)
+            writer.append(h_imu[s], ts, data)
+            steps_out.append(proc.feed_imu(s, ts, data))
+        writer.append(h_belt, np.array([t_next]), np.array([[belt, belt, 0.0]], dtype=np.float32))
+        steps = np.concatenate(steps_out)
+        if len(steps):
+            writer.append_steps(steps)
+        acts = machine.note_force(t_next, total_fz)
+        for due, cid, pain in [x for x in answers if x[0] <= t_next]:
+            answers.remove((due, cid, pain))
+            acts += machine.answer_pain(t_next, pain, checkin_id=cid)
+        if emergency_at_s is not None and t < T0_S + emergency_at_s <= t_next:
+            acts += machine.emergency_stop(t_next, source="test")
+        acts += machine.feed(t_next, steps)
+        apply(acts)
+        t = t_next
+        if kill_at_s is not None and t >= T0_S + kill_at_s:
+            time.sleep(1.0)  # ten flush intervals: what was appended is on disk
+            os.kill(os.getpid(), signal.SIGKILL)
+    writer.append_steps(proc.flush())
+    writer.close()
+
+
+def _kill_child(path: str, kill_at_s: float) -> None:
+    record_session(path, participant="P02", seed=3, kill_at_s=kill_at_s)
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> dict[str, Path]:
+    """Record the sessions once per module: complete, emergency-stopped, killed mid-stage."""
+    d = tmp_path_factory.mktemp("report_sessions")
+    out = {"complete": d / "P01_s1.h5", "emergency": d / "P01_s2.h5", "killed": d / "P02_killed.h5"}
+    record_session(out["complete"], session=1)
+    record_session(out["emergency"], session=2, seed=2, emergency_at_s=28.0,
+                   pains=(0, 1, 2))
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=_kill_child, args=(str(out["killed"]), 27.0))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL, f"the recording child ended with {child.exitcode}"
+    return out
+
+
+# ---- numbers: the report's table against plain numpy on the step table ---------------------------
+
+def _numpy_stage_numbers(steps: np.ndarray, start_s: float, end_s: float) -> dict[str, float]:
+    """Per-stage numbers computed here from the definitions, without labsuite.report."""
+    m = steps[(steps["strike_s"] >= start_s) & (steps["strike_s"] < end_s)]
+    ok = m["crossover"] < 1  # NaN crossover never occurs in processor output
+    v = m[ok]
+    cad = 60.0 / m["step_s"][np.isfinite(m["step_s"])]
+
+    def mean(a: np.ndarray) -> float:
+        a = a[~np.isnan(a)]
+        return float(a.mean()) if a.size else math.nan
+
+    def sd(a: np.ndarray) -> float:
+        a = a[~np.isnan(a)]
+        return float(a.std(ddof=1)) if a.size > 1 else math.nan
+
+    left, right = v[v["foot"] == 0], v[v["foot"] == 1]
+    out = {"n_steps": len(m), "cadence_mean_spm": mean(cad), "cadence_sd_spm": sd(cad),
+           "valr_mean_bw_per_s": mean(v["valr_bw_per_s"]), "valr_sd_bw_per_s": sd(v["valr_bw_per_s"]),
+           "vilr_mean_bw_per_s": mean(v["vilr_bw_per_s"]), "peak_vgrf_mean_bw": mean(v["peak_vgrf_bw"]),
+           "tibial_peak_mean_g": mean(v["tibial_peak_g"]), "contact_mean_s": mean(v["contact_s"]),
+           "contact_sd_s": sd(v["contact_s"])}
+    lc, rc = mean(left["contact_s"]), mean(right["contact_s"])
+    out["si_contact_pct"] = 100 * (lc - rc) / ((lc + rc) / 2)
+    lv, rv = mean(left["valr_bw_per_s"]), mean(right["valr_bw_per_s"])
+    out["si_valr_pct"] = 100 * (lv - rv) / ((lv + rv) / 2)
+    return out
+
+
+def test_stage_numbers_equal_plain_numpy_on_the_step_table(sessions):
+    rep = report.load_session_report(sessions["complete"])
+    with open_session(sessions["complete"]) as s:
+        steps, stages = s.steps, s.stages
+        assert s.complete
+    assert [st.name for st in stages] == ["weigh-in", "baseline", "training", "retention"]
+    assert [r["stage"] for r in rep.rows] == ["weigh-in", "baseline", "training", "retention"]
+    assert len(steps) > 80
+    base = None
+    for st, row in zip(stages, rep.rows, strict=True):
+        ref = _numpy_stage_numbers(steps, st.start_s, st.end_s)
+        assert row["n_steps"] == ref["n_steps"]
+        assert row["duration_s"] == pytest.approx(st.end_s - st.start_s)
+        for key, value in ref.items():
+            if math.isnan(value):
+                assert math.isnan(row[key]), key
+            else:
+                assert row[key] == pytest.approx(value, rel=1e-12), key
+        if st.kind == "baseline":
+            base = ref
+        if st.kind in ("cadence", "retention"):
+            assert row["cadence_change_pct"] == pytest.approx(
+                100 * (ref["cadence_mean_spm"] / base["cadence_mean_spm"] - 1), rel=1e-9)
+            assert row["valr_change_pct"] == pytest.approx(
+                100 * (ref["valr_mean_bw_per_s"] / base["valr_mean_bw_per_s"] - 1), rel=1e-9)
+            lo, hi = st.band_low_spm, st.band_high_spm
+            m = steps[(steps["strike_s"] >= st.start_s) & (steps["strike_s"] < st.end_s)]
+            rolling = m["cadence_spm"]
+            assert row["in_band_pct"] == pytest.approx(
+                100 * np.mean((rolling >= lo) & (rolling <= hi)), rel=1e-12)
+            assert row["target_cadence_spm"] == pytest.approx(st.target_cadence_spm)
+    # the participant really did what the protocol asked (the numbers mean something)
+    by = {r["stage"]: r for r in rep.rows}
+    assert by["weigh-in"]["n_steps"] == 0 and math.isnan(by["weigh-in"]["cadence_mean_spm"])
+    assert by["training"]["cadence_change_pct"] > 3.0
+    assert by["training"]["valr_change_pct"] < -5.0
+    assert by["training"]["feedback_on_fraction"] == 1.0 and by["retention"]["feedback_on_fraction"] == 0
+    assert rep.body_mass_kg == pytest.approx(MASS_KG, rel=0.03)  # from the weigh-in marker
+    assert rep.status == "complete" and rep.end_reason == "completed" and rep.warnings() == []
+
+
+def test_csv_is_the_same_table(sessions, capsys):
+    rep = report.load_session_report(sessions["complete"], curves=False)
+    assert cli_main(["report", str(sessions["complete"]), "--csv"]) == 0
+    text = capsys.readouterr().out
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert list(parsed[0].keys()) == list(report.STAGE_COLUMN_NAMES)
+    assert len(parsed) == len(rep.rows)
+    for got, row in zip(parsed, rep.rows, strict=True):
+        for name in report.STAGE_COLUMN_NAMES:
+            value = row[name]
+            if isinstance(value, str):
+                assert got[name] == value
+            elif isinstance(value, float) and math.isnan(value):
+                assert got[name] == "", name
+            else:
+                assert float(got[name]) == value, name  # full precision, no rounding
+    out = sessions["complete"].with_name("table.csv")
+    assert cli_main(["report", str(sessions["complete"]), "--csv", "--out", str(out)]) == 0
+    assert out.read_text() == text
+
+
+def test_force_curve_matches_the_raw_force_stream(sessions):
+    rep = report.load_session_report(sessions["complete"])
+    with open_session(sessions["complete"]) as s:
+        steps, stages = s.steps, s.stages
+        plate = s.stream("labsuite-sim-rep1-fp-left")
+        ts, fz_plate = plate.timestamps, plate.data[:, 2].astype(float)
+    training = next(st for st in stages if st.name == "training")
+    curve = next(cv for cv in rep.curves if cv.stage == "training")
+    assert curve.unit == "BW"
+    # The simulated plates' z axis points down (C3D corner order), so the force pressing on the plate
+    # is +Fz in the plate frame and equals the upward ground reaction on the body.
+    m = steps[(steps["strike_s"] >= training.start_s) & (steps["strike_s"] < training.end_s)
+              & (steps["foot"] == 0)]
+    bw = rep.body_mass_kg * 9.80665
+    first = m[0]
+    tq = first["strike_s"] + np.linspace(0, 1, 101) * (first["toe_off_s"] - first["strike_s"])
+    one = np.interp(tq, ts, fz_plate) / bw
+    # a single step is close to the stage mean; the stage mean peak equals the step table's peak
+    assert np.max(np.abs(one - curve.mean)) < 0.5
+    assert curve.mean.max() == pytest.approx(np.mean(steps["peak_vgrf_bw"][
+        (steps["strike_s"] >= training.start_s) & (steps["strike_s"] < training.end_s)]), rel=0.05)
+    assert curve.mean[0] < 0.2 and curve.mean[-1] < 0.2  # contact starts and ends near zero
+
+
+# ---- how sessions ended ------------------------------------------------------------------------------
+
+def test_emergency_stop_is_said_on_the_page(sessions, tmp_path):
+    rep = report.load_session_report(sessions["emergency"])
+    assert rep.status == "stopped" and rep.end_reason == "emergency_stop"
+    assert rep.rows[-1]["end_reason"] == "safety_stop"
+    assert rep.rows[-1]["stage"] == "training"
+    assert any("emergency stop" in w for w in rep.warnings())
+    out = tmp_path / "e.html"
+    assert cli_main(["report", str(sessions["emergency"]), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "ended by an emergency stop" in page and "emergency_stop" in page
+    assert "Session 2 of 3 (2: half feedback)" in page.replace("</b></td><td>", " ")
+
+
+def test_truncated_session_still_gives_a_report(sessions, tmp_path):
+    with open_session(sessions["killed"]) as s:
+        assert not s.complete
+        assert [st.name for st in s.stages] == ["weigh-in", "baseline"]
+        n_steps = len(s.steps)
+    rep = report.load_session_report(sessions["killed"])
+    assert rep.status == "cut short"
+    assert [r["stage"] for r in rep.rows] == ["weigh-in", "baseline", "training"]
+    last = rep.rows[-1]
+    assert last["end_reason"] == "interrupted" and last["n_steps"] > 10
+    assert sum(r["n_steps"] for r in rep.rows) <= n_steps
+    assert math.isfinite(last["cadence_mean_spm"])
+    out = tmp_path / "k.html"
+    assert cli_main(["report", str(sessions["killed"]), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "cut short" in page and "interrupted" in page
+    assert rep.participant_id == "P02" and "P02" in page
+
+
+# ---- programme ---------------------------------------------------------------------------------------
+
+def test_programme_report_orders_sessions_and_shows_feedback_level(sessions, tmp_path, capsys):
+    folder = tmp_path / "prog"
+    folder.mkdir()
+    for name in ("complete", "emergency"):
+        (folder / sessions[name].name).write_bytes(sessions[name].read_bytes())
+    reports = report.load_programme([folder])
+    rows = report.programme_table(reports)
+    assert [r["session_number"] for r in rows] == [1, 2]
+    assert rows[0]["feedback_on_fraction"] == 1.0 and rows[1]["feedback_on_fraction"] == 0.5
+    assert rows[0]["status"] == "complete" and rows[1]["status"] == "stopped"
+    one = reports[0]
+    with open_session(sessions["complete"]) as s:
+        steps = s.steps
+        ret = next(st for st in s.stages if st.kind == "retention")
+    m = steps[(steps["strike_s"] >= ret.start_s) & (steps["strike_s"] < ret.end_s)]
+    assert rows[0]["retention_cadence_spm"] == pytest.approx(np.mean(60 / m["step_s"]), rel=1e-12)
+    assert math.isnan(rows[1]["retention_cadence_spm"])  # stopped before retention
+    assert one.session_label == "1: full feedback"
+    assert cli_main(["report", "--programme", str(folder)]) == 0
+    page = (folder / "programme_report.html").read_text()
+    assert "Cadence per session" in page and "Feedback level per session" in page
+    assert "programme_report.html" in capsys.readouterr().out
+    assert cli_main(["report", "--programme", str(folder), "--csv"]) == 0
+    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [p["session_number"] for p in parsed] == ["1", "2"]
+
+
+def test_programme_refuses_two_participants(sessions):
+    with pytest.raises(ConfigError, match="2 participants"):
+        report.load_programme([sessions["complete"], sessions["killed"]])
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+def test_clear_errors_for_bad_input(sessions, tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path / "missing.h5")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    assert cli_main(["report", str(junk)]) == 1
+    assert "cannot open session file" in capsys.readouterr().err
+    assert cli_main(["report"]) == 1
+    assert "give one session file" in capsys.readouterr().err
+    assert cli_main(["report", str(sessions["complete"]), "--out", str(sessions["complete"])]) == 1
+    assert "refusing to write a report over a session file" in capsys.readouterr().err
+    assert cli_main(["report", "--programme", str(tmp_path / "nope")]) == 1
+    assert "no such session file or folder" in capsys.readouterr().err
+
+
+def test_stage_table_rejects_a_wrong_dtype():
+    with pytest.raises(ConfigError, match="STEP_DTYPE"):
+        report.stage_table([], np.zeros(3))
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert report.nice_ticks(0, 10, 5) == [0, 2, 4, 6, 8, 10]
+    assert report.nice_ticks(152.3, 187.9, 5) == [160, 170, 180]
+    assert report.nice_ticks(152.3, 187.9, 8) == [155, 160, 165, 170, 175, 180, 185]
+    ticks = report.nice_ticks(-0.013, 0.071, 4)
+    assert all(-0.013 <= t <= 0.071 for t in ticks) and len(ticks) >= 3
+
+
+# ---- rendering in a real browser --------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _screenshot(html_path: Path, png: Path, tmp_path: Path, height: int = 3000) -> None:
+    import subprocess
+
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+           f"--screenshot={png}", f"--window-size=1000,{height}", html_path.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert png.exists(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
+
+
+def _png_pixels(path: Path) -> np.ndarray:
+    """Decode the PNG with OpenCV (a dependency already) into an (h, w, 3) RGB array."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, f"{path} is not a readable PNG"
+    return img[:, :, ::-1]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                    "(apt-get install -y chromium fonts-liberation): cannot render the page")
+def test_html_renders_in_headless_chromium_with_plots(sessions, tmp_path):
+    page = tmp_path / "report.html"
+    assert cli_main(["report", str(sessions["complete"]), "--out", str(page)]) == 0
+    text = page.read_text()
+    # self-contained: no external fetches of any kind
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)
+    assert text.count("<svg") >= 6
+    png = tmp_path / "report.png"
+    _screenshot(page, png, tmp_path)
+    rgb = _png_pixels(png).astype(float)
+    assert rgb.shape[0] >= 2000 and rgb.shape[1] >= 900
+    # not blank: plenty of non-white pixels, and the plot colours are there
+    nonwhite = np.mean(rgb.sum(axis=2) < 700)
+    assert nonwhite > 0.03, f"only {nonwhite:.3%} of the page is not white"
+
+    def share(colour: tuple[int, int, int], tol: int = 40) -> float:
+        return float(np.mean(np.all(np.abs(rgb - np.array(colour)) < tol, axis=2)))
+
+    assert share((31, 119, 180)) > 1e-4  # cadence dots (blue)
+    assert share((214, 39, 40)) > 1e-4  # VALR dots (red)
+    assert share((44, 160, 44), tol=60) > 1e-4  # target band (green)
+    # the plots sit below the tables: the lower half of the page is not empty either
+    assert np.mean(rgb[rgb.shape[0] // 2:].sum(axis=2) < 700) > 0.01
