@@ -165,7 +165,7 @@ def test_malformed_feedback_counted_and_disconnect_recovered(uid):
 
 
 def _inlet(source_id: str):
-    found = pylsl.resolve_byprop("source_id", source_id, minimum=1, timeout=15.0)
+    found = pylsl.resolve_byprop("source_id", source_id, minimum=1, timeout=30.0)
     assert found
     inlet = pylsl.StreamInlet(found[0], max_buflen=60)
     inlet.open_stream(timeout=10.0)
@@ -179,7 +179,7 @@ def test_heartbeat_loss_stops_the_belt_ramped(uid):
         drv = _driver(emu, uid)
         runner, thread = _run(drv, command_source_id=cmd_id)
         try:
-            assert outlet.wait_for_consumers(15.0)
+            assert outlet.wait_for_consumers(30.0)
             outlet.push_sample([command("heartbeat", seq=0)])
             outlet.push_sample([command("speed", right_m_s=1.5, left_m_s=1.5, accel_m_s2=2.0)])
             seq = 1
@@ -211,7 +211,7 @@ def test_hung_controller_is_reconnected_and_the_belt_still_stops_when_the_sessio
         drv = BertecTreadmill(BertecSettings(host="127.0.0.1", port=emu.port, treadmill=settings))
         runner, thread = _run(drv, command_source_id=cmd_id)
         try:
-            assert outlet.wait_for_consumers(15.0)
+            assert outlet.wait_for_consumers(30.0)
             outlet.push_sample([command("heartbeat", seq=0)])
             outlet.push_sample([command("speed", right_m_s=1.0, accel_m_s2=2.0)])
             seq = 1
