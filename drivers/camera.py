@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CameraSettings:
-    """Capture source, where the video goes, nominal frame rate and codec."""
+    """Capture source, where the video goes, nominal frame rate and codec.
+
+    ``buffer_frames`` is how many frames a played-back file holds for a late reader, as a camera
+    driver's buffer does (V4L2 keeps 4); older frames are dropped.
+    """
 
     source: int | str
     source_id: str
@@ -41,12 +45,15 @@ class CameraSettings:
     fourcc: str = "MJPG"
     name: str | None = None
     loop_file: bool = False
+    buffer_frames: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.source, str) and not self.source:
             raise ConfigError("camera source: expected a device index, a device path, a URL or a video file")
         if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 1000):
             raise ConfigError(f"camera rate_hz: expected 0 < rate <= 1000 frames/s, got {self.rate_hz!r}")
+        if self.buffer_frames < 1:
+            raise ConfigError(f"camera buffer_frames: expected >= 1, got {self.buffer_frames!r}")
         if len(self.fourcc) != 4:
             raise ConfigError(f"camera fourcc: expected a four-character codec code, got {self.fourcc!r}")
         if not Path(self.video_path).parent.is_dir():
@@ -144,8 +151,8 @@ class CameraDriver(Driver):
             return []
         frames: list[np.ndarray] = []
         stamps: list[float] = []
-        # Frames more than one period late are dropped, as a camera's buffer would overrun.
-        keep_from = max(0, due - 1) if due > 2 else 0
+        # Frames beyond the buffer are dropped, as a camera's buffer overruns when nobody reads.
+        keep_from = max(0, due - self.settings.buffer_frames)
         for i in range(due):
             ok = self._cap.grab()
             if not ok:
