@@ -935,7 +935,7 @@ th{background:#f0f0f0}td.l,th.l{text-align:left}
 .info td{border:none;text-align:left;padding:1px 12px 1px 0}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:8px 10px;margin:8px 0;font-weight:bold}
 .ok{background:#e8f5e9;border:1px solid #5a5;padding:6px 10px;margin:8px 0}
-.figs{display:flex;flex-wrap:wrap;gap:8px}.note{color:#555;font-size:11px}
+table.prog{font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:8px}.note{color:#555;font-size:11px}
 figure{margin:4px 0;page-break-inside:avoid;break-inside:avoid}
 svg.plot{max-width:100%;height:auto}
 @media print{@page{size:A4;margin:12mm}body{margin:0;max-width:none;font-size:10.5px}
@@ -1031,16 +1031,16 @@ def _events_html(rep: SessionReport) -> str:
     parts.append("<h2>Safety and session events</h2>")
     shown = [ev for ev in rep.events if ev.event not in ("session_start",)]
     if shown:
-        rows = []
+        ev_rows: list[str] = []
         for ev in shown:
             detail = {k: v for k, v in ev.fields.items() if k != "event"}
             text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in detail.items() if v is not None)
             cls = ' style="color:#b00000;font-weight:bold"' if ev.event in SAFETY_EVENTS else ""
-            rows.append(f"<tr{cls}><td>{_f(ev.t_s / 60, 2)}</td><td class=l>{_e(ev.event)}</td>"
-                        f"<td class=l>{_e(ev.stage)}</td><td class=l>{_e(text)}</td></tr>")
+            ev_rows.append(f"<tr{cls}><td>{_f(ev.t_s / 60, 2)}</td><td class=l>{_e(ev.event)}</td>"
+                           f"<td class=l>{_e(ev.stage)}</td><td class=l>{_e(text)}</td></tr>")
         parts.append("<table><tr><th>time (min)</th><th class=l>event</th><th class=l>stage</th>"
-                     f"<th class=l>details</th></tr>{''.join(rows)}</table>")
+                     f"<th class=l>details</th></tr>{''.join(ev_rows)}</table>")
     else:
         parts.append("<p>No session events recorded.</p>")
     if not any(ev.event in SAFETY_EVENTS for ev in rep.events):
@@ -1265,12 +1265,12 @@ def render_programme_html(reports: Sequence[SessionReport]) -> str:
     """Progress across a programme's sessions as one self-contained HTML page."""
     rows = programme_table(reports)
     first = reports[0]
-    body_rows = []
+    body_rows: list[str] = []
     for r, rep in zip(rows, reports, strict=True):
         fb = r["feedback_on_fraction"]
         status = r["status"] + (": " + r["end_reason"] if r["status"] == "stopped" else "")
         body_rows.append(
-            f"<tr><td>{_e(_session_tick(r, len(body_rows)))}</td><td class=l>{_e(r['date_utc'][:16])}</td>"
+            f"<tr><td>{_e(_session_tick(r, len(body_rows)))}</td><td class=l>{_e(r['date_utc'][:10])}</td>"
             f"<td class=l>{_e(rep.session_label)}</td>"
             f"<td class=l>{_e(status)}</td>"
             f"<td>{'—' if not math.isfinite(fb) else f'{100 * fb:.0f} %'}</td>"
@@ -1281,11 +1281,12 @@ def render_programme_html(reports: Sequence[SessionReport]) -> str:
             f"<td>{_f(r['retention_valr_bw_per_s'])}</td>"
             f"<td>{_signed(r['retention_cadence_change_pct'])}</td>"
             f"<td>{_signed(r['retention_valr_change_pct'])}</td><td>{_f(r['max_pain'], 0)}</td></tr>")
-    table = ("<table><tr><th>session</th><th class=l>date (UTC)</th><th class=l>plan</th>"
-             "<th class=l>status</th><th>feedback</th><th>training (min)</th><th>baseline cad.</th>"
-             "<th>training cad.</th><th>retention cad.</th><th>retention in band</th>"
-             "<th>baseline VALR</th><th>training VALR</th><th>retention VALR</th>"
-             "<th>retention cad. Δ%</th><th>retention VALR Δ%</th><th>max pain</th></tr>"
+    table = ("<table class=prog><tr><th>#</th><th class=l>date</th><th class=l>plan</th>"
+             "<th class=l>status</th><th>feed&shy;back</th><th>train&shy;ing (min)</th>"
+             "<th colspan=3>cadence (steps/min)<br>baseline · training · retention</th>"
+             "<th>reten&shy;tion in band</th>"
+             "<th colspan=3>VALR (BW/s)<br>baseline · training · retention</th>"
+             "<th>reten&shy;tion cad. Δ%</th><th>reten&shy;tion VALR Δ%</th><th>max pain</th></tr>"
              + "".join(body_rows) + "</table>")
     cad_plot = _programme_plot(rows, (("baseline_cadence_spm", "baseline", "#555"),
                                       ("training_cadence_spm", "training", "#1f77b4"),

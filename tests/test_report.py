@@ -453,3 +453,46 @@ def test_html_renders_in_headless_chromium_with_plots(sessions, tmp_path):
     assert min(bluish, reddish, greenish) > 2e-4, (bluish, reddish, greenish)
     # the plots sit below the tables: the lower half of the page is not empty either
     assert np.mean(rgb[rgb.shape[0] // 2:].sum(axis=2) < 700) > 0.01
+
+
+# ---- files without a protocol ------------------------------------------------------------------------
+
+def test_recording_without_protocol_is_summarised_as_one_stage(tmp_path):
+    ps = gait.ParticipantSettings(mass_kg=72.0, seed=5)
+    sim = gait.simulate_offline(ps, 8.0, plate_rate_hz=RATE_HZ, imu_rate_hz=RATE_HZ)
+    path = tmp_path / "P03_record.h5"
+    writer = SessionWriter(path, participant_id="P03", mass_kg=72.0, expected_duration_s=60.0)
+    specs = {b: c.force_plate_spec(f"rec-fp-{b}", belt=b, corners_m=belt_corners(b),
+                                   origin_m=PLATE_ORIGIN_M, calibration_id="x") for b in sim.belts}
+    handles = {b: writer.add_stream(s) for b, s in specs.items()}
+    proc = StepProcessor(ProcessorSettings(
+        rate_hz=RATE_HZ, plates=tuple(PlateGeometry.from_spec(s) for s in specs.values()),
+        layout="split", mode="run", body_mass_kg=72.0))
+    t = sim.t_plate_s + T0_S
+    for b in sim.belts:
+        ch = lab_to_plate(sim.grf_n[b], sim.cop_m[b], sim.tz_nm[b], belt_corners(b), PLATE_ORIGIN_M)
+        writer.append(handles[b], t, ch.astype(np.float32))
+    steps = np.concatenate([proc.feed_plate(b, t, lab_to_plate(
+        sim.grf_n[b], sim.cop_m[b], sim.tz_nm[b], belt_corners(b), PLATE_ORIGIN_M)) for b in sim.belts]
+        + [proc.flush()])
+    steps = steps[np.argsort(steps["strike_s"])]
+    writer.append_steps(steps)
+    writer.close()
+    rep = report.load_session_report(path)
+    assert [r["stage"] for r in rep.rows] == ["recording"]
+    assert rep.rows[0]["n_steps"] == len(steps) > 10
+    assert rep.rows[0]["cadence_mean_spm"] == pytest.approx(np.nanmean(60 / steps["step_s"]), rel=1e-12)
+    assert any("no protocol stages" in w for w in rep.warnings())
+    assert rep.curves and rep.curves[0].unit == "BW" and rep.curves[0].n_steps == len(steps)
+    page = report.render_session_html(rep)
+    assert "recording" in page and "P03" in page
+
+
+def test_empty_session_file_gives_a_page(tmp_path):
+    path = tmp_path / "P04_empty.h5"
+    SessionWriter(path, participant_id="P04", expected_duration_s=60.0).close()
+    rep = report.load_session_report(path)
+    assert rep.rows == () and rep.status == "complete"
+    page = report.render_session_html(rep)
+    assert "No steps to show" in page and "P04" in page
+    assert report.table_csv(rep.rows).strip() == ",".join(report.STAGE_COLUMN_NAMES)
