@@ -1,0 +1,301 @@
+"""``labsuite run`` without the terminal: plan the session's processes, start them, run the protocol.
+
+Drivers (the simulated lab or a lab file's devices), the live processor and the recorder run as
+supervised processes (:mod:`labsuite.processes`); the session role runs in this process so the
+operator's keys reach it at once. :func:`run_protocol` returns the stage records and file path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labsuite.errors import ConfigError, DeviceError
+from labsuite.protocol import operator as op
+from labsuite.protocol.machine import Action
+from labsuite.protocol.schema import Protocol, load_protocol
+from labsuite.protocol.session import Session, SessionSettings
+from labsuite.stages import StageRecord
+
+log = logging.getLogger(__name__)
+
+_PARTICIPANT = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``labsuite run`` needs; validated on construction, messages name the option."""
+
+    protocol_path: Path
+    participant_id: str
+    simulate: bool = False
+    out_dir: Path = Path("sessions")
+    programme_session: int | None = None
+    lab_file: Path | None = None
+    lab_id: str | None = None
+    mass_kg: float | None = None
+    speed_m_s: float | None = None
+    record: bool = True
+    connect_timeout_s: float = 60.0
+    settle_s: float = 2.0
+    sim_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.participant_id, str) or not _PARTICIPANT.match(self.participant_id):
+            raise ConfigError(f"--participant: expected a pseudonymous id of 1-32 letters, digits, "
+                              f"'-' or '_' (never a name), got {self.participant_id!r}")
+        if self.simulate == (self.lab_file is not None):
+            raise ConfigError("give exactly one of --simulate (the built-in simulated lab) or "
+                              "--lab LAB.yaml (the lab's real devices)")
+        if self.lab_id is not None:
+            op.check_lab_id(self.lab_id)
+        if self.mass_kg is not None and not (math.isfinite(self.mass_kg) and 20 <= self.mass_kg <= 250):
+            raise ConfigError(f"--mass-kg: expected 20-250 kg, got {self.mass_kg!r}")
+        if self.speed_m_s is not None and not (math.isfinite(self.speed_m_s) and 0 < self.speed_m_s <= 8):
+            raise ConfigError(f"--speed: expected 0-8 m/s, got {self.speed_m_s!r}")
+        if not (math.isfinite(self.connect_timeout_s) and self.connect_timeout_s > 0):
+            raise ConfigError(f"connect timeout: expected > 0 s, got {self.connect_timeout_s!r}")
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    protocol: Protocol
+    records: list[StageRecord]
+    end_reason: str
+    session_file: Path | None
+    lab_id: str
+    log: list[tuple[float, str]]
+    published: list[Action]
+    baseline: dict[str, float]
+    role_events: list[str]
+
+
+def prepare(options: RunOptions) -> Protocol:
+    """Load and validate the protocol for this run (nothing is started); ConfigError if invalid."""
+    protocol = load_protocol(options.protocol_path).for_session(options.programme_session)
+    if options.speed_m_s is not None:
+        if options.speed_m_s > protocol.safety.max_speed_m_s:
+            raise ConfigError(f"--speed {options.speed_m_s:g} m/s exceeds the protocol's "
+                              f"safety.max_speed_m_s {protocol.safety.max_speed_m_s:g}")
+        stages = [s.model_copy(update={"speed_m_s": None}) if getattr(s, "speed_m_s", None) else s
+                  for s in protocol.stages]
+        protocol = protocol.model_copy(update={"speed_m_s": options.speed_m_s, "stages": stages})
+    return protocol
+
+
+def body_mass_kg(protocol: Protocol, options: RunOptions) -> float:
+    """Body mass for load normalisation: --mass-kg, the protocol, or the simulated participant's."""
+    if options.mass_kg is not None:
+        return float(options.mass_kg)
+    if protocol.participant.body_mass_kg is not None:
+        return float(protocol.participant.body_mass_kg)
+    if options.simulate:
+        return float(protocol.simulation.body_mass_kg)
+    raise ConfigError("body mass unknown: give --mass-kg or participant.body_mass_kg in the "
+                      "protocol (the processor normalises forces by body weight from the start)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The processes and stream ids of one run."""
+
+    lab_id: str
+    roles: list[tuple[str, Any, dict[str, Any], bool]]
+    session: SessionSettings
+    session_file: Path | None
+
+
+def plan(protocol: Protocol, options: RunOptions) -> Plan:
+    """Decide the roles (drivers, processor, recorder) and the session's stream ids."""
+    mass = body_mass_kg(protocol, options)
+    if options.simulate:
+        from labsuite.drivers.sim import gait
+        from labsuite.drivers.sim.lab import SimLabSettings, gait_plan_spec, sim_lab_roles
+
+        lab_id = options.lab_id or f"run-{uuid.uuid4().hex[:8]}"
+        sim = protocol.simulation
+        participant = gait.ParticipantSettings(
+            mass_kg=mass, mode=sim.mode, strike=sim.strike, single_belt=sim.single_belt,
+            preferred_cadence_spm=sim.preferred_cadence_spm,
+            speed_m_s=protocol.speed_m_s or protocol.stage_speed_m_s(_first_moving(protocol)),
+            **options.sim_overrides)
+        lab = SimLabSettings(lab_id=lab_id, participant=participant, initial_speed_m_s=0.0)
+        device_roles = [(n, t, k, True) for n, t, k in sim_lab_roles(lab)]
+        belts = ("single",) if sim.single_belt else ("left", "right")
+        plates = {b: lab.source_id(f"fp-{b}") for b in belts}
+        imus = {s: lab.source_id(f"imu-{s}") for s in ("left", "right")}
+        treadmill = lab.source_id("treadmill")
+        extra_sources = [gait_plan_spec(lab).source_id, lab.source_id("camera")]
+        mode, layout = sim.mode, ("single" if sim.single_belt else "split")
+    else:
+        from labsuite.labconfig import load_lab_config
+
+        assert options.lab_file is not None
+        cfg = load_lab_config(options.lab_file)
+        lab_id = options.lab_id or cfg.lab_id
+        if lab_id != cfg.lab_id:
+            raise ConfigError(f"--lab-id {lab_id!r} differs from the lab file's lab_id {cfg.lab_id!r}")
+        device_roles = [(n, t, k, True) for n, t, k in cfg.roles(session_dir=options.out_dir)]
+        plates, imus, treadmill, extra_sources = {}, {}, None, []
+        for name in cfg.device_names:
+            dev = cfg.device(name)
+            if hasattr(dev, "belt"):
+                plates[dev.belt] = cfg.source_id(name)
+            elif getattr(dev, "kind", "") == "ximu3":
+                imus[dev.side] = cfg.source_id(name)
+            elif getattr(dev, "kind", "") == "bertec_treadmill":
+                treadmill = cfg.source_id(name)
+            else:
+                extra_sources.append(cfg.source_id(name))
+        if not plates:
+            raise ConfigError(f"{options.lab_file}: the lab has no force plate; the session needs one "
+                              "(force watchdog, steps)")
+        if treadmill is None:
+            raise ConfigError(f"{options.lab_file}: the lab has no treadmill device to command")
+        layout = "single" if "single" in plates else "split"
+        mode = protocol.simulation.mode
+    steps_sid = f"labsuite-steps-{lab_id}"
+    roles = list(device_roles)
+    roles.append(("processor", run_processor,
+                  {"plates": plates, "imus": imus, "treadmill": treadmill, "steps_source_id": steps_sid,
+                   "layout": layout, "mode": mode, "mass_kg": mass}, True))
+    session_file = None
+    if options.record:
+        from labsuite.archive.recorder import RecorderSettings, run_recorder
+
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        n = options.programme_session
+        session_file = Path(options.out_dir) / (
+            f"{options.participant_id}{f'_s{n}' if n is not None else ''}_{stamp}.h5")
+        sources = (*plates.values(), *imus.values(), treadmill, *extra_sources, steps_sid,
+                   op.markers_source_id(lab_id), op.commands_source_id(lab_id))
+        rec = RecorderSettings(
+            participant_id=options.participant_id, path=session_file,
+            source_ids=tuple(s for s in sources if s), wait_s=2.0, mass_kg=mass,
+            protocol_path=Path(options.protocol_path), protocol_text=Path(options.protocol_path).read_text(),
+            session_number=options.programme_session,
+            expected_duration_s=max(60.0, sum(s.duration_s for s in protocol.stages) * 1.5))
+        # restart=False: a second recorder would truncate the file the first one wrote
+        roles.append(("recorder", run_recorder, {"settings": rec}, False))
+    session = SessionSettings(lab_id=lab_id, participant_id=options.participant_id,
+                              steps_source_id=steps_sid, force_source_ids=tuple(plates.values()),
+                              programme_session=options.programme_session,
+                              connect_timeout_s=options.connect_timeout_s, settle_s=options.settle_s)
+    return Plan(lab_id, roles, session, session_file)
+
+
+def _first_moving(protocol: Protocol) -> int:
+    for i in range(len(protocol.stages)):
+        if protocol.stage_speed_m_s(i) > 0:
+            return i
+    return 0
+
+
+def run_processor(stop: Any, plates: dict[str, str], imus: dict[str, str], treadmill: str | None,
+                  steps_source_id: str, layout: str, mode: str, mass_kg: float) -> None:
+    """Processor role: the live step processor from the plate/IMU streams to ``steps_source_id``."""
+    from labsuite.realtime.live import LiveRunner
+    from labsuite.realtime.processor import PlateGeometry, ProcessorSettings
+
+    # geometry and rate are placeholders: LiveRunner takes them from the plate streams' metadata
+    settings = ProcessorSettings(
+        rate_hz=1000.0, plates=tuple(PlateGeometry.lab_aligned(b) for b in plates), layout=layout,
+        mode=mode, body_mass_kg=mass_kg, imu_sides=tuple(sorted(imus)))
+    runner = LiveRunner(settings, plates, imus=imus, treadmill=treadmill,
+                        steps_source_id=steps_source_id)
+    runner.start()
+    try:
+        stop.wait()
+    finally:
+        runner.stop()
+
+
+def run_protocol(options: RunOptions, *, on_action: Callable[[Action], None] | None = None,
+                 on_status: Callable[[str], None] | None = None,
+                 on_session: Callable[[Session], None] | None = None,
+                 supervisor_hook: Callable[[Any], None] | None = None) -> RunResult:
+    """Validate, start every role, run the protocol to its end, stop everything; return the result.
+
+    ``on_session(session)`` is called once the session is open (for keys and pain answers);
+    ``supervisor_hook(supervisor)`` once the roles run (tests use it to kill a driver).
+    """
+    from labsuite.lslconfig import use_machine_scope
+
+    if options.simulate:
+        use_machine_scope()
+    protocol = prepare(options)
+    the_plan = plan(protocol, options)
+    status = on_status or (lambda text: log.info("%s", text))
+    if the_plan.session_file is not None:
+        try:
+            Path(options.out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {options.out_dir}: cannot create the folder: {exc}") from None
+    from labsuite.processes import Supervisor
+
+    events: list[str] = []
+
+    def on_role(role: str, text: str) -> None:
+        events.append(f"{role}: {text}")
+        status(f"{role}: {text}")
+
+    # The recorder starts last, once every stream it records is visible: streams that appear
+    # after it started only get its few spare slots.
+    supervisor = Supervisor(on_event=on_role)
+    recorder = Supervisor(on_event=on_role)
+    for name, target, kwargs, restart in the_plan.roles:
+        (recorder if name == "recorder" else supervisor).add(name, target, kwargs, restart=restart)
+    session = Session(protocol, the_plan.session, on_action=on_action)
+    supervisor.start()
+    try:
+        session.open()
+        if on_session is not None:
+            on_session(session)
+        if supervisor_hook is not None:
+            supervisor_hook(supervisor)
+        status("waiting for the treadmill, force plates and processor ...")
+        missing = session.wait_ready()
+        if missing:
+            recent = "; ".join(text for _, text in session.log[-5:]) or "no stream events"
+            raise DeviceError("not ready after {:g} s: {} (last events: {})".format(
+                options.connect_timeout_s, "; ".join(missing), recent))
+        if the_plan.session_file is not None:
+            recorder.start()
+            _wait_for_file(the_plan.session_file, options.connect_timeout_s, recorder)
+            # the recorder's readers connect after the file exists; markers sent before are lost
+            time.sleep(options.settle_s)
+        status(f"session {the_plan.lab_id}: starting {protocol.name!r}")
+        session.start()
+        while not session.wait(0.2):
+            pass
+        # let the recorder take the last markers and the belt ramp down before stopping
+        time.sleep(1.0)
+    finally:
+        session.close()
+        recorder.stop(timeout_s=30.0)
+        supervisor.stop(timeout_s=15.0)
+    m = session.machine
+    return RunResult(protocol, list(m.records), m.end_reason, the_plan.session_file, the_plan.lab_id,
+                     list(session.log), list(session.published),
+                     {"cadence_spm": m.baseline_cadence_spm, "valr_bw_per_s": m.baseline_valr_bw_per_s,
+                      "tibial_peak_g": m.baseline_tibial_g, "body_mass_kg": m.body_mass_kg}, events)
+
+
+def _wait_for_file(path: Path, timeout_s: float, supervisor: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise DeviceError(f"the recorder did not create {path} within {timeout_s:g} s")
+        role = supervisor.roles.get("recorder")
+        if role is not None and role.exits:
+            raise DeviceError(f"the recorder stopped (exit code {role.exits[-1]}) before creating {path}")
+        time.sleep(0.1)
