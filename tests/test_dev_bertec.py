@@ -140,8 +140,10 @@ def test_malformed_feedback_counted_and_disconnect_recovered(uid):
         drv = _driver(emu, uid)
         events = []
         runner, thread = _run(drv, on_event=lambda k, t: events.append(k))
+        got = []
+        push = runner._push
+        runner._push = lambda spec, chunk: (got.append(chunk), push(spec, chunk))
         try:
-            inlet = _inlet(uid)
             _wait_for(lambda: drv.health.frames_ok > 20)
             emu.inject("bad_format")
             emu.inject("bad_speed")
@@ -155,21 +157,13 @@ def test_malformed_feedback_counted_and_disconnect_recovered(uid):
             assert drv.health.frames_bad == 3  # two malformed + the partial packet at the drop
             assert "device_lost" in events
             # The stream kept flowing through it all, with monotonic timestamps.
-            _, ts = inlet.pull_chunk(timeout=1.0, max_samples=100_000)
+            ts = np.concatenate([c.timestamps for c in got])
             assert len(ts) > 10 and np.all(np.diff(ts) > 0)
         finally:
             runner.stop()
             thread.join(timeout=15)
         assert not thread.is_alive()
         assert emu.violations == []
-
-
-def _inlet(source_id: str):
-    found = pylsl.resolve_byprop("source_id", source_id, minimum=1, timeout=30.0)
-    assert found
-    inlet = pylsl.StreamInlet(found[0], max_buflen=60)
-    inlet.open_stream(timeout=10.0)
-    return inlet
 
 
 def test_heartbeat_loss_stops_the_belt_ramped(uid):
@@ -203,34 +197,22 @@ def test_heartbeat_loss_stops_the_belt_ramped(uid):
         assert emu.violations == []
 
 
-def test_hung_controller_is_reconnected_and_the_belt_still_stops_when_the_session_dies(uid):
-    cmd_id = f"{uid}-commands"
-    outlet = pylsl.StreamOutlet(commands_spec(cmd_id, name=f"cmd-{uid}").to_info())
+def test_hung_controller_is_treated_as_lost_and_reconnected(uid):
     with BertecEmulator() as emu:
         settings = TreadmillSettings(source_id=uid, name=f"bertec-{uid}", state_timeout_s=0.5)
         drv = BertecTreadmill(BertecSettings(host="127.0.0.1", port=emu.port, treadmill=settings))
-        runner, thread = _run(drv, command_source_id=cmd_id)
+        events = []
+        runner, thread = _run(drv, on_event=lambda kind, text: events.append((kind, text)))
         try:
-            assert outlet.wait_for_consumers(30.0)
-            outlet.push_sample([command("heartbeat", seq=0)])
-            outlet.push_sample([command("speed", right_m_s=1.0, accel_m_s2=2.0)])
-            seq = 1
-            deadline = time.monotonic() + 10
-            while emu.state()[0] < 1.0:
-                assert time.monotonic() < deadline, "belt never reached 1 m/s"
-                outlet.push_sample([command("heartbeat", seq=seq)])
-                seq += 1
-                time.sleep(0.1)
-            # The controller hangs (no feedback) and the session dies at the same moment.
-            emu.inject("silence")
+            _wait_for(lambda: drv.health.frames_ok > 20)
+            emu.inject("silence")  # connection open, no feedback: a hung controller
             _wait_for(lambda: drv.health.reconnects >= 1)
-            _wait_for(lambda: emu.commands[-1].speeds_mm_s == (0, 0, 0, 0))
-            assert drv.health.extra["watchdog_stops"] == 1
-            _wait_for(lambda: emu.state()[0] == 0.0)
+            ok = drv.health.frames_ok
+            _wait_for(lambda: drv.health.frames_ok > ok + 20)
         finally:
             runner.stop()
             thread.join(timeout=15)
-        assert "no state for 0.5 s" in drv.health.last_error or drv.health.reconnects >= 1
+        assert ("device_lost", f"treadmill 'bertec-{uid}': no state for 0.5 s") in events
         assert emu.violations == []
 
 
