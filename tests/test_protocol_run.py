@@ -1,0 +1,228 @@
+"""End to end on the simulated lab: drivers, processor, recorder and session as real processes over LSL.
+
+The participant converges to the target; the session file holds stages, markers, beats and steps;
+killing a force-plate driver stops the belt; the emergency-stop key works from a real terminal (pty).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labsuite.archive.reader import open_session
+from labsuite.protocol.orchestrate import RunOptions, run_protocol
+
+pytestmark = pytest.mark.slow
+
+E2E = """\
+schema: labsuite-protocol/1
+name: e2e
+speed_m_s: 3.0
+safety: {accel_m_s2: 1.5}
+simulation: {mode: run, strike: rearfoot, preferred_cadence_spm: 160, body_mass_kg: 65}
+stages:
+  - {name: stand, kind: quiet_standing, duration_s: 4}
+  - {name: base, kind: baseline, duration_s: 16, measure_last_steps: 20}
+  - name: fast
+    kind: cadence
+    duration_s: 26
+    target_percent: 10
+    band_percent: 3
+    cues: {metronome: {spm: target}, visual_band: true, loading_rate: {max_percent_of_baseline: 85}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def cadence_of(strikes: np.ndarray) -> float:
+    """Independent cadence: steps per minute from consecutive strike times (either foot)."""
+    strikes = np.sort(strikes)
+    return 60.0 / float(np.mean(np.diff(strikes)))
+
+
+def test_cadence_protocol_end_to_end(tmp_path, uid):
+    options = RunOptions(protocol_path=write(tmp_path, E2E), participant_id="P07", simulate=True,
+                         out_dir=tmp_path / "out", lab_id=uid, connect_timeout_s=60.0)
+    result = run_protocol(options)
+    assert result.end_reason == "completed", result.log[-10:]
+    stand, base, fast = result.records
+    s_base, s_fast = json.loads(base.summary_json), json.loads(fast.summary_json)
+    target = fast.target_cadence_spm
+    assert target == pytest.approx(1.10 * result.baseline["cadence_spm"])
+    # the participant converged toward the target and loads less at the higher cadence
+    assert s_fast["cadence_spm"] == pytest.approx(target, rel=0.03)
+    assert s_fast["cadence_spm"] > 1.06 * s_base["cadence_spm"]
+    assert s_fast["valr_bw_per_s"] < 0.95 * s_base["valr_bw_per_s"]
+    assert json.loads(stand.summary_json)["body_mass_kg"] == pytest.approx(65.0, rel=0.03)
+
+    with open_session(result.session_file) as f:
+        stages = f.stages
+        assert [s.name for s in stages] == ["stand", "base", "fast"]
+        assert [s.end_reason for s in stages] == ["time"] * 3
+        texts = [json.loads(t) for t in f.markers["text"]]
+        times = f.markers["time_s"]
+        events = [t.get("event") for t in texts]
+        for needed in ("session_start", "stage_start", "stage_end", "metronome", "beat", "cue",
+                       "checkin_request", "baseline", "body_weight", "session_end"):
+            assert needed in events, needed
+        beat_t = np.array([t for t, e in zip(times, events, strict=True) if e == "beat"])
+        assert len(beat_t) == pytest.approx((fast.end_s - fast.start_s) * target / 60, abs=3)
+        assert np.median(np.diff(beat_t)) == pytest.approx(60 / target, rel=1e-3)
+        steps = f.steps
+        assert len(steps) > 60
+        # an independent cadence: the simulator's own planned strikes in the last 10 s of 'fast'
+        gait = next(s for s in f.streams.values() if s.spec.kind == "sim_gait")
+        labels = list(gait.spec.labels)
+        strikes = gait.data[:, labels.index("strike_s")]
+        window = strikes[(strikes > fast.end_s - 10.0) & (strikes < fast.end_s)]
+        truth = cadence_of(window)
+        assert s_fast["cadence_spm"] == pytest.approx(truth, rel=0.03)
+        print(f"e2e: baseline {s_base['cadence_spm']:.1f} spm VALR {s_base['valr_bw_per_s']:.1f}; "
+              f"+10 % stage {s_fast['cadence_spm']:.1f} spm (target {target:.1f}, simulator truth "
+              f"{truth:.1f}) VALR {s_fast['valr_bw_per_s']:.1f} BW/s "
+              f"({s_fast['valr_percent_of_baseline']:.0f} % of baseline)")
+
+
+KILL = """\
+schema: labsuite-protocol/1
+name: kill
+speed_m_s: 3.0
+safety: {accel_m_s2: 1.5, stop_decel_m_s2: 3.0}
+checkins: {at_start: false, at_stage_boundaries: false}
+simulation: {mode: run, preferred_cadence_spm: 165}
+stages:
+  - {name: base, kind: baseline, duration_s: 60, measure_last_steps: 10}
+"""
+
+
+def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
+    holder: dict = {}
+    moving = threading.Event()
+
+    def on_action(action):
+        if action.name == "stage_start":
+            holder["t0"] = time.monotonic()
+            moving.set()
+
+    def hook(supervisor):
+        def killer():
+            if moving.wait(90):
+                time.sleep(6.0)  # belt at speed, participant running
+                holder["killed_at"] = time.monotonic()
+                supervisor.kill("sim-fp-left")
+        threading.Thread(target=killer, daemon=True).start()
+
+    options = RunOptions(protocol_path=write(tmp_path, KILL), participant_id="P08", simulate=True,
+                         out_dir=tmp_path / "out", lab_id=uid)
+    result = run_protocol(options, on_action=on_action, supervisor_hook=hook)
+    assert "killed_at" in holder
+    assert result.end_reason == "safety_stop:force_timeout"
+    assert any("force_timeout" in text for _, text in result.log)
+    with open_session(result.session_file) as f:
+        plate = f.stream(f"labsuite-sim-{uid}-fp-left")
+        cmds = f.stream(f"labsuite-session-{uid}-commands")
+        belt = f.stream(f"labsuite-sim-{uid}-treadmill")
+        texts = [json.loads(str(row[0])) for row in cmds.data]
+        stops = [t for t, c in zip(cmds.timestamps, texts, strict=True)
+                 if c.get("cmd") == "stop" and c.get("reason") == "force_timeout"]
+        assert len(stops) == 1
+        t_stop = stops[0]
+        ts = plate.timestamps
+        last_before = ts[ts < t_stop].max()
+        delay = t_stop - last_before
+        # the belt slows from the stop command on
+        speed = belt.data[:, 0]
+        after = belt.timestamps > t_stop + 0.3
+        before = (belt.timestamps < t_stop) & (belt.timestamps > t_stop - 1.0)
+        assert speed[before].min() > 2.9
+        assert speed[after][0] < speed[before].min()
+        t_still = belt.timestamps[(belt.timestamps > t_stop) & (speed < 0.05)][0]
+        print(f"watchdog: last force sample -> stop command {1000 * delay:.0f} ms; "
+              f"belt stopped {t_still - t_stop:.2f} s later at {3.0:g} m/s^2")
+        assert 0.5 <= delay < 0.8
+        stage_markers = [json.loads(t) for t in f.markers["text"]]
+        assert any(m.get("event") == "safety_stop" and m["reason"] == "force_timeout"
+                   for m in stage_markers)
+
+
+ESTOP = """\
+schema: labsuite-protocol/1
+name: estop
+speed_m_s: 2.5
+checkins: {at_start: false, at_stage_boundaries: false}
+simulation: {mode: run}
+stages:
+  - {name: base, kind: baseline, duration_s: 60}
+"""
+
+
+def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
+    proto = write(tmp_path, ESTOP)
+    master, slave = pty.openpty()
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "P09", "--simulate",
+         "--headless", "--out", str(tmp_path / "out"), "--lab-id", uid, "--quiet"],
+        stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 100
+        sent = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:
+                    break
+            if not sent and b"== stage 1" in out:
+                time.sleep(3.0)
+                os.write(master, b"e")  # one key, no Enter: the terminal is in cbreak mode
+                sent = True
+        proc.wait(30)
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert sent, text[-2000:]
+    assert "EMERGENCY STOP sent" in text
+    assert "session ended: emergency_stop" in text
+    assert proc.returncode == 3
+    files = list((tmp_path / "out").glob("*.h5"))
+    assert len(files) == 1
+    with open_session(files[0]) as f:
+        cmds = f.stream(f"labsuite-session-{uid}-commands")
+        names = [json.loads(str(row[0]))["cmd"] for row in cmds.data]
+        assert "emergency_stop" in names
+        belt = f.stream(f"labsuite-sim-{uid}-treadmill")
+        t_e = cmds.timestamps[names.index("emergency_stop")]
+        speed_after = belt.data[belt.timestamps > t_e + 1.0, 0]
+        assert speed_after.max() < 0.05
