@@ -357,6 +357,8 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
     with open_session(p) as sess:
         attrs = sess.attrs
         steps = np.asarray(sess.steps, dtype=STEP_DTYPE)
+        # the processor releases steps in strike order; sort anyway so plots never zigzag
+        steps = steps[np.argsort(steps["strike_s"], kind="stable")]
         markers = sess.markers
         recorded_stages = list(sess.stages)
         rec_events = tuple(sess.events)
@@ -374,7 +376,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
                                 np.isfinite(steps["toe_off_s"]).any() else math.nan,
                                 decoded[-1][0] if decoded else math.nan) if math.isfinite(t)]
     t_end = max(t_candidates) if t_candidates else math.nan
-    stages = _complete_stages(recorded_stages, decoded, t_end)
+    stages = _complete_stages(recorded_stages, decoded, t_end, attrs)
     if not stages:
         t_first = [t for t in (steps["strike_s"][0] if len(steps) else math.nan, data_start)
                    if math.isfinite(t)]
@@ -462,7 +464,7 @@ def _decode_markers(markers: np.ndarray) -> list[tuple[float, dict[str, Any]]]:
 
 
 def _complete_stages(recorded: list[StageRecord], decoded: list[tuple[float, dict[str, Any]]],
-                     t_end: float) -> list[StageRecord]:
+                     t_end: float, attrs: Mapping[str, Any]) -> list[StageRecord]:
     """Add the stage that started but never ended (a crash or a kill), ended at ``t_end``."""
     stages = sorted(recorded, key=lambda s: s.start_s)
     last_end = stages[-1].end_s if stages else -math.inf
@@ -480,20 +482,34 @@ def _complete_stages(recorded: list[StageRecord], decoded: list[tuple[float, dic
                 kind=str(obj.get("kind", "")), start_s=t, end_s=math.nextafter(t_end, math.inf),
                 target_cadence_spm=num("target_cadence_spm"), band_low_spm=num("band_low_spm"),
                 band_high_spm=num("band_high_spm"), belt_speed_m_s=num("belt_speed_m_s"),
-                end_reason="interrupted", feedback_json=_feedback_from_cue(decoded, t)))
+                end_reason="interrupted",
+                feedback_json=_stage_feedback_json(attrs, str(obj.get("name", "")))))
     return stages
 
 
-def _feedback_from_cue(decoded: list[tuple[float, dict[str, Any]]], t_start: float) -> str:
-    """Rebuild a minimal feedback description of an interrupted stage from its cue markers."""
-    cues = [obj for t, obj in decoded if obj.get("event") == "cue" and t >= t_start]
-    if not cues:
+def _stage_feedback_json(attrs: Mapping[str, Any], stage_name: str) -> str:
+    """A stage's cues as the stage machine records them, from the protocol text stored in the file.
+
+    Used for a stage cut short (it has no stage_end record); "{}" when the text is missing or no
+    longer valid (the page then shows no feedback level rather than a guessed one).
+    """
+    from labsuite.protocol.schema import parse_protocol
+
+    text = str(attrs.get("protocol_text", "") or "")
+    if not text:
         return "{}"
-    on = [bool(c.get("feedback_on")) for c in cues]
-    if not any(on):
+    try:
+        protocol = parse_protocol(text, "protocol_text")
+        n = int(attrs.get("session_number", -1))
+        if protocol.programme is not None and n >= 1:
+            protocol = protocol.for_session(n)
+    except ConfigError:
         return "{}"
-    return json.dumps({"metronome": {"spm": "target"}} if cues[0].get("metronome_spm") else
-                      {"visual_band": True})
+    for stage in protocol.stages:
+        cues = getattr(stage, "cues", None)
+        if stage.name == stage_name and cues is not None:
+            return json.dumps(cues.model_dump(exclude_none=True))
+    return "{}"
 
 
 def _protocol_info(attrs: Mapping[str, Any], start: tuple[float, dict[str, Any]] | None

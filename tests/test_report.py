@@ -73,14 +73,14 @@ MASS_KG = 68.0
 def record_session(path: str | os.PathLike[str], *, session: int = 1, participant: str = "P01",
                    seed: int = 1, pains: tuple[int, ...] = (0, 1, 1, 2, 1),
                    emergency_at_s: float | None = None, kill_at_s: float | None = None,
-                   preferred_spm: float = 164.0) -> None:
+                   preferred_spm: float = 164.0, protocol_text: str = PROTOCOL_TEXT) -> None:
     """Run the protocol on the simulated lab and record it; returns when the session ends.
 
     ``pains``: answers to the check-ins in order (each 0.5 s after it is asked). ``emergency_at_s``:
     the operator presses the emergency stop at this session time. ``kill_at_s``: the process
     SIGKILLs itself at this session time after the writer's last flush (the file is never closed).
     """
-    protocol = parse_protocol(PROTOCOL_TEXT, "report-test.yaml").for_session(session)
+    protocol = parse_protocol(protocol_text, "report-test.yaml").for_session(session)
     machine = SessionMachine(protocol, programme_session=session, participant=participant)
     ps = gait.ParticipantSettings(mass_kg=MASS_KG, mode="run", speed_m_s=0.0, seed=seed,
                                   preferred_cadence_spm=preferred_spm)
@@ -94,7 +94,7 @@ def record_session(path: str | os.PathLike[str], *, session: int = 1, participan
     proc = StepProcessor(ProcessorSettings(
         rate_hz=RATE_HZ, plates=tuple(PlateGeometry.from_spec(s) for s in plate_specs.values()),
         layout="split", mode="run", body_mass_kg=MASS_KG, imu_sides=("left", "right")))
-    writer = SessionWriter(path, participant_id=participant, protocol_text=PROTOCOL_TEXT,
+    writer = SessionWriter(path, participant_id=participant, protocol_text=protocol_text,
                            session_number=session, settings=WriterSettings(flush_interval_s=0.1),
                            expected_duration_s=120.0)
     h_plate = {b: writer.add_stream(s) for b, s in plate_specs.items()}
@@ -124,7 +124,7 @@ def record_session(path: str | os.PathLike[str], *, session: int = 1, participan
     apply(machine.start(T0_S))
     k = 0
     t = T0_S
-    while not machine.finished and t < T0_S + 200.0:
+    while not machine.finished and t < T0_S + 4 * 3600.0:
         t_next = t + TICK_S
         n_to = round((t_next - T0_S) * RATE_HZ)
         ts = T0_S + np.arange(k, n_to) / RATE_HZ
@@ -170,7 +170,7 @@ def record_session(path: str | os.PathLike[str], *, session: int = 1, participan
 
 
 def _kill_child(path: str, kill_at_s: float) -> None:
-    record_session(path, participant="P02", seed=3, kill_at_s=kill_at_s)
+    record_session(path, session=2, participant="P02", seed=3, kill_at_s=kill_at_s)
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +330,8 @@ def test_truncated_session_still_gives_a_report(sessions, tmp_path):
     assert [r["stage"] for r in rep.rows] == ["weigh-in", "baseline", "training"]
     last = rep.rows[-1]
     assert last["end_reason"] == "interrupted" and last["n_steps"] > 10
+    # the cut stage has no stage_end record: its feedback level comes from the stored protocol
+    assert last["feedback_on_fraction"] == 0.5 and last["target_cadence_spm"] > 170
     assert sum(r["n_steps"] for r in rep.rows) <= n_steps
     assert math.isfinite(last["cadence_mean_spm"])
     out = tmp_path / "k.html"
