@@ -5,8 +5,9 @@ camera stream (``camera_spec``): its frame index in the video, stamped with the 
 capture, so video and force data line up offline. Frames the camera delivered too late to keep
 are dropped, counted and never published (the stream declares ``can_drop_samples``).
 
-A reconnect starts a new video segment (``<name>.partN.<ext>``); ``<name>.segments.csv`` lists each
-segment's file and the frame index of its first frame. Frame indices run on across segments.
+A reconnect starts a new video segment (``<name>.partN.<ext>``; an existing file is never
+overwritten); ``<name>.segments.csv`` gets one row per segment: file, frame index and LSL time of
+its first frame. Frame indices run on across the segments of one driver.
 A video file as source plays back at ``rate_hz`` (for tests and demonstrations).
 """
 
@@ -78,6 +79,7 @@ class CameraDriver(Driver):
         self._t0: float | None = None
         self._k = 0
         self._last_frame_s: float | None = None
+        self._size = (0, 0)
         self.health.extra["frames_dropped"] = 0.0
 
     def stream_specs(self) -> list[StreamSpec]:
@@ -180,37 +182,44 @@ class CameraDriver(Driver):
 
     def _keep(self, frames: list[np.ndarray], stamps: np.ndarray) -> list[Chunk]:
         if self._writer is None:
-            self._new_segment(frames[0])
-        height, width = frames[0].shape[:2]
-        for frame in frames:
-            if frame.shape[:2] != (height, width):
-                self.health.frames_bad += 1
-                continue
-            self._writer.write(frame)
-        n = len(frames)
+            self._new_segment(frames[0], float(stamps[0]))
+        height, width = self._size
+        good = [i for i, f in enumerate(frames) if f.shape[:2] == (height, width)]
+        # A frame of another size cannot go into this video: it is bad, not published, so every
+        # published index still names a written frame.
+        self.health.frames_bad += len(frames) - len(good)
+        for i in good:
+            self._writer.write(frames[i])
+        n = len(good)
+        if n == 0:
+            return []
         index = self.frame_index + np.arange(n, dtype=np.float64)
         self.frame_index += n
         self.health.frames_ok += n
-        return [Chunk(0, stamps, index.reshape(n, 1))]
+        return [Chunk(0, np.asarray(stamps)[good], index.reshape(n, 1))]
 
-    def _new_segment(self, frame: np.ndarray) -> None:
+    def _new_segment(self, frame: np.ndarray, first_lsl_s: float) -> None:
         import cv2
 
         base = Path(self.settings.video_path)
-        number = len(self.segments)
-        path = base if number == 0 else base.with_name(f"{base.stem}.part{number + 1}{base.suffix}")
+        path, number = base, 1
+        while path.exists():  # never overwrite: a restarted process or a reused folder appends
+            number += 1
+            path = base.with_name(f"{base.stem}.part{number}{base.suffix}")
         height, width = frame.shape[:2]
         fourcc = cv2.VideoWriter.fourcc(*self.settings.fourcc)
-        writer = cv2.VideoWriter(str(path), fourcc,
-                                 self.settings.rate_hz, (width, height))
+        writer = cv2.VideoWriter(str(path), fourcc, self.settings.rate_hz, (width, height))
         if not writer.isOpened():
             raise DeviceError(f"camera: cannot write video {str(path)!r} with codec "
                               f"{self.settings.fourcc!r} (check the folder and the codec)")
         self._writer = writer
+        self._size = (height, width)
         self.segments.append((path, self.frame_index))
         index_file = base.with_name(f"{base.stem}.segments.csv")
-        with index_file.open("w", newline="", encoding="utf-8") as fh:
+        new_file = not index_file.exists()
+        with index_file.open("a", newline="", encoding="utf-8") as fh:
             out = csv.writer(fh)
-            out.writerow(["segment_file", "first_frame_index"])
-            out.writerows((p.name, first) for p, first in self.segments)
+            if new_file:
+                out.writerow(["segment_file", "first_frame_index", "first_frame_lsl_time_s"])
+            out.writerow([path.name, self.frame_index, repr(first_lsl_s)])
         log.info("camera: writing %s from frame %d", path, self.frame_index)

@@ -112,6 +112,9 @@ def test_end_of_stream_reconnects_into_a_new_segment_and_late_frames_are_dropped
     with (tmp_path / "cam.segments.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["segment_file"] for r in rows[:3]] == ["cam.avi", "cam.part2.avi", "cam.part3.avi"]
+    assert [int(r["first_frame_index"]) for r in rows] == [first for _, first in drv.segments]
+    firsts = [float(r["first_frame_lsl_time_s"]) for r in rows]
+    assert firsts == [float(ts[idx == first][0]) for _, first in drv.segments]
     for (path, first), nxt in zip(drv.segments, [*drv.segments[1:], (None, drv.frame_index)], strict=True):
         assert len(_frames(path)) == nxt[1] - first
     # A reader that falls behind: frames more than one period late are dropped and counted.
@@ -128,3 +131,13 @@ def test_end_of_stream_reconnects_into_a_new_segment_and_late_frames_are_dropped
     assert 10 <= dropped <= 20
     assert later[0].data[0, 0] == first[0].data[-1, 0] + 1  # indices stay those of the video
     assert len(_frames(tmp_path / "late.avi")) == drv2.frame_index
+    # Another driver on the same folder (a restarted process) appends, never overwrites.
+    before = _frames(out)
+    drv3 = CameraDriver(CameraSettings(source=str(src), source_id=uid, video_path=out))
+    drv3.open()
+    try:
+        assert drv3.read(0.05)
+    finally:
+        drv3.close()
+    assert _frames(out) == before
+    assert drv3.segments[0][0].name == f"cam.part{len(drv.segments) + 1}.avi"
