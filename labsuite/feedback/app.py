@@ -1,0 +1,54 @@
+"""Entry points of the feedback GUI: run it in this process, or as a Supervisor role of a session.
+
+``labsuite run --gui`` / ``labsuite demo --gui`` add :func:`run_gui_role` to their Supervisor
+(restart=False: closing the windows is the operator's decision). The GUI reads the lab's streams,
+the steps and the session markers, and publishes operator commands; it never touches the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from labsuite.feedback.feed import FeedSettings, LiveFeed
+
+log = logging.getLogger(__name__)
+
+
+def run_gui(settings: FeedSettings, *, stop: Any = None, close_wait_s: float = 5.0,
+            second_screen: bool = True) -> int:
+    """Open the operator console and the participant display; return 0 when they are closed.
+
+    Closing either window sends ``abort`` to the session (unless it has ended) and waits up to
+    ``close_wait_s`` for its ``session_end`` marker. ``stop`` (an Event) set from elsewhere closes
+    the windows without sending anything (the run is ending anyway).
+    """
+    from PyQt5 import QtCore, QtWidgets
+
+    from labsuite.feedback.windows import GuiController
+    from labsuite.protocol.operator import OperatorConsole
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    feed = LiveFeed(settings).start()
+    console = OperatorConsole(settings.lab_id, source="gui")
+    controller = GuiController(feed, console, close_wait_s=close_wait_s)
+    controller.finished.connect(app.quit)
+    poll = QtCore.QTimer()
+    if stop is not None:
+        poll.timeout.connect(lambda: stop.is_set() and controller.stop_without_abort())
+        poll.start(100)
+    try:
+        controller.show(second_screen=second_screen)
+        if not controller.done:
+            app.exec_()
+    finally:
+        poll.stop()
+        feed.stop()
+        console.close()
+    return 0
+
+
+def run_gui_role(stop: Any, settings: FeedSettings, close_wait_s: float = 5.0) -> None:
+    """Supervisor role: the GUI in its own process (see :func:`run_gui`)."""
+    run_gui(settings, stop=stop, close_wait_s=close_wait_s)

@@ -1,0 +1,434 @@
+"""The data side of the feedback windows (no Qt): streams in, drawable snapshots out.
+
+Readers from :mod:`labsuite.streams.acquisition` pull the plates, IMUs, treadmill, camera, the
+``labsuite-steps`` stream and the session's markers on their worker threads. Plate chunks are turned
+into lab-frame vertical force and COP (:func:`~labsuite.realtime.geometry.plate_to_lab`) on those
+threads and kept in ring buffers; markers update a :class:`SessionView`. The GUI timer only calls
+:meth:`LiveFeed.snapshot` (copies) and draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from labsuite.errors import ConfigError, DeviceError, LabsuiteError
+from labsuite.protocol.operator import check_lab_id, markers_source_id
+from labsuite.stages import EVENT_STAGE_END, EVENT_STAGE_START
+from labsuite.steps import STEP_DTYPE, STEP_FIELD_NAMES, rows_to_steps
+from labsuite.streams import messages as msg
+from labsuite.streams.acquisition import ReaderStats, StreamQuery, StreamReader
+from labsuite.streams.contracts import FORCE_PLATE_CHANNELS, setup_floats
+from labsuite.streams.ring import RingBuffer
+
+log = logging.getLogger(__name__)
+
+_PARTICIPANT = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+PLATE_BELTS = ("left", "right", "single")
+IMU_SIDES = ("left", "right")
+
+# Columns of a belt's display ring: time is kept apart; these are the lab-frame values.
+COL_FZ = 0
+COL_COP_X = 1
+COL_COP_Y = 2
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """Which streams the windows show and how much of them.
+
+    ``plates`` and ``imus`` are (belt or side, source_id) pairs; ``extra_source_ids`` are streams
+    shown only in the health table (treadmill, camera). ``stage_step_limits`` gives, per stage
+    index, the step count that ends the stage (None: ends on time), for the "steps left" display.
+    ``fps`` is the drawing rate of the windows (30-60 recommended).
+    """
+
+    lab_id: str
+    plates: tuple[tuple[str, str], ...]
+    steps_source_id: str
+    participant_id: str = ""
+    session_file: str = ""
+    imus: tuple[tuple[str, str], ...] = ()
+    extra_source_ids: tuple[str, ...] = ()
+    window_s: float = 5.0
+    history_steps: int = 300
+    fps: float = 40.0
+    stage_step_limits: tuple[int | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_lab_id(self.lab_id)
+        if self.participant_id and not _PARTICIPANT.match(self.participant_id):
+            raise ConfigError(f"participant id: expected 1-32 letters, digits, '-' or '_' "
+                              f"(a pseudonym, never a name), got {self.participant_id!r}")
+        belts = [b for b, _ in self.plates]
+        if sorted(belts) not in (["left", "right"], ["single"]):
+            raise ConfigError(f"FeedSettings.plates: expected belts left and right, or single; "
+                              f"got {belts}")
+        for side, _ in self.imus:
+            if side not in IMU_SIDES:
+                raise ConfigError(f"FeedSettings.imus: side {side!r} is not one of {IMU_SIDES}")
+        for name, sid in (*self.plates, *self.imus, ("steps_source_id", self.steps_source_id),
+                          *(("extra_source_ids", s) for s in self.extra_source_ids)):
+            if not isinstance(sid, str) or not sid or "'" in sid:
+                raise ConfigError(f"FeedSettings {name}: expected a source_id without quotes, "
+                                  f"got {sid!r}")
+        if not (math.isfinite(self.window_s) and 0.5 <= self.window_s <= 60.0):
+            raise ConfigError(f"FeedSettings.window_s: expected 0.5-60 s, got {self.window_s!r}")
+        if not (math.isfinite(self.fps) and 1.0 <= self.fps <= 120.0):
+            raise ConfigError(f"FeedSettings.fps: expected 1-120 frames/s, got {self.fps!r}")
+        if not (isinstance(self.history_steps, int) and 10 <= self.history_steps <= 100_000):
+            raise ConfigError(f"FeedSettings.history_steps: expected an integer 10-100000, "
+                              f"got {self.history_steps!r}")
+
+    @classmethod
+    def for_sim_lab(cls, sim: Any, *, steps_source_id: str, **kwargs: Any) -> FeedSettings:
+        """Settings for the simulated lab ``sim`` (a ``drivers.sim.lab.SimLabSettings``)."""
+        devices = tuple(sim.devices)
+        plates = tuple((d[3:], sim.source_id(d)) for d in devices if d.startswith("fp-"))
+        imus = tuple((d[4:], sim.source_id(d)) for d in devices if d.startswith("imu-"))
+        extra = tuple(sim.source_id(d) for d in devices if d in ("treadmill", "camera"))
+        return cls(lab_id=sim.lab_id, plates=plates, imus=imus, extra_source_ids=extra,
+                   steps_source_id=steps_source_id, **kwargs)
+
+    @classmethod
+    def for_protocol(cls, protocol: Any, **kwargs: Any) -> FeedSettings:
+        """Settings with the stage step limits of a parsed protocol (``until_steps`` etc.)."""
+        limits = tuple(getattr(s, "until_steps", None) or getattr(s, "until_in_band_steps", None)
+                       for s in protocol.stages)
+        return cls(stage_step_limits=limits, **kwargs)
+
+
+@dataclass
+class SessionView:
+    """What the markers said about the session so far (plain data, copied into snapshots)."""
+
+    state: str = "waiting"  # waiting, running, paused, finished
+    protocol: str = ""
+    stage_index: int = -1
+    stage_name: str = ""
+    stage_kind: str = ""
+    stage_duration_s: float = math.nan
+    stage_start_s: float = math.nan
+    target_spm: float = math.nan
+    band_spm: tuple[float, float] = (math.nan, math.nan)
+    belt_speed_m_s: float = math.nan
+    instructions: str = ""
+    paused_s: float = 0.0  # paused time within the current stage (closed pauses)
+    paused_since_s: float = math.nan
+    feedback_on: bool = False
+    cue_band: tuple[float, float] | None = None
+    cue_target_spm: float = math.nan
+    valr_max_bw_per_s: float = math.nan
+    tibial_max_g: float = math.nan
+    metronome_spm: float | None = None
+    beat_n: int = 0
+    beat_s: float = math.nan  # LSL time of the last beat
+    pending_checkins: tuple[int, ...] = ()
+    baseline_valr_bw_per_s: float = math.nan
+    end_reason: str = ""
+    alert: str = ""
+    stages_done: tuple[tuple[str, str], ...] = ()  # (name, end_reason)
+
+    def active_s(self, now_s: float) -> float:
+        """Active (unpaused) time in the current stage at LSL time ``now_s``."""
+        if not math.isfinite(self.stage_start_s):
+            return math.nan
+        paused = self.paused_s + (now_s - self.paused_since_s if math.isfinite(self.paused_since_s)
+                                  else 0.0)
+        return max(0.0, now_s - self.stage_start_s - paused)
+
+    def time_left_s(self, now_s: float) -> float:
+        """Stage time left at ``now_s`` (NaN when no stage)."""
+        return max(0.0, self.stage_duration_s - self.active_s(now_s))
+
+
+@dataclass(frozen=True)
+class BeltTrace:
+    """The last ``window_s`` of one belt: LSL times (s), vertical GRF (N), lab COP x, y (m)."""
+
+    belt: str
+    t_s: np.ndarray
+    fz_n: np.ndarray
+    cop_m: np.ndarray
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    """One row of the stream health table."""
+
+    label: str
+    source_id: str
+    nominal_rate_hz: float
+    stats: ReaderStats
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one frame draws, copied out of the buffers at LSL time ``now_s``."""
+
+    now_s: float
+    traces: tuple[BeltTrace, ...]
+    steps: np.ndarray
+    steps_total: int
+    session: SessionView
+    events: tuple[str, ...]
+    stage_steps: int
+    stage_step_limit: int | None
+
+
+class LiveFeed:
+    """Readers for everything the windows show; thread-safe snapshots for the GUI timer."""
+
+    def __init__(self, settings: FeedSettings) -> None:
+        self.settings = settings
+        s = settings
+        self._lock = threading.Lock()
+        self._plates: dict[str, StreamReader] = {}
+        self._rings: dict[str, RingBuffer] = {}
+        self._geometry: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+        for belt, sid in s.plates:
+            self._plates[belt] = StreamReader(StreamQuery(source_id=sid), on_chunk=self._plate_chunk,
+                                              buffer_s=max(2.0, s.window_s))
+        self._belt_of = {id(r): b for b, r in self._plates.items()}
+        health_only = [*(sid for _, sid in s.imus), *s.extra_source_ids]
+        self._others = [StreamReader(StreamQuery(source_id=sid), buffer_s=2.0) for sid in health_only]
+        self._steps_reader = StreamReader(StreamQuery(source_id=s.steps_source_id),
+                                          on_chunk=self._steps_chunk, buffer_s=60.0)
+        self._markers_reader = StreamReader(StreamQuery(source_id=markers_source_id(s.lab_id)),
+                                            on_chunk=self._markers_chunk, buffer_s=60.0)
+        self._steps = np.empty(0, dtype=STEP_DTYPE)
+        self._steps_total = 0
+        self._view = SessionView()
+        self._events: deque[str] = deque(maxlen=200)
+        self.errors: deque[str] = deque(maxlen=50)
+        self.bad_chunks = 0
+
+    # ---- control ---------------------------------------------------------------------------
+    @property
+    def readers(self) -> list[StreamReader]:
+        """Every reader of the feed (plates first)."""
+        return [*self._plates.values(), *self._others, self._steps_reader, self._markers_reader]
+
+    def start(self) -> LiveFeed:
+        """Start every reader (returns self)."""
+        for r in self.readers:
+            r.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop every reader."""
+        for r in self.readers:
+            r.request_stop()
+        for r in self.readers:
+            r.stop()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until the plates, steps and markers streams were all found once."""
+        return all(r.wait_connected(timeout_s) for r in
+                   [*self._plates.values(), self._steps_reader, self._markers_reader])
+
+    # ---- reader callbacks (worker threads) -------------------------------------------------
+    def _plate_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+        from labsuite.realtime.geometry import plate_to_lab
+
+        belt = self._belt_of[id(reader)]
+        try:
+            spec, corners, origin = self._geometry_of(belt, reader)
+            grf, cop, _ = plate_to_lab(np.asarray(data, dtype=np.float64)[:, :6], corners, origin)
+        except LabsuiteError as exc:
+            self.bad_chunks += 1
+            self.errors.append(f"plate {belt}: {exc}")
+            return
+        ring = self._rings.get(belt)
+        if ring is None or ring.capacity < int(spec.rate_hz * self.settings.window_s):
+            rate = spec.rate_hz if spec.rate_hz > 0 else 1000.0
+            ring = RingBuffer(int(rate * (self.settings.window_s + 1.0)), 3, np.float64)
+            self._rings[belt] = ring
+        rows = np.empty((len(ts), 3))
+        rows[:, COL_FZ] = grf[:, 2]
+        rows[:, COL_COP_X:] = cop
+        ring.write(ts + reader.offset_s, rows)
+
+    def _geometry_of(self, belt: str, reader: StreamReader) -> tuple[Any, np.ndarray, np.ndarray]:
+        spec = reader.spec
+        cached = self._geometry.get(belt)
+        if cached is not None and cached[0] is spec:
+            return cached
+        if spec is None:
+            raise DeviceError(f"plate {belt}: no stream description yet")
+        if spec.labels[:6] != FORCE_PLATE_CHANNELS:
+            raise DeviceError(f"stream {spec.name!r}: channels {list(spec.labels[:6])}, expected "
+                              f"{list(FORCE_PLATE_CHANNELS)} for a force plate")
+        corners = setup_floats(spec, "force_platform", "corners_m")
+        if corners.size != 12:
+            raise DeviceError(f"stream {spec.name!r}: desc/setup/force_platform/corners_m has "
+                              f"{corners.size} numbers, expected 12")
+        origin = setup_floats(spec, "force_platform", "origin_m")
+        if origin.size != 3:
+            origin = np.zeros(3)
+        out = (spec, corners.reshape(4, 3), origin.reshape(3))
+        self._geometry[belt] = out
+        return out
+
+    def _steps_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+        spec = reader.spec
+        if spec is None or spec.labels != STEP_FIELD_NAMES:
+            self.bad_chunks += 1
+            self.errors.append(f"steps stream {self.settings.steps_source_id}: channels are not "
+                               "the step record")
+            return
+        new = rows_to_steps(np.asarray(data, dtype=np.float64))
+        keep = self.settings.history_steps
+        with self._lock:
+            self._steps = np.concatenate([self._steps, new])[-keep:]
+            self._steps_total += len(new)
+
+    def _markers_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+        for t, row in zip(ts, data, strict=True):
+            try:
+                obj = msg.decode(str(row[0]))
+            except LabsuiteError as exc:
+                self.errors.append(str(exc))
+                continue
+            self.apply_marker(float(t + reader.offset_s), obj)
+
+    # ---- markers ---------------------------------------------------------------------------
+    def apply_marker(self, t_s: float, obj: Mapping[str, Any]) -> None:
+        """Update the session view from one decoded marker stamped ``t_s`` (LSL time)."""
+        event = str(obj.get("event", ""))
+        with self._lock:
+            v = self._view
+            text = _describe(event, obj)
+            if text:
+                self._events.append(text)
+            if event == "session_start":
+                v.state = "running"
+                v.protocol = str(obj.get("protocol") or "")
+            elif event == EVENT_STAGE_START:
+                stages_done = v.stages_done
+                self._view = v = replace(
+                    SessionView(), state="running" if v.state != "finished" else v.state,
+                    protocol=v.protocol, pending_checkins=v.pending_checkins,
+                    baseline_valr_bw_per_s=v.baseline_valr_bw_per_s, stages_done=stages_done,
+                    beat_n=v.beat_n, beat_s=v.beat_s)
+                v.stage_index = int(obj.get("index", -1))
+                v.stage_name = str(obj.get("name") or "")
+                v.stage_kind = str(obj.get("kind") or "")
+                v.stage_duration_s = _num(obj.get("duration_s"))
+                v.stage_start_s = t_s
+                v.target_spm = _num(obj.get("target_cadence_spm"))
+                v.band_spm = (_num(obj.get("band_low_spm")), _num(obj.get("band_high_spm")))
+                v.belt_speed_m_s = _num(obj.get("belt_speed_m_s"))
+                v.instructions = str(obj.get("instructions") or "")
+            elif event == EVENT_STAGE_END:
+                v.stages_done = (*v.stages_done, (str(obj.get("name")), str(obj.get("end_reason"))))
+            elif event == "cue":
+                v.feedback_on = bool(obj.get("feedback_on"))
+                low, high = _num(obj.get("band_low_spm")), _num(obj.get("band_high_spm"))
+                v.cue_band = (low, high) if math.isfinite(low) and math.isfinite(high) else None
+                v.cue_target_spm = _num(obj.get("target_spm"))
+                v.valr_max_bw_per_s = _num(obj.get("valr_max_bw_per_s"))
+                v.tibial_max_g = _num(obj.get("tibial_max_g"))
+                spm = obj.get("metronome_spm")
+                v.metronome_spm = None if spm is None else float(spm)
+            elif event == msg.EVENT_METRONOME:
+                spm = obj.get("spm")
+                v.metronome_spm = None if spm is None else float(spm)
+            elif event == msg.EVENT_BEAT:
+                v.beat_n = int(obj.get("n", v.beat_n + 1))
+                v.beat_s = t_s
+            elif event == "paused":
+                v.state = "paused"
+                v.paused_since_s = t_s
+            elif event == "resumed":
+                if math.isfinite(v.paused_since_s):
+                    v.paused_s += max(0.0, t_s - v.paused_since_s)
+                v.paused_since_s = math.nan
+                v.state = "running"
+            elif event == "checkin_request":
+                v.pending_checkins = (*v.pending_checkins, int(obj.get("id", 0)))
+            elif event == "checkin":
+                answered = obj.get("id")
+                pending = list(v.pending_checkins)
+                if answered is not None and int(answered) in pending:
+                    pending.remove(int(answered))
+                elif pending:
+                    pending.pop(0)
+                v.pending_checkins = tuple(pending)
+            elif event == "baseline":
+                v.baseline_valr_bw_per_s = _num(obj.get("valr_bw_per_s"))
+            elif event in ("safety_stop", "emergency_stop"):
+                v.alert = text
+            elif event == "session_end":
+                v.state = "finished"
+                v.end_reason = str(obj.get("reason") or "")
+                v.feedback_on = False
+                v.metronome_spm = None
+                if math.isfinite(v.paused_since_s):
+                    v.paused_s += max(0.0, t_s - v.paused_since_s)
+                    v.paused_since_s = math.nan
+
+    # ---- snapshots (GUI thread) ------------------------------------------------------------
+    def snapshot(self, now_s: float | None = None) -> Snapshot:
+        """Copy out what one frame draws: the last ``window_s`` of each belt, steps, session."""
+        import pylsl
+
+        now = pylsl.local_clock() if now_s is None else now_s
+        traces = []
+        for belt, _ in self.settings.plates:
+            ring = self._rings.get(belt)
+            if ring is None:
+                traces.append(BeltTrace(belt, np.empty(0), np.empty(0), np.empty((0, 2))))
+                continue
+            reader = self._plates[belt]
+            rate = reader.spec.rate_hz if reader.spec is not None and reader.spec.rate_hz > 0 \
+                else 1000.0
+            t, rows = ring.latest(int(rate * self.settings.window_s))
+            traces.append(BeltTrace(belt, t, rows[:, COL_FZ], rows[:, COL_COP_X:]))
+        with self._lock:
+            steps = self._steps.copy()
+            total = self._steps_total
+            view = replace(self._view)
+            events = tuple(self._events)
+        in_stage = int(np.sum(steps["strike_s"] >= view.stage_start_s)) \
+            if math.isfinite(view.stage_start_s) else 0
+        limits = self.settings.stage_step_limits
+        limit = limits[view.stage_index] if 0 <= view.stage_index < len(limits) else None
+        return Snapshot(now, tuple(traces), steps, total, view, events, in_stage, limit)
+
+    def health(self) -> list[HealthRow]:
+        """One row per stream: measured rate, gaps, dropped samples, lag."""
+        rows = []
+        for r in self.readers:
+            spec = r.spec
+            label = spec.name if spec is not None else str(r.query.source_id)
+            label = label.removeprefix("labsuite-")
+            rows.append(HealthRow(label, str(r.query.source_id),
+                                  spec.rate_hz if spec is not None else math.nan, r.stats()))
+        return rows
+
+
+def _num(value: Any) -> float:
+    """A marker number, NaN for null or junk."""
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _describe(event: str, obj: Mapping[str, Any]) -> str:
+    """A one-line text for the operator's event log ('' for events too frequent to list)."""
+    if event in (msg.EVENT_BEAT, "cue", "belt", msg.EVENT_METRONOME, ""):
+        return ""
+    fields = ", ".join(f"{k}={v}" for k, v in obj.items()
+                       if k not in ("event", "instructions", "summary_json", "feedback_json"))
+    return f"{event}: {fields}"[:200]
+
