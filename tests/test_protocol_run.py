@@ -48,6 +48,12 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def strings(stream) -> list[dict]:
+    """Decode a recorded JSON string stream, one object per sample."""
+    rows = np.asarray(stream.data, dtype=object).reshape(len(stream.timestamps), -1)
+    return [json.loads(str(x)) for x in rows[:, 0]]
+
+
 def cadence_of(strikes: np.ndarray) -> float:
     """Independent cadence: steps per minute from consecutive strike times (either foot)."""
     strikes = np.sort(strikes)
@@ -136,7 +142,7 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
         plate = f.stream(f"labsuite-sim-{uid}-fp-left")
         cmds = f.stream(f"labsuite-session-{uid}-commands")
         belt = f.stream(f"labsuite-sim-{uid}-treadmill")
-        texts = [json.loads(str(row[0])) for row in cmds.data]
+        texts = strings(cmds)
         stops = [t for t, c in zip(cmds.timestamps, texts, strict=True)
                  if c.get("cmd") == "stop" and c.get("reason") == "force_timeout"]
         assert len(stops) == 1
@@ -220,7 +226,7 @@ def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
     assert len(files) == 1
     with open_session(files[0]) as f:
         cmds = f.stream(f"labsuite-session-{uid}-commands")
-        names = [json.loads(str(row[0]))["cmd"] for row in cmds.data]
+        names = [c["cmd"] for c in strings(cmds)]
         assert "emergency_stop" in names
         belt = f.stream(f"labsuite-sim-{uid}-treadmill")
         t_e = cmds.timestamps[names.index("emergency_stop")]

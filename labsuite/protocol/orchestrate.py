@@ -277,8 +277,13 @@ def run_protocol(options: RunOptions, *, on_action: Callable[[Action], None] | N
         session.start()
         while not session.wait(0.2):
             pass
-        # let the recorder take the last markers and the belt ramp down before stopping
-        time.sleep(1.0)
+        # keep recording while the belt ramps down, then a little more for the last samples
+        import pylsl
+
+        deadline = time.monotonic() + 30.0
+        while session.machine.belt_speed_m_s(pylsl.local_clock()) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
     finally:
         session.close()
         recorder.stop(timeout_s=30.0)
