@@ -44,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
             for i, stage in enumerate(protocol.stages):
                 speed = protocol.stage_speed_m_s(i)
                 target = ""
-                if getattr(stage, "target_spm", None) is not None:
-                    target = f" target {stage.target_spm:g} spm"
-                elif getattr(stage, "target_percent", None) is not None:
-                    target = f" target {stage.target_percent:+g} % of baseline"
+                spm = getattr(stage, "target_spm", None)
+                percent = getattr(stage, "target_percent", None)
+                if spm is not None:
+                    target = f" target {spm:g} spm"
+                elif percent is not None:
+                    target = f" target {percent:+g} % of baseline"
                 cues = getattr(stage, "cues", None)
                 if cues is not None and cues.fading is not None:
                     fading = cues.fading

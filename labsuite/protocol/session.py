@@ -145,6 +145,8 @@ class Session:
 
     def wait_ready(self, timeout_s: float | None = None) -> list[str]:
         """Wait for the treadmill, force plates and processor; return what is still missing."""
+        if self._inputs is None or self._commands is None:
+            raise ConfigError("Session.wait_ready(): call open() first")
         deadline = time.monotonic() + (self.settings.connect_timeout_s if timeout_s is None else timeout_s)
         missing: list[str] = []
         while time.monotonic() < deadline:
