@@ -282,7 +282,7 @@ def test_force_watchdog_stops_a_moving_belt_only():
     assert m.finished and m.end_reason == "safety_stop:force_timeout"
     (stop,) = [a for a in out if a.channel == "command"]
     assert stop.name == "stop" and stop.fields["reason"] == "force_timeout"
-    assert 0.5 < stop.t_s - t_lost <= 0.5 + TICK_S + 1e-9
+    assert 0.4 < stop.t_s - t_lost <= 0.4 + TICK_S + 1e-9
     assert events(out, "safety_stop")[0]["reason"] == "force_timeout"
 
 

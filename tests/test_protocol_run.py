@@ -159,7 +159,7 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
         t_still = belt.timestamps[(belt.timestamps > t_stop) & (speed < 0.05)][0]
         print(f"watchdog: last force sample -> stop command {1000 * delay:.0f} ms; "
               f"belt stopped {t_still - t_stop:.2f} s later at {3.0:g} m/s^2")
-        assert 0.5 <= delay < 0.8
+        assert 0.4 <= delay < 0.8
         stage_markers = [json.loads(t) for t in f.markers["text"]]
         assert any(m.get("event") == "safety_stop" and m["reason"] == "force_timeout"
                    for m in stage_markers)

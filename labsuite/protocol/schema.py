@@ -230,7 +230,8 @@ class Safety(_Strict):
 
     accel_m_s2: Annotated[float, Field(gt=0, le=3)] = 0.5
     stop_decel_m_s2: Annotated[float, Field(gt=0, le=5)] = 1.5
-    force_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
+    # 0.4 s, so the stop command is out within 0.5 s of the last sample (20 ms ticks, chunk latency)
+    force_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.4
     no_contact_timeout_s: Annotated[float, Field(gt=0, le=30)] = 3.0
     max_speed_m_s: Annotated[float, Field(gt=0, le=MAX_SPEED_M_S)] = 6.0
 

@@ -284,7 +284,6 @@ class Session:
 
         s = self.settings
         next_hb = 0.0
-        ended_at = math.nan
         while not self._stop.is_set():
             now = pylsl.local_clock()
             if now >= next_hb:
@@ -300,11 +299,9 @@ class Session:
                 actions += self.machine.feed(now, steps)
             self._publish(actions)
             if self.machine.finished and not self._done.is_set():
-                ended_at = now
                 self._done.set()
-            # keep the heartbeat going while the belt ramps down, then stop talking
-            if math.isfinite(ended_at) and self.machine.belt_speed_m_s(now) <= 0 and now - ended_at > 0.5:
-                break
+            # the heartbeat goes on after the end until close(): the treadmill's own watchdog
+            # is for a session that died, not one that finished
             self._stop.wait(s.tick_s)
 
     def _heartbeat(self, now: float) -> None:
