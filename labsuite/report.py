@@ -34,6 +34,8 @@ MOVING_KINDS = ("baseline", "cadence", "retention")
 SESSION_EVENTS = ("session_start", "session_end", "safety_stop", "emergency_stop", "paused",
                   "resumed", "operator", "operator_decision_required", "baseline", "body_weight")
 SAFETY_EVENTS = ("safety_stop", "emergency_stop")
+_ENDING_EVENTS = ("body_weight", "baseline", "session_end")  # published as a stage ends
+_END_TOLERANCE_S = 0.5
 EVENT_CHECKIN = "checkin"
 EVENT_CHECKIN_REQUEST = "checkin_request"
 
@@ -411,20 +413,31 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
     if base_marker and base_marker[-1][1].get("valr_bw_per_s") is not None:
         base_valr = float(base_marker[-1][1]["valr_bw_per_s"])
 
-    def stage_at(t: float) -> str:
+    def stage_at(t: float, *, ending: bool = False) -> str:
+        if ending:
+            # emitted as a stage ends; the marker's LSL time may trail the record's end slightly
+            done = [st for st in stages if st.start_s < t and st.end_s <= t + _END_TOLERANCE_S]
+            if done:
+                return max(done, key=lambda st: st.end_s).name
         for st in stages:
-            if st.start_s <= t <= st.end_s:
+            if st.start_s <= t < st.end_s:
                 return st.name
         return ""
 
+    asked = {obj.get("id"): obj for _, obj in decoded if obj.get("event") == EVENT_CHECKIN_REQUEST}
     checkins, answered = [], set()
     for t, obj in decoded:
         if obj.get("event") == EVENT_CHECKIN:
-            checkins.append(Event(t - t0, EVENT_CHECKIN, obj, stage_at(t)))
+            request = asked.get(obj.get("id"), {})
+            fields = {**obj, "asked_at": request.get("reason", "")}
+            checkins.append(Event(t - t0, EVENT_CHECKIN, fields, str(request.get("stage") or "")
+                                  or stage_at(t)))
             answered.add(obj.get("id"))
-    unanswered = [Event(t - t0, EVENT_CHECKIN_REQUEST, obj, stage_at(t)) for t, obj in decoded
+    unanswered = [Event(t - t0, EVENT_CHECKIN_REQUEST, obj, str(obj.get("stage") or "") or stage_at(t))
+                  for t, obj in decoded
                   if obj.get("event") == EVENT_CHECKIN_REQUEST and obj.get("id") not in answered]
-    events = [Event(t - t0, str(obj.get("event")), obj, stage_at(t)) for t, obj in decoded
+    events = [Event(t - t0, str(obj.get("event")), obj,
+                    stage_at(t, ending=obj.get("event") in _ENDING_EVENTS)) for t, obj in decoded
               if obj.get("event") in SESSION_EVENTS]
 
     speeds = [st.belt_speed_m_s for st in stages if st.kind in MOVING_KINDS
@@ -982,6 +995,9 @@ def _e(s: Any) -> str:
     return html.escape(str(s))
 
 
+_ASKED = {"session_start": "session start", "stage_end": "stage end", "request": "on request"}
+
+
 def _stage_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
     head = ("<tr><th class=l>stage</th><th class=l>kind</th><th>start<br>(min)</th>"
             "<th>duration<br>(s)</th><th>belt<br>(m/s)</th><th>feedback</th><th>steps</th>"
@@ -1035,10 +1051,11 @@ def _events_html(rep: SessionReport) -> str:
     if rep.checkins:
         rows = "".join(
             f"<tr><td>{_f(ev.t_s / 60, 2)}</td><td class=l>{_e(ev.stage)}</td>"
+            f"<td class=l>{_e(_ASKED.get(ev.fields.get('asked_at', ''), ev.fields.get('asked_at', '')))}</td>"
             f"<td>{_e(ev.fields.get('pain', '—'))}</td><td class=l>{_e(ev.fields.get('action', ''))}</td>"
             f"</tr>" for ev in rep.checkins)
-        parts.append("<table><tr><th>time (min)</th><th class=l>stage</th><th>pain (0–10)</th>"
-                     f"<th class=l>action</th></tr>{rows}</table>")
+        parts.append("<table><tr><th>time (min)</th><th class=l>stage</th><th class=l>asked at</th>"
+                     f"<th>pain (0–10)</th><th class=l>action</th></tr>{rows}</table>")
     else:
         parts.append("<p>No pain rating was recorded.</p>")
     if rep.unanswered_checkins:

@@ -498,3 +498,76 @@ def test_empty_session_file_gives_a_page(tmp_path):
     page = report.render_session_html(rep)
     assert "No steps to show" in page and "P04" in page
     assert report.table_csv(rep.rows).strip() == ",".join(report.STAGE_COLUMN_NAMES)
+
+
+# ---- a real `labsuite run --simulate` recording -------------------------------------------------------
+
+LIVE_PROTOCOL = """\
+schema: labsuite-protocol/1
+name: report-live
+speed_m_s: 3.0
+safety: {accel_m_s2: 1.5}
+checkins: {at_start: true, at_stage_boundaries: true}
+simulation: {mode: run, strike: rearfoot, preferred_cadence_spm: 162, body_mass_kg: 70}
+stages:
+  - {name: weigh-in, kind: quiet_standing, duration_s: 2}
+  - {name: baseline, kind: baseline, duration_s: 8, measure_last_steps: 8}
+  - name: training
+    kind: cadence
+    duration_s: 8
+    target_percent: 7.5
+    band_percent: 3
+    cues: {metronome: {spm: target}, visual_band: true}
+  - {name: retention, kind: retention, duration_s: 5, target_percent: 7.5, band_percent: 3}
+"""
+
+
+@pytest.mark.timeout(360)
+def test_report_on_a_labsuite_run_simulate_recording(tmp_path, uid, capsys):
+    import subprocess
+    import sys
+
+    proto = tmp_path / "report-live.yaml"
+    proto.write_text(LIVE_PROTOCOL)
+    out = tmp_path / "sessions"
+    out.mkdir()
+    lab_id = uid.replace("test-", "rep")
+    cmd = [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "R01", "--simulate",
+           "--headless", "--out", str(out), "--lab-id", lab_id, "--pain-script", "0,1",
+           "--mass-kg", "70", "--quiet", "--connect-timeout", "120"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=330, stdin=subprocess.DEVNULL)
+    files = sorted(out.glob("*.h5"))
+    if proc.returncode != 0 and "not ready after" in proc.stderr and not files:
+        # The runner could not bring the simulated lab up (seen with a load average of ~20 on two
+        # cores: a plate process never became visible). That is the runner's start-up, not the
+        # report: say so instead of failing here; any other failure below still fails the test.
+        pytest.xfail("labsuite run --simulate did not start the simulated lab: "
+                     + proc.stderr.strip().splitlines()[-1][:300])
+    assert proc.returncode == 0 and len(files) == 1, (proc.returncode, proc.stderr[-3000:])
+    path = files[0]
+    rep = report.load_session_report(path)
+    with open_session(path) as s:
+        steps, stages = s.steps, s.stages
+        assert s.complete
+    assert [st.name for st in stages] == ["weigh-in", "baseline", "training", "retention"]
+    assert rep.status == "complete" and rep.end_reason == "completed"
+    assert len(steps) > 30
+    for st, row in zip(stages, rep.rows, strict=True):
+        ref = _numpy_stage_numbers(steps, st.start_s, st.end_s)
+        for key, value in ref.items():
+            if math.isnan(value):
+                assert math.isnan(row[key]), key
+            else:
+                assert row[key] == pytest.approx(value, rel=1e-12), key
+    # the force curves come from the recorded plate streams of the live run
+    assert {cv.stage for cv in rep.curves} >= {"baseline", "training"}
+    assert all(cv.unit == "BW" and 1.8 < cv.mean.max() < 3.2 for cv in rep.curves)
+    assert [ev.fields["pain"] for ev in rep.checkins][:2] == [0, 1]
+    assert next(ev for ev in rep.events if ev.event == "body_weight").stage == "weigh-in"
+    page = tmp_path / "live.html"
+    assert cli_main(["report", str(path), "--out", str(page)]) == 0
+    assert "Session completed as planned" in page.read_text()
+    capsys.readouterr()
+    assert cli_main(["report", str(path), "--csv"]) == 0
+    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [int(p["n_steps"]) for p in parsed] == [r["n_steps"] for r in rep.rows]
