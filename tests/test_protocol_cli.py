@@ -1,0 +1,123 @@
+"""The run/demo command pieces: pain scripts, keys, progress and summary formatting, option checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from labsuite.cli import main
+from labsuite.cli.demo import demo_protocol_path
+from labsuite.cli.run import Console, format_live, format_summary, parse_pain_script
+from labsuite.errors import ConfigError
+from labsuite.protocol import operator as op
+from labsuite.protocol.orchestrate import RunOptions, prepare
+from labsuite.protocol.schema import load_protocol
+from labsuite.protocol.session import Session, SessionSettings
+from labsuite.stages import StageRecord
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pain_script_from_list_and_file(tmp_path):
+    assert parse_pain_script("0, 1,2") == [0, 1, 2]
+    f = tmp_path / "pain.txt"
+    f.write_text("0\n3\n\n10\n")
+    assert parse_pain_script(str(f)) == [0, 3, 10]
+    assert parse_pain_script(None) is None
+    with pytest.raises(ConfigError, match=r"item 2 '11': expected an integer 0-10"):
+        parse_pain_script("1,11")
+    with pytest.raises(ConfigError, match="item 1 'x'"):
+        parse_pain_script("x")
+
+
+def test_keys_reach_a_real_session_object():
+    session = Session(load_protocol(REPO / "protocols" / "demo.yaml"),
+                      SessionSettings(lab_id="keys", participant_id="P1", steps_source_id="s"))
+    console = Console(None, quiet=True, out=io.StringIO())
+    console.session = session
+    for ch in "prscq":
+        console.key(ch)
+    for ch in "7\n":
+        console.key(ch)
+    console.key("e")
+    queued = []
+    while not session._ops.empty():
+        queued.append(session._ops.get_nowait())
+    assert [name for name, _ in queued] == [op.OP_PAUSE, op.OP_RESUME, op.OP_SKIP, op.OP_CHECKIN,
+                                           op.OP_ABORT, op.OP_PAIN, op.OP_EMERGENCY_STOP]
+    assert queued[5][1]["pain"] == 7
+    assert all(f["source"] == "cli" for _, f in queued)
+    assert console.emergency_stops == 1
+    assert math.isfinite(session._estop_sent_at)
+
+
+def test_pain_script_answers_checkins_in_order_and_repeats_the_last():
+    session = Session(load_protocol(REPO / "protocols" / "demo.yaml"),
+                      SessionSettings(lab_id="keys", participant_id="P1", steps_source_id="s"))
+    out = io.StringIO()
+    console = Console([0, 2], quiet=True, out=out)
+    console.session = session
+    from labsuite.protocol.machine import Action
+    from labsuite.streams.messages import marker
+
+    for i in (1, 2, 3):
+        console.on_action(Action("marker", "checkin_request",
+                                 marker("checkin_request", id=i, reason="stage_end"), 0.0))
+    answers = [session._ops.get_nowait()[1] for _ in range(3)]
+    assert [(a["pain"], a["id"]) for a in answers] == [(0, 1), (2, 2), (2, 3)]
+    assert "from --pain-script" in out.getvalue()
+
+
+def test_summary_and_progress_lines():
+    rec = StageRecord(index=1, name="up", kind="cadence", start_s=10.0, end_s=55.0,
+                      target_cadence_spm=172.0, band_low_spm=167.0, band_high_spm=177.0,
+                      belt_speed_m_s=3.0, end_reason="time",
+                      summary_json=json.dumps({"n_steps": 120, "cadence_spm": 171.4,
+                                               "in_band_fraction": 0.84, "valr_bw_per_s": 61.8,
+                                               "valr_percent_of_baseline": 84.6,
+                                               "tibial_peak_g": 6.1}))
+    text = format_summary([rec], {"cadence_spm": 160.0, "valr_bw_per_s": 73.0})
+    row = text.splitlines()[2].split()
+    assert row[:8] == ["2", "up", "cadence", "45.0", "time", "120", "171.4", "172.0"]
+    assert row[8:] == ["84", "%", "61.8", "85", "6.1"]
+    live = {"state": "running", "stage": "up", "time_left_s": 12.2, "steps": 30, "cadence_spm": 170.0,
+            "target_spm": 172.0, "band_spm": (167.0, 177.0), "in_band_run": 9, "valr_bw_per_s": 62.0,
+            "baseline_valr_bw_per_s": 73.0, "pause_reason": ""}
+    line = format_live(live)
+    assert "[up] 12 s left" in line and "target 172.0, band 167.0-177.0, 9 in a row" in line
+    assert "(85 % of baseline)" in line
+
+
+def test_run_options_are_checked(tmp_path):
+    demo = REPO / "protocols" / "demo.yaml"
+    with pytest.raises(ConfigError, match="pseudonymous"):
+        RunOptions(protocol_path=demo, participant_id="Jane Doe", simulate=True)
+    with pytest.raises(ConfigError, match="exactly one of --simulate"):
+        RunOptions(protocol_path=demo, participant_id="P1")
+    with pytest.raises(ConfigError, match="--speed 7 m/s exceeds"):
+        prepare(RunOptions(protocol_path=demo, participant_id="P1", simulate=True, speed_m_s=7.0))
+    p = prepare(RunOptions(protocol_path=demo, participant_id="P1", simulate=True, speed_m_s=2.5))
+    assert p.stage_speed_m_s(1) == 2.5 and p.stage_speed_m_s(0) == 0.0
+    willy = REPO / "protocols" / "willy2016_cadence_programme.yaml"
+    with pytest.raises(ConfigError, match="give --session"):
+        prepare(RunOptions(protocol_path=willy, participant_id="P1", simulate=True))
+
+
+def test_run_rejects_bad_options_before_starting_anything(tmp_path, capsys):
+    demo = str(REPO / "protocols" / "demo.yaml")
+    assert main(["run", demo, "--participant", "a/b", "--simulate", "--out", str(tmp_path)]) == 1
+    assert "pseudonymous" in capsys.readouterr().err
+    assert main(["run", demo, "--participant", "P1", "--simulate", "--pain-script", "1,99",
+                 "--out", str(tmp_path)]) == 1
+    assert "expected an integer 0-10" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_uses_the_demo_protocol():
+    assert demo_protocol_path() == (REPO / "protocols" / "demo.yaml").resolve()
+    total = sum(s.duration_s for s in load_protocol(demo_protocol_path()).stages)
+    assert 90 <= total <= 150  # about two minutes
