@@ -121,3 +121,21 @@ def test_demo_uses_the_demo_protocol():
     assert demo_protocol_path() == (REPO / "protocols" / "demo.yaml").resolve()
     total = sum(s.duration_s for s in load_protocol(demo_protocol_path()).stages)
     assert 90 <= total <= 150  # about two minutes
+
+
+def test_plan_records_the_programme_session_and_all_streams(tmp_path):
+    from labsuite.protocol.orchestrate import plan
+
+    options = RunOptions(protocol_path=REPO / "protocols" / "willy2016_cadence_programme.yaml",
+                         participant_id="P3", simulate=True, programme_session=6, out_dir=tmp_path,
+                         lab_id="plan")
+    the_plan = plan(prepare(options), options)
+    rec = next(k["settings"] for name, _, k, _ in the_plan.roles if name == "recorder")
+    assert rec.session_number == 6 and the_plan.session_file.name.startswith("P3_s6_")
+    assert {"labsuite-session-plan-markers", "labsuite-session-plan-commands",
+            "labsuite-steps-plan", "labsuite-sim-plan-fp-left"} <= set(rec.source_ids)
+    assert the_plan.session.force_source_ids == ("labsuite-sim-plan-fp-left", "labsuite-sim-plan-fp-right")
+    assert the_plan.session.programme_session == 6
+    restart = {name: r for name, _, _, r in the_plan.roles}
+    assert restart["recorder"] is False and restart["sim-fp-left"] is True
+    assert list(tmp_path.iterdir()) == []  # planning starts nothing

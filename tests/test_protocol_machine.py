@@ -316,3 +316,25 @@ def test_feed_rejects_foreign_arrays():
     m.start(0.0)
     with pytest.raises(ConfigError, match="STEP_DTYPE"):
         m.feed(0.1, np.zeros(3))
+
+
+def test_tibial_shock_and_loading_rate_targets_are_scored():
+    m = SessionMachine(protocol(
+        "  - {name: b, kind: baseline, duration_s: 10, measure_last_steps: 20}\n"
+        "  - {name: t, kind: cadence, duration_s: 20, cues: {tibial_shock: {max_percent_of_baseline: 95},"
+        " loading_rate: {max_percent_of_baseline: 90}}}\n", NO_CHECKINS))
+    lab = Lab(m, cadence_spm=160)
+    lab.run(10.1)
+    cue = events(lab.actions, "cue")[-1]
+    assert cue["tibial_max_g"] == pytest.approx(0.95 * 8.0)
+    assert cue["valr_max_bw_per_s"] == pytest.approx(0.90 * 80.0)
+    lab.run(10)  # still at baseline cadence: above both lines
+    lab.cadence_spm = 172  # tibial 8*160/172 = 7.44 g < 7.6; VALR 80*(160/172)^2 = 69.2 < 72
+    lab.run(11)
+    rec = StageRecord.from_marker(events(lab.actions, "stage_end")[-1])
+    s = json.loads(rec.summary_json)
+    n_slow = 10 * 160 / 60
+    n_fast = 10 * 172 / 60
+    assert s["tibial_below_max_fraction"] == pytest.approx(n_fast / (n_slow + n_fast), abs=0.05)
+    assert s["valr_below_max_fraction"] == pytest.approx(s["tibial_below_max_fraction"])
+    assert math.isnan(rec.target_cadence_spm)

@@ -74,6 +74,8 @@ class _Stats:
     steps: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=STEP_DTYPE))
     in_band: list[bool] = field(default_factory=list)
     consecutive_in_band: int = 0
+    below_valr: list[bool] = field(default_factory=list)
+    below_tibial: list[bool] = field(default_factory=list)
 
 
 def _finite_mean(values: np.ndarray) -> float:
@@ -479,6 +481,12 @@ class SessionMachine:
         if not len(mine):
             return []
         self._stats.steps = np.concatenate([self._stats.steps, mine])
+        valr_max, tib_max = self._loading_limits()
+        for step in _valid_loading(mine):
+            if math.isfinite(valr_max) and math.isfinite(step["valr_bw_per_s"]):
+                self._stats.below_valr.append(bool(step["valr_bw_per_s"] <= valr_max))
+            if math.isfinite(tib_max) and math.isfinite(step["tibial_peak_g"]):
+                self._stats.below_tibial.append(bool(step["tibial_peak_g"] <= tib_max))
         low, high = self._band
         for step in mine:
             if not math.isfinite(low):
@@ -512,6 +520,13 @@ class SessionMachine:
         }
         if self._stats.in_band:
             out["in_band_fraction"] = float(np.mean(self._stats.in_band))
+        valr_max, tib_max = self._loading_limits()
+        if self._stats.below_valr:
+            out["valr_max_bw_per_s"] = valr_max
+            out["valr_below_max_fraction"] = float(np.mean(self._stats.below_valr))
+        if self._stats.below_tibial:
+            out["tibial_max_g"] = tib_max
+            out["tibial_below_max_fraction"] = float(np.mean(self._stats.below_tibial))
         if self.pain:
             out["last_pain"] = self.pain[-1][1]
         return out
@@ -521,6 +536,18 @@ class SessionMachine:
         return {} if cues is None else cues.model_dump(exclude_none=True)
 
     # ---- internals: cues -------------------------------------------------------------------------
+    def _loading_limits(self) -> tuple[float, float]:
+        """The stage's VALR (BW/s) and tibial (g) limits from its cues, NaN when it has none."""
+        cues = getattr(self.stage, "cues", None)
+        valr_max = tib_max = math.nan
+        if cues is not None and cues.loading_rate is not None:
+            valr_max = self.baseline_valr_bw_per_s * cues.loading_rate.max_percent_of_baseline / 100
+        if cues is not None and cues.tibial_shock is not None:
+            ts = cues.tibial_shock
+            tib_max = ts.max_g if ts.max_g is not None else (
+                self.baseline_tibial_g * (ts.max_percent_of_baseline or 0.0) / 100)
+        return valr_max, tib_max
+
     def _feedback_on(self) -> bool:
         stage = self.stage
         cues = getattr(stage, "cues", None)
@@ -539,18 +566,13 @@ class SessionMachine:
         band: tuple[float, float] | None = None
         valr_max = tib_max = math.nan
         if on and cues is not None:
+            valr_max, tib_max = self._loading_limits()
             if cues.metronome is not None:
                 metronome = self._target_spm if cues.metronome.spm == "target" else float(cues.metronome.spm)
                 if not math.isfinite(metronome):
                     metronome = None
             if cues.visual_band:
                 band = self._band
-            if cues.loading_rate is not None:
-                valr_max = self.baseline_valr_bw_per_s * cues.loading_rate.max_percent_of_baseline / 100
-            if cues.tibial_shock is not None:
-                ts = cues.tibial_shock
-                tib_max = ts.max_g if ts.max_g is not None else (
-                    self.baseline_tibial_g * (ts.max_percent_of_baseline or 0.0) / 100)
         state = {"stage": stage.name, "feedback_on": on,
                  "metronome_spm": metronome,
                  "band_low_spm": band[0] if band else None,
