@@ -21,6 +21,30 @@ from labsuite.steps import empty_steps
 pytest.importorskip("pytestqt")
 
 
+def plain_inlet(source_id: str, timeout_s: float = 60.0):
+    """A plain pylsl inlet on ``source_id``, found with a continuous resolver.
+
+    One-shot resolves in a process that owns outlets were measured to miss new streams about half
+    the time (labsuite/streams/acquisition.py), and a continuous resolver started among many others
+    in one process was seen to stay blind (labsuite/protocol/session.py): renew it every 3 s.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    resolver, renew_at = None, 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= renew_at:
+            resolver = pylsl.ContinuousResolver(prop="source_id", value=source_id)
+            renew_at = time.monotonic() + 3.0
+        found = resolver.results()
+        if found:
+            inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+            inlet.open_stream(timeout=10.0)
+            return inlet
+        time.sleep(0.1)
+    raise AssertionError(f"stream {source_id} not found in {timeout_s} s")
+
+
 def _settings(uid: str, **kw) -> FeedSettings:
     return FeedSettings(lab_id=uid, plates=(("left", f"{uid}-fp-l"), ("right", f"{uid}-fp-r")),
                         steps_source_id=f"{uid}-steps", **kw)
@@ -142,10 +166,7 @@ def test_buttons_publish_operator_commands_and_closing_sends_abort(qtbot, uid, t
     qtbot.addWidget(gui.participant)
     gui.show(second_screen=False)
     try:
-        found = pylsl.resolve_byprop("source_id", operator_source_id(uid), timeout=30.0)
-        assert found
-        inlet = pylsl.StreamInlet(found[0])
-        inlet.open_stream(timeout=10.0)
+        inlet = plain_inlet(operator_source_id(uid))
         assert console.wait_for_session(30.0)
         # no session yet: the participant sees a black screen
         qtbot.waitUntil(lambda: gui.ticks > 3, timeout=10_000)

@@ -27,6 +27,30 @@ from labsuite.streams.contracts import SPEED_RIGHT
 
 pytest.importorskip("pytestqt")
 
+
+def plain_inlet(source_id: str, timeout_s: float = 60.0):
+    """A plain pylsl inlet on ``source_id``, found with a continuous resolver.
+
+    One-shot resolves in a process that owns outlets were measured to miss new streams about half
+    the time (labsuite/streams/acquisition.py), and a continuous resolver started among many others
+    in one process was seen to stay blind (labsuite/protocol/session.py): renew it every 3 s.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    resolver, renew_at = None, 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= renew_at:
+            resolver = pylsl.ContinuousResolver(prop="source_id", value=source_id)
+            renew_at = time.monotonic() + 3.0
+        found = resolver.results()
+        if found:
+            inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+            inlet.open_stream(timeout=10.0)
+            return inlet
+        time.sleep(0.1)
+    raise AssertionError(f"stream {source_id} not found in {timeout_s} s")
+
 # Short stages so a test sees a baseline, a cued stage with faded feedback, and the next stage.
 PROTOCOL = """\
 schema: labsuite-protocol/1
@@ -104,7 +128,8 @@ class Rig:
         self.until(lambda: self.view().stage_name == "base", 30)
 
     def _missing(self, readers) -> str:
-        lost = [str(r.query) for r in readers if not r.wait_connected(0.0)]
+        lost = [(str(r.query), len(pylsl.resolve_byprop("source_id", r.query.source_id, 0, 3.0)))
+                for r in readers if not r.wait_connected(0.0)]  # (query, found by a fresh resolve)
         visible = len(pylsl.resolve_streams(2.0))
         return f"not connected: {lost}; {visible} streams visible on this machine; {self.sup.alive()}"
 
@@ -170,10 +195,7 @@ def test_windows_show_the_simulated_lab_and_closing_aborts_the_session(rig, uid,
     from labsuite.feedback.windows import BAND_GREEN, BELT_COLOURS
 
     # an independent client of the left plate: what the console draws must be what the plate sent
-    found = pylsl.resolve_byprop("source_id", rig.sim.source_id("fp-left"), timeout=30.0)
-    assert found
-    inlet = pylsl.StreamInlet(found[0], max_buflen=30)
-    inlet.open_stream(timeout=10.0)
+    inlet = plain_inlet(rig.sim.source_id("fp-left"))
     rig.start_session()
     gui = rig.gui
     # the cued stage: band, metronome pulse, then the faded half (blank)
@@ -251,10 +273,7 @@ def test_windows_show_the_simulated_lab_and_closing_aborts_the_session(rig, uid,
 
 def test_buttons_drive_the_real_session(rig, uid):
     # a plain pylsl client of the operator stream sees exactly what the buttons sent
-    found = pylsl.resolve_byprop("source_id", operator_source_id(uid), timeout=30.0)
-    assert found
-    spy = pylsl.StreamInlet(found[0])
-    spy.open_stream(timeout=10.0)
+    spy = plain_inlet(operator_source_id(uid))
     rig.start_session()
     gui, qtbot, session = rig.gui, rig.qtbot, rig.session
     from PyQt5 import QtCore

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from labsuite.feedback.feed import FeedSettings, LiveFeed
@@ -52,3 +53,20 @@ def run_gui(settings: FeedSettings, *, stop: Any = None, close_wait_s: float = 5
 def run_gui_role(stop: Any, settings: FeedSettings, close_wait_s: float = 5.0) -> None:
     """Supervisor role: the GUI in its own process (see :func:`run_gui`)."""
     run_gui(settings, stop=stop, close_wait_s=close_wait_s)
+
+
+def gui_role(protocol: Any, *, lab_id: str, participant_id: str, session_file: Any,
+             plates: Mapping[str, str], steps_source_id: str, imus: Mapping[str, str] | None = None,
+             extra_source_ids: Iterable[str | None] = ()) -> tuple[str, Any, dict[str, Any], bool]:
+    """The GUI as a ``(name, target, kwargs, restart)`` role for ``labsuite run --gui``.
+
+    ``plates`` maps belt to source_id, ``imus`` side to source_id; ``extra_source_ids`` (treadmill,
+    camera, ...) appear in the health table; ``protocol`` gives the stages' step limits.
+    restart is False: closing the windows is the operator's decision, not a crash.
+    """
+    settings = FeedSettings.for_protocol(
+        protocol, lab_id=lab_id, participant_id=participant_id,
+        session_file="" if session_file is None else str(session_file),
+        plates=tuple(plates.items()), imus=tuple((imus or {}).items()),
+        extra_source_ids=tuple(s for s in extra_source_ids if s), steps_source_id=steps_source_id)
+    return ("gui", run_gui_role, {"settings": settings}, False)
