@@ -8,6 +8,7 @@ the stage table. Used by ``labsuite record`` and by the session runner (``run_re
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -27,6 +28,8 @@ from labsuite.steps import STEP_FIELDS, rows_to_steps
 from labsuite.streams.contracts import KIND_STEPS, StreamSpec
 
 log = logging.getLogger(__name__)
+
+READER_RETRY_S = 10.0  # a reader not connected after this long (stream may be visible) is replaced
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class _Recorded:
         self.handle: StreamHandle | None = None
         self.offsets_sent = 0
         self.refused = False
+        self.reader_started = math.nan
 
 
 class Recorder:
@@ -121,13 +125,10 @@ class Recorder:
 
         Raises ArchiveError when the file cannot be created or no stream is visible.
         """
-        from labsuite.streams.acquisition import discover
-
         s = self.settings
         wanted = set(s.source_ids)
-        specs = [sp for sp in discover(s.wait_s) if sp.source_id not in s.exclude_source_ids]
+        specs = [sp for sp in _discover(s.wait_s, wanted) if sp.source_id not in s.exclude_source_ids]
         if wanted:
-            specs = [sp for sp in specs if sp.source_id in wanted]
             missing = sorted(wanted - {sp.source_id for sp in specs})
             if missing:
                 self._on_message(f"not visible yet, recorded from the moment they appear: {missing}")
@@ -136,10 +137,15 @@ class Recorder:
                                "`labsuite simulate`) first, or wait longer with --wait-s")
         if s.path is None:
             Path(s.out_dir).mkdir(parents=True, exist_ok=True)
+        # Every named stream not visible yet gets a spare slot of its own, on top of the pool
+        # kept for streams nobody named.
+        n_missing = len(wanted - {sp.source_id for sp in specs})
+        writer_settings = dataclasses.replace(
+            s.writer, late_stream_slots=min(64, s.writer.late_stream_slots + n_missing))
         self._writer = SessionWriter(
             self.path, participant_id=s.participant_id, mass_kg=s.mass_kg,
             protocol_text=s.protocol_text, protocol_path=s.protocol_path,
-            session_number=s.session_number, settings=s.writer,
+            session_number=s.session_number, settings=writer_settings,
             expected_rate_bytes_per_s=expected_bytes_per_s(specs),
             expected_duration_s=s.expected_duration_s,
             on_event=lambda kind, detail: self._on_message(f"{kind}: {detail}"))
@@ -190,8 +196,19 @@ class Recorder:
         return self._error or (self._writer.failed if self._writer is not None else None)
 
     def tick(self) -> None:
-        """Pass new clock offsets to the writer; call about once a second (``run`` does)."""
+        """Pass new clock offsets to the writer, retry stuck readers; call about once a second."""
         self._sync_offsets()
+        self._retry_stuck_readers()
+
+    def _retry_stuck_readers(self) -> None:
+        # A reader whose first connection attempt timed out (a loaded machine answers slowly)
+        # skips that stream instance for good; a fresh reader tries again.
+        now = time.monotonic()
+        for rec in list(self._streams.values()):
+            if (rec.reader is not None and not rec.reader.wait_connected(0.0)
+                    and now - rec.reader_started > READER_RETRY_S and not self._stop.is_set()):
+                rec.reader.request_stop()
+                self._start_reader(rec)
 
     def progress(self) -> list[StreamProgress]:
         """Counters per stream: received, written (flushed), rate, gaps, dropped, reconnects."""
@@ -245,11 +262,12 @@ class Recorder:
             self._on_event(rec, kind, detail)
 
         rec.reader = StreamReader(StreamQuery(source_id=rec.source_id), on_chunk=on_chunk, on_event=on_event)
+        rec.reader_started = time.monotonic()
         rec.reader.start()
 
     def _on_chunk(self, rec: _Recorded, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
-        if rec.refused or self._writer is None:
-            return
+        if rec.refused or self._writer is None or reader is not rec.reader:
+            return  # (a replaced reader that connected late must not double the samples)
         writer = self._writer
         try:
             if rec.handle is None:
@@ -307,6 +325,42 @@ class Recorder:
                     self._start_reader(rec)
         finally:
             del resolver
+
+
+def _discover(wait_s: float, wanted: set[str]) -> list[StreamSpec]:
+    """Descriptions of the visible streams (only the ``wanted`` source_ids when given).
+
+    Reads full metadata only from the streams it will record: other streams on the network (other
+    sessions, other labs' apps) may be slow to answer and are not worth waiting for.
+    """
+    import pylsl
+
+    # A continuous resolver, as acquisition uses: one-shot resolves miss streams now and then.
+    resolver = pylsl.ContinuousResolver(forget_after=max(5.0, 2 * wait_s))
+    deadline = time.monotonic() + wait_s
+    infos: dict[str, Any] = {}
+    try:
+        while True:
+            for info in resolver.results():
+                sid = info.source_id()
+                if sid and (not wanted or sid in wanted):
+                    infos.setdefault(sid, info)
+            if (wanted and wanted <= set(infos)) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        del resolver
+    specs = []
+    for sid, info in infos.items():
+        inlet = pylsl.StreamInlet(info)
+        try:
+            specs.append(StreamSpec.from_info(inlet.info(timeout=10.0)))
+        except (pylsl.util.TimeoutError, pylsl.util.LostError) as exc:
+            log.warning("stream %s (%s) vanished while reading its metadata: %s", info.name(), sid, exc)
+        finally:
+            inlet.close_stream()
+    unique = {sp.source_id: sp for sp in specs}  # a stream seen twice (several interfaces) once
+    return sorted(unique.values(), key=lambda sp: (sp.kind, sp.name, sp.source_id))
 
 
 def format_progress(elapsed_s: float, rows: Sequence[StreamProgress], queued: int) -> str:

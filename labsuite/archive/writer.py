@@ -56,7 +56,7 @@ class WriterSettings:
     flush_interval_s: float = 0.5
     compression: str | None = "gzip"
     compression_level: int = 1
-    late_stream_slots: int = 4
+    late_stream_slots: int = 8
     min_free_mb: float = 64.0
 
     def __post_init__(self) -> None:
