@@ -255,10 +255,8 @@ class Session:
         elif sid == s.operator_source_id:
             self._on_operator(ts, data)
         else:
-            import pylsl
-
-            # arrival time, not sample time: the watchdog asks whether data still come in
-            self._force_last[sid] = pylsl.local_clock()
+            # sample time on this machine's clock: pulled right before the watchdog looks
+            self._force_last[sid] = max(self._force_last.get(sid, -math.inf), float(ts[-1]))
             try:
                 self._force_fz[sid] = float(np.mean(np.asarray(data, dtype=float)[:, spec.channel_index(FZ)]))
             except DeviceError:
@@ -289,6 +287,9 @@ class Session:
             if now >= next_hb:
                 self._heartbeat(now)
                 next_hb = now + s.heartbeat_period_s
+            assert self._inputs is not None
+            self._inputs.pull()
+            now = pylsl.local_clock()
             with self._machine_lock:
                 actions = self._drain_ops(now)
                 steps = self._drain_steps()
@@ -374,25 +375,28 @@ class Session:
 
 
 class _Inputs:
-    """Find the session's input streams with one ContinuousResolver and pull them on one thread.
+    """Find the session's input streams with one ContinuousResolver; pull them from the session loop.
 
-    One resolver for all streams: concurrent one-shot resolves in one process were measured to miss
-    streams that a continuous resolver sees at once.
+    Opening happens on this object's thread (it may block for a moment); pulling happens on the
+    session loop right before the watchdogs run, so a process stalled by load never mistakes data
+    it has not pulled yet for data that stopped. One resolver for all streams: concurrent one-shot
+    resolves in one process were measured to miss streams that a continuous resolver sees at once.
     """
 
     def __init__(self, session: Session, source_ids: list[str]) -> None:
         self.session = session
         self.source_ids = list(dict.fromkeys(source_ids))
-        self.inlets: dict[str, tuple[Any, Any]] = {}
+        # source_id -> (inlet, spec, clock offset s); replaced whole, never mutated in place
+        self.inlets: dict[str, tuple[Any, Any, float]] = {}
         self.samples: dict[str, int] = {}
-        self._next_look = 0.0
+        self._lock = threading.Lock()
 
     def connected(self, sid: str) -> bool:
         """True while the stream ``sid`` has an open inlet."""
         return sid in self.inlets
 
     def run(self, stop: threading.Event) -> None:
-        """Resolve, open and pull until ``stop`` is set."""
+        """Resolve and open the streams (again after a loss) until ``stop`` is set."""
         import pylsl
 
         from labsuite.streams.contracts import StreamSpec
@@ -400,39 +404,48 @@ class _Inputs:
         resolver = pylsl.ContinuousResolver(forget_after=5.0)
         renew_at = time.monotonic() + _RESOLVER_RENEW_S
         try:
-            while not stop.is_set():
+            while not stop.wait(0.1):
+                if len(self.inlets) >= len(self.source_ids):
+                    continue
                 now = time.monotonic()
-                if now >= self._next_look and len(self.inlets) < len(self.source_ids):
-                    self._next_look = now + 0.2
-                    if now >= renew_at:
-                        # a resolver started alongside others in one process was seen to stay
-                        # blind for good; a fresh one finds the streams at once
-                        del resolver
-                        resolver = pylsl.ContinuousResolver(forget_after=5.0)
-                        renew_at = now + _RESOLVER_RENEW_S
-                    for info in resolver.results():
-                        sid = info.source_id()
-                        if sid in self.source_ids and sid not in self.inlets:
-                            inlet = pylsl.StreamInlet(info, max_buflen=30, recover=False)
-                            try:
-                                spec = StreamSpec.from_info(inlet.info(timeout=2.0))
-                                inlet.open_stream(timeout=2.0)
-                            except (pylsl.util.LostError, pylsl.util.TimeoutError) as exc:
-                                self.session._note(pylsl.local_clock(), f"{sid}: could not open: {exc}")
-                                continue
-                            self.inlets[sid] = (inlet, spec)
-                            self.session._note(pylsl.local_clock(), f"{sid}: connected ({spec.name})")
-                for sid, (inlet, spec) in list(self.inlets.items()):
-                    try:
-                        data, ts = inlet.pull_chunk(timeout=0.0, max_samples=4096)
-                    except pylsl.util.LostError:
-                        del self.inlets[sid]
-                        self.session._note(pylsl.local_clock(), f"{sid}: lost")
+                if now >= renew_at:
+                    # a resolver started alongside others in one process was seen to stay blind;
+                    # a fresh one finds the streams at once
+                    del resolver
+                    resolver = pylsl.ContinuousResolver(forget_after=5.0)
+                    renew_at = now + _RESOLVER_RENEW_S
+                for info in sorted(resolver.results(), key=lambda i: -i.created_at()):
+                    sid = info.source_id()
+                    if sid not in self.source_ids or sid in self.inlets:
                         continue
-                    if ts:
-                        self.samples[sid] = self.samples.get(sid, 0) + len(ts)
-                        self.session._on_chunk(sid, spec, np.asarray(ts, dtype=float), data)
-                stop.wait(0.005)
+                    inlet = pylsl.StreamInlet(info, max_buflen=30, recover=False)
+                    try:
+                        spec = StreamSpec.from_info(inlet.info(timeout=2.0))
+                        inlet.open_stream(timeout=2.0)
+                        offset = float(inlet.time_correction(timeout=2.0))
+                    except (pylsl.util.LostError, pylsl.util.TimeoutError) as exc:
+                        self.session._note(pylsl.local_clock(), f"{sid}: could not open: {exc}")
+                        continue
+                    with self._lock:
+                        self.inlets = {**self.inlets, sid: (inlet, spec, offset)}
+                    self.session._note(pylsl.local_clock(), f"{sid}: connected ({spec.name})")
         finally:
-            self.inlets.clear()
+            with self._lock:
+                self.inlets = {}
             del resolver
+
+    def pull(self) -> None:
+        """Pull every open inlet once (non-blocking) and hand the chunks to the session."""
+        import pylsl
+
+        for sid, (inlet, spec, offset) in self.inlets.items():
+            try:
+                data, ts = inlet.pull_chunk(timeout=0.0, max_samples=4096)
+            except pylsl.util.LostError:
+                with self._lock:
+                    self.inlets = {k: v for k, v in self.inlets.items() if k != sid}
+                self.session._note(pylsl.local_clock(), f"{sid}: lost")
+                continue
+            if ts:
+                self.samples[sid] = self.samples.get(sid, 0) + len(ts)
+                self.session._on_chunk(sid, spec, np.asarray(ts, dtype=float) + offset, data)
