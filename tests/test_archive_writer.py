@@ -337,3 +337,20 @@ def test_reader_refuses_foreign_files(tmp_path):
     Path(tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ArchiveError, match="cannot open"):
         open_session(tmp_path / "junk.h5")
+
+
+def test_the_documented_plain_h5py_example_runs(tmp_path, uid, capsys):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "archive.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "doc.h5"
+    with SessionWriter(path, participant_id="P01") as w:
+        h = w.add_stream(_plate(uid))
+        w.add_clock_offset(h, 1.0, 0.5)
+        w.append(h, [1.0, 2.0], np.ones((2, 6)))
+        w.append_marker(1.5, "first")
+        w.append_marker(1.6, "second ü")
+    namespace: dict = {}
+    exec(code.replace("P01_20261124T101500Z.h5", str(path)), namespace)
+    assert namespace["texts"] == ["first", "second ü"]
+    assert np.allclose(namespace["ts"], [1.5, 2.5])
+    assert "P01 True" in capsys.readouterr().out
