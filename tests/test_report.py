@@ -585,3 +585,24 @@ def test_report_on_a_labsuite_run_simulate_recording(tmp_path, uid, capsys):
     assert cli_main(["report", str(path), "--csv"]) == 0
     parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [int(p["n_steps"]) for p in parsed] == [r["n_steps"] for r in rep.rows]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                    "(apt-get install -y chromium fonts-liberation): cannot print the page")
+def test_html_prints_to_a_few_a4_pages(sessions, tmp_path):
+    import subprocess
+
+    page = tmp_path / "report.html"
+    rep = report.load_session_report(sessions["emergency"])
+    page.write_text(report.render_session_html(rep))
+    pdf = tmp_path / "report.pdf"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+           "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert pdf.exists(), f"chromium wrote no PDF (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page\b", data))
+    assert 2 <= pages <= 6, f"{pages} A4 pages"
