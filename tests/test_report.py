@@ -606,3 +606,39 @@ def test_html_prints_to_a_few_a4_pages(sessions, tmp_path):
     assert data.startswith(b"%PDF")
     pages = len(re.findall(rb"/Type\s*/Page\b", data))
     assert 2 <= pages <= 6, f"{pages} A4 pages"
+
+
+def test_stage_table_definitions_on_hand_made_steps():
+    from labsuite.stages import StageRecord
+    from labsuite.steps import empty_steps
+
+    st = empty_steps(6)
+    st["foot"] = [0, 1, 0, 1, 0, 1]
+    st["strike_s"] = [10.0, 10.4, 10.8, 21.0, 21.3, 21.6]
+    st["step_s"] = [np.nan, 0.4, 0.4, 0.3, 0.3, 0.3]
+    st["cadence_spm"] = [np.nan, 150.0, 150.0, 200.0, 200.0, 199.0]
+    st["contact_s"] = [0.30, 0.20, 0.30, 0.25, 0.25, 0.25]
+    st["valr_bw_per_s"] = [50.0, 40.0, 60.0, 30.0, 999.0, 30.0]
+    st["tibial_peak_g"] = [np.nan, 5.0, np.nan, 4.0, 4.0, 4.0]
+    st["crossover"] = [0, 0, 0, 0, 1, 0]  # the 999 BW/s step had a foot on both belts
+    stages = [StageRecord(0, "base", "baseline", 9.0, 20.0),
+              StageRecord(1, "fast", "cadence", 20.0, 30.0, target_cadence_spm=195.0,
+                          band_low_spm=190.0, band_high_spm=199.5,
+                          feedback_json='{"metronome": {"spm": "target"}, "fading": '
+                                        '{"on_fraction": 0.25, "period_s": 60}}')]
+    base, fast = report.stage_table(stages, st, t0_s=9.0)
+    assert base["n_steps"] == 3 and base["cadence_mean_spm"] == pytest.approx(150.0)
+    assert base["cadence_sd_spm"] == pytest.approx(0.0)
+    assert base["valr_mean_bw_per_s"] == pytest.approx(50.0)
+    # symmetry of stage means: contact L 0.30 vs R 0.20 -> 100 * 0.1 / 0.25 = +40 %
+    assert base["si_contact_pct"] == pytest.approx(40.0)
+    assert base["tibial_peak_mean_g"] == pytest.approx(5.0) and math.isnan(base["tibial_peak_sd_g"])
+    assert math.isnan(base["in_band_pct"]) and base["feedback_on_fraction"] == 0.0
+    assert fast["n_steps"] == 3 and fast["n_crossover"] == 1
+    assert fast["valr_mean_bw_per_s"] == pytest.approx(30.0)  # cross-over left out
+    assert fast["cadence_mean_spm"] == pytest.approx(200.0)  # cadence keeps it
+    assert fast["in_band_pct"] == pytest.approx(100.0 / 3)  # rolling 200 and 200 are above 199.5
+    assert fast["cadence_vs_target_spm"] == pytest.approx(5.0)
+    assert fast["cadence_change_pct"] == pytest.approx(100 * (200 / 150 - 1))
+    assert fast["valr_change_pct"] == pytest.approx(-40.0)
+    assert fast["feedback_on_fraction"] == 0.25 and fast["start_s"] == pytest.approx(11.0)
