@@ -230,3 +230,40 @@ def test_record_cli_closes_the_file_on_ctrl_c_and_sigterm(tmp_path, uid, sig):
     assert proc.returncode == 0, err
     with open_session(path) as s:
         assert s.complete and s.streams[uid].n_samples > 0
+
+
+def test_record_runs_the_live_processor_so_the_file_has_steps(tmp_path, uid, shared_data):
+    """RBDS001 replayed as a live plate, recorded with --processor on: steps land in the file."""
+    prefix = f"rr{uid[-6:]}-"
+    sid = f"{prefix}c3d-RBDS001runT35-fp-single"
+    replay = subprocess.Popen([sys.executable, "-m", "labsuite", "replay",
+                               str(shared_data / "rbds" / "RBDS001runT35.c3d"), "--source-prefix", prefix,
+                               "--lead-s", "0", "--loop", "--quiet"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    path = tmp_path / "steps.h5"
+    try:
+        assert "publishing" in replay.stdout.readline()
+        res = subprocess.run(_record_cmd(path, sid, extra=("--duration", "12", "--processor", "on",
+                                                           "--mass-kg", "62")),
+                             capture_output=True, text=True, timeout=110)
+    finally:
+        replay.terminate()
+        replay.communicate(timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "live processor" in res.stderr
+    with open_session(path) as s:
+        assert s.complete
+        steps = s.steps
+        assert len(steps) >= 10  # about 2.9 steps/s once the processor runs
+        assert set(steps["foot"].tolist()) == {0.0, 1.0}
+        assert np.all(np.diff(steps["strike_s"]) > 0)
+        assert any(sd.spec.kind == "steps" for sd in s.streams.values())
+        # Contact times of a 3.5 m/s forefoot runner (RBDS S1: about 0.22 s).
+        assert 0.15 < float(np.median(steps["contact_s"])) < 0.3
+
+
+def test_record_processor_on_without_mass_is_a_clear_error(tmp_path, uid):
+    with CounterOutlet(uid):
+        res = subprocess.run(_record_cmd(tmp_path / "x.h5", uid, extra=("--processor", "on")),
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "--processor on" in res.stderr and "Traceback" not in res.stderr

@@ -7,7 +7,9 @@ Ctrl-C, SIGTERM or after ``--duration``; the file is marked complete on a clean 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 COMMAND = "record"
 HELP = "Record LSL streams (all visible, or --streams) into a crash-safe HDF5 session file."
@@ -32,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-number", type=int, default=None)
     parser.add_argument("--flush-s", type=float, default=0.5, help="flush interval, s (≤ 1; default 0.5)")
     parser.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
+    parser.add_argument("--processor", choices=("auto", "on", "off"), default="auto",
+                        help="run the live step processor on the recorded force plates so the file "
+                        "has steps (auto: when plates are visible, no steps stream is, and --mass-kg "
+                        "is given)")
+    parser.add_argument("--mode", choices=("run", "walk"), default="run", help="gait, for the processor")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -58,14 +65,79 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C: the file is closed complete
 
     signal.signal(signal.SIGTERM, _term)
-    recorder = Recorder(settings, on_message=lambda text: print(f"labsuite record: {text}",
-                                                                file=sys.stderr, flush=True))
-    report = None if args.quiet else (lambda line: print(line, flush=True))
+
+    def message(text: str) -> None:
+        print(f"labsuite record: {text}", file=sys.stderr, flush=True)
+
+    supervisor = None
     try:
-        path = recorder.run(args.duration, report=report)
-    except KeyboardInterrupt:
-        # run() already stopped the recorder in its finally block.
-        print(f"stopped; session file {recorder.path} closed", flush=True)
-        return 0
+        supervisor, steps_sid = _maybe_start_processor(args, message)
+        if steps_sid and settings.source_ids:
+            settings = dataclasses.replace(settings, source_ids=(*settings.source_ids, steps_sid))
+        recorder = Recorder(settings, on_message=message)
+        report = None if args.quiet else (lambda line: print(line, flush=True))
+        try:
+            path = recorder.run(args.duration, report=report)
+        except KeyboardInterrupt:
+            # run() already stopped the recorder in its finally block.
+            print(f"stopped; session file {recorder.path} closed", flush=True)
+            return 0
+    finally:
+        if supervisor is not None:
+            supervisor.stop(timeout_s=10.0)
     print(f"session file {path} closed", flush=True)
     return 0
+
+
+def _maybe_start_processor(args: argparse.Namespace, message: Any) -> tuple[Any, str | None]:
+    """Start the live processor as its own process when asked (or useful); return it and its steps id."""
+    import os
+    import time
+
+    from labsuite.archive.recorder import _discover
+    from labsuite.errors import ConfigError
+    from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_IMU, KIND_STEPS, KIND_TREADMILL
+
+    if args.processor == "off":
+        return None, None
+    specs = _discover(args.wait_s, set(args.streams))
+    plates = {s.setup.get("force_platform", {}).get("belt", ""): s.source_id
+              for s in specs if s.kind == KIND_FORCE_PLATE}
+    why_not = ""
+    if not plates:
+        why_not = "no force-plate stream is visible"
+    elif args.processor == "auto" and any(s.kind == KIND_STEPS for s in specs):
+        return None, None  # a processor already runs; its steps are recorded
+    elif args.mass_kg is None:
+        why_not = "the processor needs the body mass (--mass-kg)"
+    elif "single" in plates:
+        plates = {"single": plates["single"]}
+    elif sorted(plates) != ["left", "right"]:
+        why_not = f"force plates for belts {sorted(plates)}; expected left and right, or single"
+    if why_not:
+        if args.processor == "on":
+            raise ConfigError(f"--processor on: {why_not}")
+        message(f"steps are not computed: {why_not}")
+        return None, None
+    imus = {s.setup.get("sensor", {}).get("side", ""): s.source_id for s in specs if s.kind == KIND_IMU}
+    imus = {side: sid for side, sid in imus.items() if side in ("left", "right")}
+    treadmill = next((s.source_id for s in specs if s.kind == KIND_TREADMILL), None)
+    steps_sid = f"labsuite-steps-record-{args.participant}-{os.getpid()}"
+    from labsuite.processes import Supervisor
+    from labsuite.protocol.orchestrate import run_processor
+
+    supervisor = Supervisor(on_event=lambda role, text: message(f"{role}: {text}"))
+    supervisor.add("processor", run_processor, {
+        "plates": plates, "imus": imus, "treadmill": treadmill, "steps_source_id": steps_sid,
+        "layout": "single" if "single" in plates else "split", "mode": args.mode, "mass_kg": args.mass_kg})
+    supervisor.start()
+    # Record the steps stream from the start: wait until the processor publishes it.
+    import pylsl
+
+    resolver = pylsl.ContinuousResolver(pred=f"source_id='{steps_sid}'", forget_after=5.0)
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline and not resolver.results():
+        time.sleep(0.2)
+    del resolver
+    message(f"live processor on {sorted(plates.values())} publishing {steps_sid}")
+    return supervisor, steps_sid
