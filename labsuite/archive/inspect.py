@@ -78,7 +78,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  protocol sha256 {s['protocol_sha256']}")
     header = ("stream", "kind", "source_id", "ch", "nominal_hz", "measured_hz", "samples",
               "duration_s", "gaps", "gap_s", "offsets")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for st in s["streams"]:
         nominal = "irregular" if st["nominal_rate_hz"] == 0 else f"{st['nominal_rate_hz']:g}"
         measured = "-" if st["measured_rate_hz"] is None or st["nominal_rate_hz"] == 0 else \
@@ -93,10 +93,10 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"steps: {steps['total']} (left {steps['left']}, right {steps['right']})")
     if s["stages"]:
-        rows = [("#", "stage", "kind", "duration_s", "steps", "end_reason")]
-        rows += [(str(st["index"]), st["name"], st["kind"], f"{st['duration_s']:.1f}", str(st["steps"]),
-                  st["end_reason"]) for st in s["stages"]]
-        lines += _table(rows)
+        stage_rows: list[tuple[str, ...]] = [("#", "stage", "kind", "duration_s", "steps", "end_reason")]
+        stage_rows += [(str(st["index"]), st["name"], st["kind"], f"{st['duration_s']:.1f}", str(st["steps"]),
+                        st["end_reason"]) for st in s["stages"]]
+        lines += _table(stage_rows)
     else:
         lines.append("stages: none recorded")
     ev = ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"
