@@ -183,12 +183,23 @@ class Session:
         """True once the stage machine has ended the session."""
         return self._done.is_set()
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the loop and the readers; an unfinished session is aborted first (belt stopped)."""
+    def close(self, timeout_s: float = 5.0, *, linger_s: float = 1.0) -> None:
+        """Stop the loop and the inputs; an unfinished session is aborted first (ramped stop).
+
+        The heartbeat goes on while the belt ramps down (at most 30 s), and the outlets stay
+        ``linger_s`` longer so recorders receive the last markers.
+        """
+        import pylsl
+
         if self._thread is not None and self._thread.is_alive():
             if not self.machine.finished and self.machine.state != "idle":
                 self.abort(source="shutdown")
-                self._done.wait(1.0)
+                self._done.wait(2.0)
+                deadline = time.monotonic() + 30.0
+                while (self.machine.belt_speed_m_s(pylsl.local_clock()) > 0
+                       and time.monotonic() < deadline):
+                    time.sleep(0.05)
+                time.sleep(linger_s)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
