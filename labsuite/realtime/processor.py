@@ -38,6 +38,7 @@ IMU_SIDES = ("left", "right")
 _BLOCK = 1024  # samples per kernel call: bounds the ring size whatever the caller's chunk size
 _LOOKBACK_S = 0.05  # how far back strike refinement may look for the off-threshold crossing
 _TIBIAL_PRE_S = 0.01  # IMU window starts this long before the detected strike (clock tolerance)
+_EMPTY_STEP = empty_steps(1)
 _SYMMETRY_FIELDS = (
     ("si_contact_pct", "contact_s"),
     ("si_step_pct", "step_s"),
@@ -634,7 +635,7 @@ class StepProcessor:
     def _finalize(self, c: _Contact, foot: int) -> np.ndarray:
         s = self.settings
         bw = float(self._bw_n)  # type: ignore[arg-type]
-        rec = empty_steps(1)
+        rec = _EMPTY_STEP.copy()
         r = rec[0]
         m = c.metrics
         crossover = self._is_crossover(c)
@@ -672,7 +673,7 @@ class StepProcessor:
             r["stride_s"] = c.strike_s - prev_same
         self._last_strike[foot] = c.strike_s
         if self._step_times:
-            r["cadence_spm"] = 60.0 / float(np.mean(self._step_times))
+            r["cadence_spm"] = 60.0 * len(self._step_times) / sum(self._step_times)
         if self._belt_speed is not None and math.isfinite(r["step_s"]):
             r["step_length_m"] = self._belt_speed * r["step_s"]
         for _, name in _SYMMETRY_FIELDS:
@@ -682,7 +683,7 @@ class StepProcessor:
         for si_name, name in _SYMMETRY_FIELDS:
             left, right = self._sym[FOOT_LEFT][name], self._sym[FOOT_RIGHT][name]
             if left and right:
-                lm, rm = float(np.mean(left)), float(np.mean(right))
+                lm, rm = sum(left) / len(left), sum(right) / len(right)
                 if lm + rm != 0:
                     r[si_name] = 100.0 * (lm - rm) / (0.5 * (lm + rm))
         return rec
