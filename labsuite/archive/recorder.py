@@ -24,7 +24,7 @@ import numpy as np
 from labsuite.archive.layout import validate_participant_id
 from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings, expected_bytes_per_s
 from labsuite.errors import ArchiveError, ConfigError
-from labsuite.steps import STEP_FIELDS, rows_to_steps
+from labsuite.steps import STEP_FIELD_NAMES, empty_steps
 from labsuite.streams.contracts import KIND_STEPS, StreamSpec
 
 log = logging.getLogger(__name__)
@@ -277,8 +277,8 @@ class Recorder:
                         rec.handle = writer.add_stream(reader.spec)
                         self._on_message(f"stream {rec.source_id!r} appeared after the start; recording it")
             writer.append(rec.handle, ts, data)
-            if rec.handle.spec.kind == KIND_STEPS and data.shape[1] == len(STEP_FIELDS):
-                writer.append_steps(rows_to_steps(np.asarray(data, dtype=np.float64)))
+            if rec.handle.spec.kind == KIND_STEPS:
+                writer.append_steps(steps_from_stream(rec.handle.spec, data))
         except ArchiveError as exc:
             if writer.failed is not None:
                 self._error = writer.failed
@@ -325,6 +325,20 @@ class Recorder:
                     self._start_reader(rec)
         finally:
             del resolver
+
+
+def steps_from_stream(spec: StreamSpec, data: np.ndarray) -> np.ndarray:
+    """Step records from samples of a steps stream, matched by channel label (missing: NaN).
+
+    A processor of another labsuite version may publish fewer or more fields; none is misplaced.
+    """
+    rows = np.asarray(data, dtype=np.float64).reshape(len(data), -1)
+    out = empty_steps(len(rows))
+    labels = spec.labels
+    for name in STEP_FIELD_NAMES:
+        if name in labels:
+            out[name] = rows[:, labels.index(name)]
+    return out
 
 
 def _discover(wait_s: float, wanted: set[str]) -> list[StreamSpec]:

@@ -581,20 +581,22 @@ class SessionWriter:
 
     def _flush(self, now_lsl: float) -> None:
         t0 = time.perf_counter()
-        written = 0
+        written: dict[str, int] = {}
         for key, tgt in self._targets.items():
             n = tgt.write()
             if n and not key.startswith("/"):
-                written += n
-                self._stats.samples_written[key] = self._stats.samples_written.get(key, 0) + n
+                written[key] = n
         self._file.flush()
         # Only now say how many rows are complete: if the disk fills mid-flush, HDF5 may already have
         # grown a dataset whose new rows never reached the disk; readers trust this count.
         for tgt in self._targets.values():
             tgt.commit()
         self._file.flush()
+        # Counted as written only once on disk and committed (progress displays rely on it).
+        for key, n in written.items():
+            self._stats.samples_written[key] = self._stats.samples_written.get(key, 0) + n
         with self._count_lock:
-            self._queued -= written
+            self._queued -= sum(written.values())
         self._stats.flushes += 1
         self._stats.last_flush_lsl_s = now_lsl
         self._stats.max_flush_s = max(self._stats.max_flush_s, time.perf_counter() - t0)
