@@ -191,19 +191,19 @@ class LiveFeed:
         self.settings = settings
         s = settings
         self._lock = threading.Lock()
-        self._plates: dict[str, StreamReader] = {}
         self._rings: dict[str, RingBuffer] = {}
         self._geometry: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
-        for belt, sid in s.plates:
-            self._plates[belt] = StreamReader(StreamQuery(source_id=sid), on_chunk=self._plate_chunk,
-                                              buffer_s=max(2.0, s.window_s))
-        self._belt_of = {id(r): b for b, r in self._plates.items()}
-        health_only = [*(sid for _, sid in s.imus), *s.extra_source_ids]
-        self._others = [StreamReader(StreamQuery(source_id=sid), buffer_s=2.0) for sid in health_only]
-        self._steps_reader = StreamReader(StreamQuery(source_id=s.steps_source_id),
-                                          on_chunk=self._steps_chunk, buffer_s=60.0)
-        self._markers_reader = StreamReader(StreamQuery(source_id=markers_source_id(s.lab_id)),
-                                            on_chunk=self._markers_chunk, buffer_s=60.0)
+        # slot name -> source_id, in table order; a slot's reader may be replaced (see _watch)
+        self._sources: dict[str, str] = {f"plate:{b}": sid for b, sid in s.plates}
+        self._sources.update({f"imu:{side}": sid for side, sid in s.imus})
+        self._sources.update({f"extra:{sid}": sid for sid in s.extra_source_ids})
+        self._sources["steps"] = s.steps_source_id
+        self._sources["markers"] = markers_source_id(s.lab_id)
+        self._readers: dict[str, StreamReader] = {k: self._make_reader(k) for k in self._sources}
+        self._born: dict[str, float] = {}
+        self.renewed = 0
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self._steps = np.empty(0, dtype=STEP_DTYPE)
         self._steps_total = 0
         self._view = SessionView()
@@ -212,19 +212,64 @@ class LiveFeed:
         self.bad_chunks = 0
 
     # ---- control ---------------------------------------------------------------------------
+    def _make_reader(self, slot: str) -> StreamReader:
+        query = StreamQuery(source_id=self._sources[slot])
+        if slot.startswith("plate:"):
+            belt = slot[6:]
+            return StreamReader(query, buffer_s=max(2.0, self.settings.window_s),
+                                on_chunk=lambda r, ts, d: self._plate_chunk(belt, r, ts, d))
+        if slot == "steps":
+            return StreamReader(query, on_chunk=self._steps_chunk, buffer_s=60.0)
+        if slot == "markers":
+            return StreamReader(query, on_chunk=self._markers_chunk, buffer_s=60.0)
+        return StreamReader(query, buffer_s=2.0)
+
     @property
     def readers(self) -> list[StreamReader]:
-        """Every reader of the feed (plates first)."""
-        return [*self._plates.values(), *self._others, self._steps_reader, self._markers_reader]
+        """Every reader of the feed, in table order (plates, IMUs, others, steps, markers)."""
+        return [self._readers[k] for k in self._sources]
 
-    def start(self) -> LiveFeed:
-        """Start every reader (returns self)."""
-        for r in self.readers:
+    def start(self, *, renew_after_s: float = 10.0) -> LiveFeed:
+        """Start every reader (returns self).
+
+        A reader that has not found its stream after ``renew_after_s`` is replaced by a fresh one:
+        on a busy machine a continuous resolver was seen to stay blind to a stream that a new
+        resolver found at once, and a stream whose first open timed out is never retried by its
+        reader (labsuite/streams/acquisition.py).
+        """
+        import time
+
+        now = time.monotonic()
+        for k, r in self._readers.items():
+            self._born[k] = now
             r.start()
+        self._watcher = threading.Thread(target=self._watch, args=(renew_after_s,),
+                                         name="feed-watch", daemon=True)
+        self._watcher.start()
         return self
+
+    def _watch(self, renew_after_s: float) -> None:
+        import time
+
+        while not self._stop.wait(1.0):
+            for k in list(self._sources):
+                old = self._readers[k]
+                if old.wait_connected(0.0) or time.monotonic() - self._born[k] < renew_after_s:
+                    continue
+                old.request_stop()
+                fresh = self._make_reader(k)
+                self._born[k] = time.monotonic()
+                fresh.start()
+                self._readers[k] = fresh  # one dict item replaced: readers see old or new
+                self.renewed += 1
+                log.info("feed: %s not found after %.0f s; resolving it afresh", self._sources[k],
+                         renew_after_s)
 
     def stop(self) -> None:
         """Stop every reader."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5.0)
         for r in self.readers:
             r.request_stop()
         for r in self.readers:
@@ -232,14 +277,21 @@ class LiveFeed:
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until the plates, steps and markers streams were all found once."""
-        return all(r.wait_connected(timeout_s) for r in
-                   [*self._plates.values(), self._steps_reader, self._markers_reader])
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        keys = [k for k in self._sources if k.startswith("plate:") or k in ("steps", "markers")]
+        while True:
+            if all(self._readers[k].wait_connected(0.0) for k in keys):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     # ---- reader callbacks (worker threads) -------------------------------------------------
-    def _plate_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
+    def _plate_chunk(self, belt: str, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         from labsuite.realtime.geometry import plate_to_lab
 
-        belt = self._belt_of[id(reader)]
         try:
             spec, corners, origin = self._geometry_of(belt, reader)
             grf, cop, _ = plate_to_lab(np.asarray(data, dtype=np.float64)[:, :6], corners, origin)
@@ -388,7 +440,7 @@ class LiveFeed:
             if ring is None:
                 traces.append(BeltTrace(belt, np.empty(0), np.empty(0), np.empty((0, 2))))
                 continue
-            reader = self._plates[belt]
+            reader = self._readers[f"plate:{belt}"]
             rate = reader.spec.rate_hz if reader.spec is not None and reader.spec.rate_hz > 0 \
                 else 1000.0
             t, rows = ring.latest(int(rate * self.settings.window_s))

@@ -31,6 +31,7 @@ BAND_GREEN = (40, 170, 70)
 # How long the metronome pulse stays lit after a beat (s): short enough to feel like a click.
 PULSE_DECAY_S = 0.12
 COP_MIN_FORCE_N = 50.0
+COP_POINTS_PER_S = 250.0
 
 
 class TimedPlot(pg.PlotWidget):
@@ -54,7 +55,8 @@ class TimedPlot(pg.PlotWidget):
             self.frames.append((pylsl.local_clock(), self.shown_s))
 
 
-def _pen(rgb: tuple[int, int, int], width: float = 1.5) -> Any:
+def _pen(rgb: tuple[int, int, int], width: float = 1.0) -> Any:
+    # width 1: wider pens made the software rasteriser ~7 ms slower per curve and frame (profiled)
     return pg.mkPen(color=rgb, width=width)
 
 
@@ -168,6 +170,7 @@ class OperatorWindow(QtWidgets.QMainWindow):
         self.force_plot.enableAutoRange(axis="y")
         self.curves: dict[str, Any] = {}
         self.cop_curves: dict[str, Any] = {}
+        self._cop_ds: dict[str, int] = {}
         self.cop_plot = TimedPlot(title="COP, top view (m): butterfly")
         self.cop_plot.setLabel("bottom", "medio-lateral (left ←)")
         self.cop_plot.setLabel("left", "anterior-posterior (forward ↑)")
@@ -223,6 +226,7 @@ class OperatorWindow(QtWidgets.QMainWindow):
         self.console.pain(int(self.pain_spin.value()), pending[0] if pending else None)
 
     _pending: tuple[int, ...] = ()
+    _steps_key: tuple[Any, ...] = ()
 
     # ---- drawing ---------------------------------------------------------------------------
     def draw(self, snap: Snapshot) -> None:
@@ -232,6 +236,11 @@ class OperatorWindow(QtWidgets.QMainWindow):
             curve = self.curves[tr.belt]
             curve.setData(tr.t_s - snap.now_s, tr.fz_n)
             loaded = tr.fz_n >= COP_MIN_FORCE_N
+            # the butterfly's shape needs ~250 points a second, not the plate's 1-2 kHz
+            ds = max(1, int(len(tr.t_s) / (self.feed.settings.window_s * COP_POINTS_PER_S)))
+            if self._cop_ds.get(tr.belt) != ds:
+                self.cop_curves[tr.belt].setDownsampling(ds=ds, method="subsample")
+                self._cop_ds[tr.belt] = ds
             # top view: x forward is up the screen, lab +y (left) is to the screen's left
             self.cop_curves[tr.belt].setData(-tr.cop_m[loaded, 1], tr.cop_m[loaded, 0],
                                              connect="finite")
@@ -241,6 +250,13 @@ class OperatorWindow(QtWidgets.QMainWindow):
         self._draw_stage(snap)
 
     def _draw_steps(self, snap: Snapshot) -> None:
+        v = snap.session
+        # steps arrive a few times a second: redraw these plots only when something changed
+        key = (snap.steps_total, v.stage_index, v.feedback_on, v.target_spm, v.band_spm,
+               v.valr_max_bw_per_s, v.baseline_valr_bw_per_s)
+        if key == self._steps_key:
+            return
+        self._steps_key = key
         steps = snap.steps
         n = len(steps)
         x = np.arange(snap.steps_total - n, snap.steps_total, dtype=np.float64)
@@ -248,7 +264,6 @@ class OperatorWindow(QtWidgets.QMainWindow):
         self.valr_curve.setData(x[ok], steps["valr_bw_per_s"][ok])
         self.vilr_curve.setData(x[ok], steps["vilr_bw_per_s"][ok])
         self.cadence_curve.setData(x, steps["cadence_spm"], connect="finite")
-        v = snap.session
         base = v.baseline_valr_bw_per_s
         self.valr_base_line.setVisible(math.isfinite(base))
         if math.isfinite(base):
