@@ -405,7 +405,8 @@ class StepProcessor:
             raise ConfigError(f"belt {belt!r} grf_lab: expected shape (n, 3), got {grf.shape}")
         cop = (np.full((len(grf), 2), np.nan) if cop_lab is None
                else np.asarray(cop_lab, dtype=np.float64))
-        ch = lab_to_plate(grf, cop, np.zeros(len(grf)), np.asarray(geom.corners_m), geom.origin_m)
+        ch = lab_to_plate(grf, cop, np.zeros(len(grf)), np.asarray(geom.corners_m),
+                          np.asarray(geom.origin_m))
         return self.feed_plate(belt, timestamps, ch)
 
     def feed_imu(self, side: str, timestamps: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -723,7 +724,7 @@ def process_arrays(settings: ProcessorSettings,
                                   f"got {arr.shape}")
             geom = settings.plate(belt)
             arr = lab_to_plate(arr[:, :3], arr[:, 3:5], np.zeros(len(arr)),
-                               np.asarray(geom.corners_m), geom.origin_m)
+                               np.asarray(geom.corners_m), np.asarray(geom.origin_m))
         if zero_lag and settings.lowpass_hz > 0:
             sos, _ = design_lowpass(settings)
             if len(arr) > 3 * (2 * len(sos) + 1):
