@@ -267,3 +267,48 @@ def test_record_processor_on_without_mass_is_a_clear_error(tmp_path, uid):
         res = subprocess.run(_record_cmd(tmp_path / "x.h5", uid, extra=("--processor", "on")),
                              capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "--processor on" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_named_stream_that_starts_late_is_recorded_in_a_spare_slot(tmp_path, uid):
+    import pylsl
+
+    mk = markers_spec(f"{uid}-late-markers")
+    path = tmp_path / "late.h5"
+    with CounterOutlet(uid) as src:
+        proc = subprocess.Popen(_record_cmd(path, uid, mk.source_id), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        pub = None
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # recording the counter, markers not there yet
+                line = proc.stdout.readline()
+                assert line
+                if re.search(rf"counter-{uid}=[1-9]", line):
+                    break
+            pub = Publisher(mk)  # the marker stream appears after the start
+            connected = False
+            deadline = time.monotonic() + 75
+            while time.monotonic() < deadline and not connected:
+                line = proc.stdout.readline()
+                part = line.split("labsuite-markers=", 1)
+                connected = len(part) == 2 and "LOST" not in part[1][:30]
+            assert connected, "the recorder never connected to the late stream"
+            stage = StageRecord(0, "late", "baseline", 1.0, 2.0, end_reason="time")
+            pub.push([marker("stage_end", **stage.to_marker_fields())], pylsl.local_clock())
+            time.sleep(2.0)
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            if pub is not None:
+                pub.close()
+    assert proc.returncode == 0, err
+    with open_session(path) as s:
+        assert s.complete
+        _check_counter(s.streams[uid], src.t0)
+        late = s.streams[mk.source_id]
+        assert late.late and late.key.startswith("late_")
+        assert s.stages == [stage]
+        assert any(e["kind"] == "late_stream" for e in s.events)
