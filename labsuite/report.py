@@ -414,15 +414,15 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         base_valr = float(base_marker[-1][1]["valr_bw_per_s"])
 
     def stage_at(t: float, *, ending: bool = False) -> str:
-        if ending:
-            # emitted as a stage ends; the marker's LSL time may trail the record's end slightly
-            done = [st for st in stages if st.start_s < t and st.end_s <= t + _END_TOLERANCE_S]
-            if done:
-                return max(done, key=lambda st: st.end_s).name
+        # Events emitted as a stage ends (or that end it: a stop) carry a time at or just after the
+        # record's end (the marker's LSL time may trail it slightly): they belong to that stage.
+        done = [st for st in stages if st.start_s < t and t - _END_TOLERANCE_S <= st.end_s <= t]
+        if ending and done:
+            return max(done, key=lambda st: st.end_s).name
         for st in stages:
             if st.start_s <= t < st.end_s:
                 return st.name
-        return ""
+        return max(done, key=lambda st: st.end_s).name if done else ""
 
     asked = {obj.get("id"): obj for _, obj in decoded if obj.get("event") == EVENT_CHECKIN_REQUEST}
     checkins, answered = [], set()

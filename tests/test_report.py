@@ -317,6 +317,8 @@ def test_emergency_stop_is_said_on_the_page(sessions, tmp_path):
     assert rep.rows[-1]["end_reason"] == "safety_stop"
     assert rep.rows[-1]["stage"] == "training"
     assert any("emergency stop" in w for w in rep.warnings())
+    stop = next(ev for ev in rep.events if ev.event == "emergency_stop")
+    assert stop.stage == "training" and stop.t_s == pytest.approx(28.0, abs=0.06)
     out = tmp_path / "e.html"
     assert cli_main(["report", str(sessions["emergency"]), "--out", str(out)]) == 0
     page = out.read_text()
