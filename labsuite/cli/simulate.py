@@ -114,7 +114,7 @@ def _view(settings, duration_s: float | None, events: list[str]) -> None:
                 for line in events[-5:]:
                     sys.stdout.write(f"  {line}\n")
                 sys.stdout.flush()
-            elif int(elapsed) % 5 == 0 or deadline is not None and time.monotonic() + 1 >= deadline:
+            elif int(elapsed) % 5 == 0 or (deadline is not None and time.monotonic() + 1 >= deadline):
                 print(header + "\n" + table, flush=True)
                 for line in new_events:
                     print(f"  {line}", flush=True)
