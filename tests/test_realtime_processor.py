@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 
+from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.realtime.geometry import lab_to_plate
 from labsuite.realtime.processor import (
@@ -211,3 +211,14 @@ def test_bad_chunks_get_clear_errors():
         proc.feed_imu("left", np.array([0.0, np.inf]), np.zeros((2, 6)))
     # nothing was consumed by the rejected chunks
     assert len(proc.feed_plate("left", np.arange(4) / 1000.0, np.zeros((4, 6)))) == 0
+
+
+def test_a_dead_belt_stream_does_not_hold_back_the_other_belt(split_run):
+    settings, plates, _, _ = split_run
+    proc = StepProcessor(settings.__class__(**{**settings.__dict__, "imu_sides": ()}))
+    t, ch = plates["left"]
+    proc.feed_plate("right", plates["right"][0][:100], plates["right"][1][:100])  # then it dies
+    got = proc.feed_plate("left", t[:1500], ch[:1500])
+    assert len(got) == 0  # within plate_max_lag_s the right belt may still catch up
+    got = proc.feed_plate("left", t[1500:], ch[1500:])
+    assert len(got) >= 8 and np.all(got["foot"] == 0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 
+from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, process_arrays
 
 

@@ -132,6 +132,7 @@ class ProcessorSettings:
     imu_sides: tuple[str, ...] = ()
     tibial_window_s: float = 0.15
     imu_max_lag_s: float = 1.0
+    plate_max_lag_s: float = 2.0
     belt_speed_m_s: float | None = None
     impact_search_frac: float | None = None
     impact_min_bw: float = 0.5
@@ -151,7 +152,8 @@ class ProcessorSettings:
                                   f"{'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
         for name in ("rate_hz", "contact_on_n", "contact_off_n", "min_contact_s", "max_contact_s",
-                     "tibial_window_s", "imu_max_lag_s", "impact_drop_bw", "butterfly_min_ap_m",
+                     "tibial_window_s", "imu_max_lag_s", "plate_max_lag_s", "impact_drop_bw",
+                     "butterfly_min_ap_m",
                      "max_step_s"):
             positive(name)
         for name in ("lowpass_hz", "impact_min_bw", "crossover_window_s", "onset_power"):
@@ -571,7 +573,12 @@ class StepProcessor:
         bisect.insort(self._pending, (contact.ready_s, contact.seq, contact), key=lambda r: r[:2])
 
     def _watermark(self) -> float:
-        return min(b.last_t for b in self._belts.values())
+        # A belt whose stream lags the others by more than plate_max_lag_s of data time (a dead
+        # driver) stops holding back the steps of the others.
+        times = [b.last_t for b in self._belts.values()]
+        lead = max(times)
+        live = [t for t in times if t >= lead - self.settings.plate_max_lag_s]
+        return min(live)
 
     def _imu_ready(self, c: _Contact, side: str, w: float, final: bool) -> bool:
         need = min(c.strike_s + self.settings.tibial_window_s, c.toe_off_s)
