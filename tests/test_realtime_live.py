@@ -117,6 +117,21 @@ def test_live_runner_publishes_the_offline_steps(uid):
     assert inlet.info().channel_count() == len(STEP_FIELD_NAMES)
 
 
+def test_run_until_returns_when_asked_to_stop(uid):
+    import threading
+
+    template = ProcessorSettings(rate_hz=1000.0, plates=(PlateGeometry.lab_aligned("single"),),
+                                 layout="single", body_mass_kg=70.0)
+    runner = LiveRunner(template, {"single": f"{uid}-absent"}, steps_source_id=f"{uid}-steps")
+    runner.start()
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    rest = runner.run_until(stop, status_s=0.1)
+    assert len(rest) == 0
+    assert not runner.stats().started  # the plate stream never appeared
+
+
 def test_live_runner_checks_its_configuration():
     template = ProcessorSettings(rate_hz=1000.0, plates=(PlateGeometry.lab_aligned("left"),
                                                          PlateGeometry.lab_aligned("right")),

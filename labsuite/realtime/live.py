@@ -125,6 +125,19 @@ class LiveRunner:
         self._outlet = None
         return rest
 
+    def run_until(self, stop: threading.Event, *, status_s: float = 10.0) -> np.ndarray:
+        """Serve as a session's processor process until ``stop`` is set, then stop.
+
+        Logs the counters every ``status_s``; returns the steps released at the stop. Call
+        :meth:`start` first.
+        """
+        while not stop.wait(status_s):
+            st = self.stats()
+            log.info("steps %d, chunks %d, rejected %d, queue drops %d%s", st.steps, st.chunks,
+                     st.rejected_chunks, st.queue_dropped,
+                     "" if st.started else " (waiting for the force-plate streams)")
+        return self.stop()
+
     def wait_started(self, timeout_s: float) -> bool:
         """Block until every plate stream is connected and the processor exists."""
         ok = all(r.wait_connected(timeout_s) for r in self._plate_readers.values())
