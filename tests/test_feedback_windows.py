@@ -74,7 +74,7 @@ stages:
 """
 
 
-def wait_for(cond, timeout_s: float = 60.0, period_s: float = 0.05) -> bool:
+def _unused_wait_for(cond, timeout_s: float = 60.0, period_s: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if cond():
@@ -263,6 +263,7 @@ def test_windows_show_the_simulated_lab_and_closing_aborts_the_session(rig, uid,
     blank.save(str(tmp_path / "participant_blank.png"))
     assert _array(blank).max() == 0
     # closing the console ends the session: an abort goes out and the session ends 'aborted'
+    assert rig.session.machine.state == "running", rig.session.log[-5:]
     gui.operator.close()
     rig.until(lambda: gui.done, 30)
     assert gui.abort_sent
@@ -287,26 +288,29 @@ def test_buttons_drive_the_real_session(rig, uid):
             _, rows = treadmill.ring.latest(1)
             return float(rows[0, treadmill.spec.channel_index(SPEED_RIGHT)]) if len(rows) else math.nan
 
+        # the baseline runs to its end (skipping it early would end the session: no baseline)
+        rig.until(lambda: rig.view().stage_name == "up", 60)
         qtbot.mouseClick(gui.operator.pause_button, QtCore.Qt.LeftButton)
-        assert wait_for(lambda: session.machine.paused, 30)
+        rig.until(lambda: session.machine.paused, 30)
         rig.until(lambda: gui.operator.state_label.text() == "PAUSED", 30)
         # the belt ramps to a stop (1 m/s^2 from 3 m/s)
-        assert wait_for(lambda: belt_m_s() < 0.05, 30)
+        rig.until(lambda: belt_m_s() < 0.05, 30)
         qtbot.mouseClick(gui.operator.resume_button, QtCore.Qt.LeftButton)
-        assert wait_for(lambda: session.machine.state == "running", 30)
+        rig.until(lambda: session.machine.state == "running", 30)
+        rig.until(lambda: gui.operator.state_label.text() == "RUNNING", 30)
         qtbot.mouseClick(gui.operator.skip_button, QtCore.Qt.LeftButton)
-        assert wait_for(lambda: session.machine.stage_index == 1, 30)
-        rig.until(lambda: rig.view().stage_name == "up", 30)
-        assert rig.view().stages_done == (("base", "skipped"),)
+        rig.until(lambda: session.machine.stage_index == 2, 30)
+        rig.until(lambda: rig.view().stage_name == "keep", 30)
+        assert rig.view().stages_done == (("base", "time"), ("up", "skipped"))
         gui.operator.pain_spin.setValue(2)
         qtbot.mouseClick(gui.operator.checkin_button, QtCore.Qt.LeftButton)
         rig.until(lambda: bool(rig.view().pending_checkins), 30)
         rig.until(lambda: "check-in #" in gui.operator.checkin_label.text(), 10)
         cid = rig.view().pending_checkins[0]
         qtbot.mouseClick(gui.operator.pain_button, QtCore.Qt.LeftButton)
-        assert wait_for(lambda: session.machine.pain and session.machine.pain[-1][1] == 2, 30)
+        rig.until(lambda: bool(session.machine.pain) and session.machine.pain[-1][1] == 2, 30)
         rig.until(lambda: not rig.view().pending_checkins, 30)
-        assert wait_for(lambda: belt_m_s() > 2.0, 30)
+        rig.until(lambda: belt_m_s() > 2.0, 30)
         qtbot.mouseClick(gui.operator.estop_button, QtCore.Qt.LeftButton)
         assert session.wait(30.0)
         assert session.machine.end_reason == "emergency_stop"
@@ -314,7 +318,7 @@ def test_buttons_drive_the_real_session(rig, uid):
                         30)
         assert "emergency_stop" in gui.operator.alert_label.text()
         # the simulated treadmill obeyed the emergency stop
-        assert wait_for(lambda: belt_m_s() < 0.05, 10)
+        rig.until(lambda: belt_m_s() < 0.05, 10)
     finally:
         treadmill.stop()
     sent = []
