@@ -17,9 +17,10 @@ Frames (fixed for all of labsuite):
 * **Force-plate streams** carry the plate's own output as a C3D FORCE_PLATFORM does: Fx Fy Fz in N
   are the force the participant exerts *on* the plate, Mx My Mz in N·m the moments about the plate's
   sensor origin, both in the plate's frame. ``desc/setup/force_platform`` holds the C3D geometry:
-  ``corners_m`` (4 corners × xyz in the lab frame, C3D order), ``origin_m`` (vector from the centre of
-  the plate surface to the sensor origin, in the plate frame), ``type`` (C3D type, 2) and the
-  calibration id. Converting to lab-frame ground reaction force and COP is the processor's job.
+  ``corners_m`` (4 corners × xyz in the lab frame, C3D order), ``origin_m`` (the position of the
+  plate-surface centre in sensor coordinates, as ezc3d interprets C3D ORIGIN: surface offset
+  c = origin_m[2]), ``type`` (C3D type, 2) and the calibration id. Converting to lab-frame ground
+  reaction force and COP is the processor's job (``labsuite.realtime.geometry``).
 * **IMU streams**: ax ay az in m/s², gx gy gz in rad/s, sensor frame; for tibial sensors x runs along
   the tibia towards the knee (standing still reads ax ≈ +9.81), so tibial shock is a positive ax peak.
 """
