@@ -12,7 +12,7 @@ Recorder in this process for --duration-s (10 minutes by default), then prints w
   wall time, in % of one core;
 * file size per hour, and the raw data rate for comparison (the compression ratio).
 
-Run:  python scripts/bench_archive.py [--duration-s 600] [--compression gzip|lzf|none] [--out DIR]
+Run:  python scripts/bench_archive.py [--duration-s 600] [--compression none|gzip|lzf] [--out DIR]
 LSL stays on this machine (machine-scope config).
 """
 
@@ -89,7 +89,7 @@ def grid_holes(ts: np.ndarray, rate_hz: float) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=600.0)
-    parser.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
+    parser.add_argument("--compression", choices=("gzip", "lzf", "none"), default="none")
     parser.add_argument("--out", type=Path, default=None, help="folder for the session file (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the session file")
     args = parser.parse_args()

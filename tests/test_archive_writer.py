@@ -354,3 +354,19 @@ def test_the_documented_plain_h5py_example_runs(tmp_path, uid, capsys):
     assert namespace["texts"] == ["first", "second ü"]
     assert np.allclose(namespace["ts"], [1.5, 2.5])
     assert "P01 True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf", None])
+def test_every_compression_round_trips(tmp_path, uid, compression):
+    rng = np.random.default_rng(2)
+    data = rng.normal(0, 100, (3000, 6)).astype(np.float32)
+    ts = 10.0 + np.arange(3000) / 2000.0
+    path = tmp_path / f"{compression}.h5"
+    with SessionWriter(path, participant_id="P1", settings=WriterSettings(compression=compression)) as w:
+        h = w.add_stream(_plate(uid))
+        for k in range(0, 3000, 100):
+            w.append(h, ts[k:k + 100], data[k:k + 100])
+    with open_session(path) as s:
+        assert np.array_equal(s.streams[f"{uid}-fp-left"].data, data)
+    with h5py.File(path, "r") as f:
+        assert f["streams"][f"{uid}-fp-left"]["time_series"].compression == compression

@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", type=Path, default=None, help="protocol file to store with the session")
     parser.add_argument("--session-number", type=int, default=None)
     parser.add_argument("--flush-s", type=float, default=0.5, help="flush interval, s (≤ 1; default 0.5)")
-    parser.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
+    parser.add_argument("--compression", choices=("gzip", "lzf", "none"), default="none",
+                        help="HDF5 compression (default none: noisy sensor data hardly compresses and "
+                        "compressed chunks rewritten at every flush make the file larger; see "
+                        "docs/archive.md)")
     parser.add_argument("--processor", choices=("auto", "on", "off"), default="auto",
                         help="run the live step processor on the recorded force plates so the file "
                         "has steps (auto: when plates are visible, no steps stream is, and --mass-kg "
