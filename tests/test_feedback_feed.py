@@ -38,7 +38,8 @@ def plain_inlet(source_id: str, timeout_s: float = 60.0):
             renew_at = time.monotonic() + 3.0
         found = resolver.results()
         if found:
-            inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+            # recover=False: a pull on a lost stream raises at once instead of waiting in liblsl
+            inlet = pylsl.StreamInlet(found[0], max_buflen=60, recover=False)
             inlet.open_stream(timeout=10.0)
             return inlet
         time.sleep(0.1)
@@ -204,3 +205,33 @@ def test_buttons_publish_operator_commands_and_closing_sends_abort(qtbot, uid, t
         feed.stop()
         console.close()
     assert np.isfinite(gui.gui_cpu_s)
+
+
+def test_gui_role_runs_under_the_supervisor_and_stops_cleanly(uid):
+    """The role `labsuite run --gui` adds: a separate process whose console appears on the bus,
+    and which closes without sending anything when the supervisor stops it."""
+    from labsuite.feedback.app import gui_role
+    from labsuite.processes import Supervisor
+
+    protocol = parse_protocol("schema: labsuite-protocol/1\nname: role\nspeed_m_s: 3.0\n"
+                              "stages:\n  - {name: base, kind: baseline, duration_s: 60}\n")
+    name, target, kwargs, restart = gui_role(
+        protocol, lab_id=uid, participant_id="P09", session_file=None,
+        plates={"single": f"{uid}-fp"}, steps_source_id=f"{uid}-steps",
+        extra_source_ids=(f"{uid}-treadmill", None))
+    assert (name, restart) == ("gui", False)
+    assert kwargs["settings"].extra_source_ids == (f"{uid}-treadmill",)
+    sup = Supervisor()
+    sup.add(name, target, kwargs, restart=restart)
+    sup.start()
+    try:
+        inlet = plain_inlet(operator_source_id(uid), 90.0)
+        assert sup.alive() == {"gui": True}
+    finally:
+        codes = sup.stop(timeout_s=30.0)
+    assert codes == {"gui": 0}
+    try:
+        samples, _ = inlet.pull_chunk(timeout=1.0)
+    except pylsl.util.LostError:  # the GUI process is gone; nothing was queued
+        samples = []
+    assert samples == []  # stopped by the supervisor: no abort sent

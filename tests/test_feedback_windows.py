@@ -45,7 +45,8 @@ def plain_inlet(source_id: str, timeout_s: float = 60.0):
             renew_at = time.monotonic() + 3.0
         found = resolver.results()
         if found:
-            inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+            # recover=False: a pull on a lost stream raises at once instead of waiting in liblsl
+            inlet = pylsl.StreamInlet(found[0], max_buflen=60, recover=False)
             inlet.open_stream(timeout=10.0)
             return inlet
         time.sleep(0.1)

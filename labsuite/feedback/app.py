@@ -37,7 +37,11 @@ def run_gui(settings: FeedSettings, *, stop: Any = None, close_wait_s: float = 5
     controller.finished.connect(app.quit)
     poll = QtCore.QTimer()
     if stop is not None:
-        poll.timeout.connect(lambda: stop.is_set() and controller.stop_without_abort())
+        def check_stop() -> None:
+            if stop.is_set() and not controller.done:
+                controller.stop_without_abort()
+
+        poll.timeout.connect(check_stop)
         poll.start(100)
     try:
         controller.show(second_screen=second_screen)

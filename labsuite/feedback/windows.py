@@ -153,7 +153,7 @@ class OperatorWindow(QtWidgets.QMainWindow):
         self.health.verticalHeader().setVisible(False)
         header = self.health.horizontalHeader()
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QtWidgets.QHeaderView.Stretch)
+        header.setStretchLastSection(True)
         self.health.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
         left.addWidget(self.health, 2)
         self.events = QtWidgets.QListWidget()
@@ -319,9 +319,11 @@ class OperatorWindow(QtWidgets.QMainWindow):
         self.health.setRowCount(len(rows))
         for i, row in enumerate(rows):
             st = row.stats
-            values = [row.label, _fmt(st.measured_rate_hz, ".1f"), _fmt(row.nominal_rate_hz, ".0f")
-                      if row.nominal_rate_hz > 0 else "irregular", str(st.gaps), str(st.dropped),
-                      _fmt(st.lag_s * 1000, ".0f")]
+            regular = row.nominal_rate_hz > 0
+            # lag means something only for a regular stream; an irregular one is just quiet
+            values = [row.label, _fmt(st.measured_rate_hz, ".1f"),
+                      _fmt(row.nominal_rate_hz, ".0f") if regular else "irregular",
+                      str(st.gaps), str(st.dropped), _fmt(st.lag_s * 1000, ".0f") if regular else "–"]
             for j, text in enumerate(values):
                 item = self.health.item(i, j)
                 if item is None:
