@@ -16,7 +16,8 @@ from labsuite.errors import ConfigError
 from labsuite.feedback.feed import FeedSettings, LiveFeed
 from labsuite.protocol.operator import OperatorConsole, operator_source_id
 from labsuite.protocol.schema import parse_protocol
-from labsuite.steps import empty_steps
+from labsuite.steps import STEP_FIELDS, empty_steps, steps_to_rows
+from labsuite.streams.contracts import Channel, StreamSpec
 
 pytest.importorskip("pytestqt")
 
@@ -44,6 +45,13 @@ def plain_inlet(source_id: str, timeout_s: float = 60.0):
             return inlet
         time.sleep(0.1)
     raise AssertionError(f"stream {source_id} not found in {timeout_s} s")
+
+
+class _StepsReader:
+    """What LiveFeed._steps_chunk reads of its reader: the steps stream's description."""
+
+    spec = StreamSpec("steps", "steps", tuple(Channel(f.name, f.unit, "Step") for f in STEP_FIELDS),
+                      0.0, "float64", "s")
 
 
 def _settings(uid: str, **kw) -> FeedSettings:
@@ -118,16 +126,7 @@ stages:
     steps = empty_steps(3)
     steps["strike_s"] = [t0 + 59, t0 + 60.5, t0 + 61]
     steps["cadence_spm"] = 170.0
-    from labsuite.steps import STEP_FIELDS
-    from labsuite.streams.contracts import Channel, StreamSpec
-
-    class _Reader:  # what _steps_chunk reads of its reader: the stream description
-        spec = StreamSpec("steps", "steps", tuple(Channel(f.name, f.unit, "Step")
-                                                  for f in STEP_FIELDS), 0.0, "float64", "s")
-
-    from labsuite.steps import steps_to_rows
-
-    feed._steps_chunk(_Reader(), steps["strike_s"], steps_to_rows(steps))
+    feed._steps_chunk(_StepsReader(), steps["strike_s"], steps_to_rows(steps))
     snap = feed.snapshot(t0 + 62)
     v = snap.session
     assert v.stages_done == (("base", "time"),)
@@ -175,6 +174,15 @@ def test_buttons_publish_operator_commands_and_closing_sends_abort(qtbot, uid, t
         img = blank.toImage()
         assert {img.pixel(x, y) & 0xFFFFFF for x in range(0, img.width(), 7)
                 for y in range(0, img.height(), 7)} == {0}
+        # steps without loading rates yet (NaN) are drawn without warnings (errors in pytest)
+        steps = empty_steps(2)
+        steps["strike_s"] = [1.0, 1.4]
+        steps["crossover"] = 0
+        feed._steps_chunk(_StepsReader(), steps["strike_s"], steps_to_rows(steps))
+        ticks = gui.ticks
+        qtbot.waitUntil(lambda: gui.ticks > ticks + 3, timeout=10_000)
+        drawn = gui.operator.valr_curve.getData()[1]
+        assert drawn is None or len(drawn) == 0
         t = pylsl.local_clock()
         feed.apply_marker(t, {"event": "session_start"})
         feed.apply_marker(t, {"event": "checkin_request", "id": 9})

@@ -261,9 +261,12 @@ class OperatorWindow(QtWidgets.QMainWindow):
         n = len(steps)
         x = np.arange(snap.steps_total - n, snap.steps_total, dtype=np.float64)
         ok = ~(steps["crossover"] >= 1)
-        self.valr_curve.setData(x[ok], steps["valr_bw_per_s"][ok])
-        self.vilr_curve.setData(x[ok], steps["vilr_bw_per_s"][ok])
-        self.cadence_curve.setData(x, steps["cadence_spm"], connect="finite")
+        # only finite points: pyqtgraph's scatter bounds warn on all-NaN data (no impact yet)
+        for curve, name in ((self.valr_curve, "valr_bw_per_s"), (self.vilr_curve, "vilr_bw_per_s")):
+            keep = ok & np.isfinite(steps[name])
+            curve.setData(x[keep], steps[name][keep])
+        keep = np.isfinite(steps["cadence_spm"])
+        self.cadence_curve.setData(x[keep], steps["cadence_spm"][keep])
         base = v.baseline_valr_bw_per_s
         self.valr_base_line.setVisible(math.isfinite(base))
         if math.isfinite(base):
