@@ -191,24 +191,36 @@ class StreamReader:
         # liblsl 1.18), while the continuous resolver found it within 0.5 s every time.
         resolver = pylsl.ContinuousResolver(pred=self.query.predicate(), forget_after=2.0)
         lost_at: float | None = None
-        tried: set[str] = set()
+        dead: set[str] = set()  # instances that were lost: a restarted driver is a new instance
+        retry_at: dict[str, float] = {}  # instances whose opening timed out (a loaded machine)
+        failures: dict[str, int] = {}
         while not self._stop.is_set():
-            # Newest first, and skip an instance we already lost: after a driver restart the
-            # resolver still lists the dead instance until it forgets it.
+            # Newest first; skip an instance we already lost (the resolver keeps listing a dead
+            # instance until it forgets it) and one whose last attempt timed out a moment ago.
+            now = time.monotonic()
             found = [i for i in sorted(resolver.results(), key=lambda i: -i.created_at())
-                     if i.uid() not in tried]
+                     if i.uid() not in dead and retry_at.get(i.uid(), 0.0) <= now]
             if not found:
                 self._stop.wait(0.1)
                 continue
             info = found[0]
-            tried.add(info.uid())
+            uid = info.uid()
             inlet = pylsl.StreamInlet(info, max_buflen=max(1, int(np.ceil(self.buffer_s))),
                                       recover=False)
             try:
-                spec = StreamSpec.from_info(inlet.info(timeout=2.0))
-                inlet.open_stream(timeout=2.0)
-            except (pylsl.util.LostError, pylsl.util.TimeoutError) as exc:
-                log.info("%s: could not open %s: %s", self.query, info.uid(), exc)
+                spec = StreamSpec.from_info(inlet.info(timeout=5.0))
+                inlet.open_stream(timeout=5.0)
+            except pylsl.util.LostError as exc:
+                log.info("%s: instance %s is gone: %s", self.query, uid, exc)
+                dead.add(uid)
+                inlet.close_stream()
+                del inlet
+                continue
+            except pylsl.util.TimeoutError as exc:
+                failures[uid] = failures.get(uid, 0) + 1
+                retry_at[uid] = time.monotonic() + min(5.0, 0.25 * 2 ** failures[uid])
+                log.info("%s: opening %s timed out (%d); retrying: %s", self.query, uid,
+                         failures[uid], exc)
                 inlet.close_stream()
                 del inlet
                 continue
@@ -223,6 +235,7 @@ class StreamReader:
             try:
                 self._pull_loop(inlet, spec)
             except pylsl.util.LostError:
+                dead.add(uid)
                 lost_at = time.monotonic()
                 self._event(EVENT_LOST, f"{spec.name} ({spec.source_id}) lost; waiting for it to return")
             finally:
