@@ -28,7 +28,9 @@ E2E = """\
 schema: labsuite-protocol/1
 name: e2e
 speed_m_s: 3.0
-safety: {accel_m_s2: 1.5}
+# a generous force watchdog: this test is about convergence, and a 2-core machine at load 30
+# starves the simulated drivers for more than the default 0.4 s now and then
+safety: {accel_m_s2: 1.5, force_timeout_s: 3.0}
 simulation: {mode: run, strike: rearfoot, preferred_cadence_spm: 160, body_mass_kg: 65}
 stages:
   - {name: stand, kind: quiet_standing, duration_s: 4}
@@ -46,6 +48,13 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "p.yaml"
     path.write_text(text)
     return path
+
+
+def ts_kill(holder: dict, plate) -> float:
+    """LSL time of the kill: the plate's samples stop there (its first gap of a second or more)."""
+    gaps = np.flatnonzero(np.diff(plate.timestamps) > 0.5)
+    assert len(gaps) >= 1, "the killed plate shows no gap"
+    return float(plate.timestamps[gaps[0]])
 
 
 def strings(stream) -> list[dict]:
@@ -107,7 +116,9 @@ KILL = """\
 schema: labsuite-protocol/1
 name: kill
 speed_m_s: 3.0
-safety: {accel_m_s2: 1.5, stop_decel_m_s2: 3.0}
+# 1.0 s rather than the default 0.4 s: under heavy load the simulated drivers stall for more
+# than 0.4 s now and then, and a stop before the kill would say nothing about the kill
+safety: {accel_m_s2: 1.5, stop_decel_m_s2: 3.0, force_timeout_s: 1.0}
 checkins: {at_start: false, at_stage_boundaries: false}
 simulation: {mode: run, preferred_cadence_spm: 165}
 stages:
@@ -129,6 +140,9 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
             if moving.wait(90):
                 time.sleep(6.0)  # belt at speed, participant running
                 holder["killed_at"] = time.monotonic()
+                # restarted 2 s later, after the 1 s watchdog: a restart within it would hide the
+                # loss. (Not never: Supervisor.stop would hang setting the dead role's event.)
+                supervisor.restart_delay_s = 2.0
                 supervisor.kill("sim-fp-left")
         threading.Thread(target=killer, daemon=True).start()
 
@@ -147,6 +161,7 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
                  if c.get("cmd") == "stop" and c.get("reason") == "force_timeout"]
         assert len(stops) == 1
         t_stop = stops[0]
+        assert t_stop > ts_kill(holder, plate)
         ts = plate.timestamps
         last_before = ts[ts < t_stop].max()
         delay = t_stop - last_before
@@ -159,7 +174,7 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
         t_still = belt.timestamps[(belt.timestamps > t_stop) & (speed < 0.05)][0]
         print(f"watchdog: last force sample -> stop command {1000 * delay:.0f} ms; "
               f"belt stopped {t_still - t_stop:.2f} s later at {3.0:g} m/s^2")
-        assert 0.4 <= delay < 0.8
+        assert 1.0 <= delay < 1.5
         stage_markers = [json.loads(t) for t in f.markers["text"]]
         assert any(m.get("event") == "safety_stop" and m["reason"] == "force_timeout"
                    for m in stage_markers)

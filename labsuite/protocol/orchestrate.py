@@ -285,9 +285,15 @@ def run_protocol(options: RunOptions, *, on_action: Callable[[Action], None] | N
             time.sleep(0.1)
         time.sleep(1.5)
     finally:
-        session.close()
-        recorder.stop(timeout_s=30.0)
-        supervisor.stop(timeout_s=15.0)
+        # nested so that an interrupt during one step (a second Ctrl-C) still stops the rest:
+        # role processes are not daemons and would otherwise outlive this one
+        try:
+            session.close()
+        finally:
+            try:
+                recorder.stop(timeout_s=30.0)
+            finally:
+                supervisor.stop(timeout_s=15.0)
     m = session.machine
     return RunResult(protocol, list(m.records), m.end_reason, the_plan.session_file, the_plan.lab_id,
                      list(session.log), list(session.published),
