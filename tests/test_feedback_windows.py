@@ -75,15 +75,6 @@ stages:
 """
 
 
-def _unused_wait_for(cond, timeout_s: float = 60.0, period_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(period_s)
-    return cond()
-
-
 class Rig:
     """Simulated lab (processes) + processor + session + both windows, all over real LSL."""
 
