@@ -194,6 +194,7 @@ class StreamReader:
         dead: set[str] = set()  # instances that were lost: a restarted driver is a new instance
         retry_at: dict[str, float] = {}  # instances whose opening timed out (a loaded machine)
         failures: dict[str, int] = {}
+        renew_at = time.monotonic() + 3.0
         while not self._stop.is_set():
             # Newest first; skip an instance we already lost (the resolver keeps listing a dead
             # instance until it forgets it) and one whose last attempt timed out a moment ago.
@@ -201,6 +202,11 @@ class StreamReader:
             found = [i for i in sorted(resolver.results(), key=lambda i: -i.created_at())
                      if i.uid() not in dead and retry_at.get(i.uid(), 0.0) <= now]
             if not found:
+                if now >= renew_at:
+                    # A resolver that has seen nothing for a while is replaced: on a crowded
+                    # machine a fresh one was seen to find streams an old one kept missing.
+                    resolver = pylsl.ContinuousResolver(pred=self.query.predicate(), forget_after=2.0)
+                    renew_at = now + 3.0
                 self._stop.wait(0.1)
                 continue
             info = found[0]
