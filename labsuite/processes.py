@@ -26,6 +26,42 @@ log = logging.getLogger(__name__)
 _CTX = mp.get_context("spawn")
 
 
+class StopFlag:
+    """A cross-process stop request with the ``threading.Event`` methods roles use.
+
+    A ``multiprocessing.Event`` is a condition variable: a child SIGKILLed inside ``wait()`` can
+    leave its lock held, and the next ``set()`` then blocks forever (measured: ``Supervisor.stop``
+    hung after a force-plate driver was killed). This flag is one lock-free shared byte that
+    children poll, so setting it can never block.
+    """
+
+    _POLL_S = 0.02
+
+    def __init__(self) -> None:
+        self._flag = _CTX.RawValue("b", 0)
+
+    def set(self) -> None:
+        """Request the stop."""
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        """True once a stop was requested."""
+        return bool(self._flag.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the stop is requested or ``timeout`` seconds pass; return ``is_set()``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag.value:
+            if deadline is None:
+                time.sleep(self._POLL_S)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(self._POLL_S, left))
+        return bool(self._flag.value)
+
+
 def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any, log_level: int) -> None:
     """Child-process entry: ignore SIGINT (the parent decides when we stop), run the role."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -85,7 +121,7 @@ class Supervisor:
         return self
 
     def _spawn(self, role: Role) -> None:
-        role.stop_event = _CTX.Event()
+        role.stop_event = StopFlag()
         role.process = _CTX.Process(target=_entry,
                                     args=(role.target, role.kwargs, role.stop_event, self.log_level),
                                     name=role.name, daemon=False)
