@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the session file (default ./sessions)")
     parser.add_argument("--participant", default="DEMO", metavar="ID", help="participant id")
     parser.add_argument("--quiet", action="store_true", help="summary only, no progress lines")
+    parser.add_argument("--gui", action="store_true",
+                        help="open the operator console and the participant display")
 
 
 def demo_protocol_path() -> Path:
@@ -43,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     from labsuite.protocol.orchestrate import RunOptions
 
     options = RunOptions(protocol_path=demo_protocol_path(), participant_id=args.participant,
-                         simulate=True, out_dir=args.out)
+                         simulate=True, out_dir=args.out, gui=args.gui)
     return execute(options, pain_script=[0], quiet=args.quiet)

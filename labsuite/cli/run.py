@@ -33,8 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simulate", action="store_true", help="use the built-in simulated lab")
     parser.add_argument("--lab", type=Path, default=None, metavar="LAB.yaml",
                         help="the lab file naming the real devices (instead of --simulate)")
-    parser.add_argument("--headless", action="store_true",
-                        help="terminal only (the default until the GUI exists)")
+    display = parser.add_mutually_exclusive_group()
+    display.add_argument("--headless", action="store_true",
+                         help="terminal only: progress per stage and a summary (the default)")
+    display.add_argument("--gui", action="store_true",
+                         help="also open the operator console and the participant display")
     parser.add_argument("--out", type=Path, default=Path("sessions"), metavar="DIR",
                         help="folder for the session file (default ./sessions)")
     parser.add_argument("--session", type=int, default=None, metavar="N",
@@ -309,6 +312,6 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(
         protocol_path=Path(args.protocol), participant_id=args.participant, simulate=args.simulate,
         out_dir=args.out, programme_session=args.session, lab_file=args.lab, lab_id=args.lab_id,
-        mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record,
+        mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record, gui=args.gui,
         connect_timeout_s=args.connect_timeout)
     return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet)

@@ -43,6 +43,7 @@ class RunOptions:
     mass_kg: float | None = None
     speed_m_s: float | None = None
     record: bool = True
+    gui: bool = False
     connect_timeout_s: float = 60.0
     settle_s: float = 2.0
     sim_overrides: dict[str, Any] = field(default_factory=dict)
@@ -186,6 +187,15 @@ def plan(protocol: Protocol, options: RunOptions) -> Plan:
             expected_duration_s=max(60.0, sum(s.duration_s for s in protocol.stages) * 1.5))
         # restart=False: a second recorder would truncate the file the first one wrote
         roles.append(("recorder", run_recorder, {"settings": rec}, False))
+    if options.gui:
+        # The operator console and participant display, a role of their own (restart=False:
+        # closing the windows is the operator's decision and ends the session, file complete).
+        from labsuite.feedback.app import gui_role
+
+        roles.append(gui_role(protocol, lab_id=lab_id, participant_id=options.participant_id,
+                              session_file=session_file, plates=plates, imus=imus,
+                              steps_source_id=steps_sid,
+                              extra_source_ids=(treadmill, *extra_sources)))
     session = SessionSettings(lab_id=lab_id, participant_id=options.participant_id,
                               steps_source_id=steps_sid, force_source_ids=tuple(plates.values()),
                               programme_session=options.programme_session,
