@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_protocol_path() -> Path:
-    """Find ``protocols/demo.yaml`` (source tree), else a copy shipped in labsuite/data."""
+    """Find ``protocols/demo.yaml`` in the source tree, else in the installed package."""
     from importlib import resources
 
     from labsuite.errors import ConfigError
@@ -32,7 +32,7 @@ def demo_protocol_path() -> Path:
     here = Path(__file__).resolve().parents[2] / "protocols" / "demo.yaml"
     if here.is_file():
         return here
-    shipped = Path(str(resources.files("labsuite") / "data" / "protocols" / "demo.yaml"))
+    shipped = Path(str(resources.files("labsuite.protocols") / "demo.yaml"))
     if shipped.is_file():
         return shipped
     raise ConfigError(f"demo protocol not found at {here} or {shipped}; run from a labsuite checkout "
