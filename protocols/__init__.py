@@ -1,0 +1,1 @@
+"""Protocol files (YAML) shipped with labsuite: the demo and example study protocols."""
