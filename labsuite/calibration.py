@@ -19,8 +19,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labsuite.errors import CalibrationError, ConfigError
-from labsuite.labconfig import parse_yaml_model, read_text
+from labsuite.labconfig import parse_yaml_model
 from labsuite.streams.contracts import StreamSpec, force_plate_spec
+from labsuite.yamlfile import read_text
 
 STANDARD_GRAVITY_M_S2 = 9.80665
 SCHEMA_ID = "labsuite-calibration/1"

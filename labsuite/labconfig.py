@@ -7,7 +7,6 @@ or Supervisor roles, one process per device. ``docs/devices.md`` documents every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labsuite.errors import ConfigError
+from labsuite.yamlfile import format_path, node_positions, parse_yaml, read_text
 
 if TYPE_CHECKING:
     from labsuite.calibration import PlateCalibration
@@ -30,72 +30,13 @@ M = TypeVar("M", bound=BaseModel)
 
 # ---- YAML files with located errors (shared with calibration files) ------------------------
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark,
-                f"found duplicate key {key!r} (first at line {seen[key].start_mark.line + 1}); "
-                "expected each key once", key_node.start_mark)
-        seen[key] = key_node
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-_Loc = tuple[str | int, ...]
-
-
-def _positions(node: yaml.Node, path: _Loc, out: dict[_Loc, int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            _positions(v, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _positions(v, (*path, i), out)
-
-
-def format_path(loc: Sequence[str | int]) -> str:
-    """Render a field location as ``devices[2].calibration``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def read_text(path: Path, what: str) -> str:
-    """Read a UTF-8 text file; ConfigError naming it when missing or unreadable."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
-
-
 def parse_yaml_model(text: str, file: str, model: type[M], *, what: str) -> M:
     """Parse YAML ``text`` and validate it as ``model``; ConfigError listing every problem.
 
     Each problem reads ``file:line: field.path: what was expected (got ...)``.
     """
     try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
+        node, data = parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
@@ -104,8 +45,7 @@ def parse_yaml_model(text: str, file: str, model: type[M], *, what: str) -> M:
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{file}: invalid {what}: expected a mapping of keys, got {got}")
-    positions: dict[_Loc, int] = {}
-    _positions(node, (), positions)
+    positions = {path: line for path, (line, _col) in node_positions(node).items()}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labsuite.errors import ConfigError
+from labsuite.yamlfile import KEY_MARK, Loc, format_path, node_positions, parse_yaml, read_text
 
 SCHEMA_ID = "labsuite-protocol/1"
 
@@ -427,49 +428,10 @@ class ProtocolError(ConfigError):
         super().__init__("\n".join([head, *("  " + x for x in lines)]))
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark,
-                f"found duplicate key {key!r} (first at line {seen[key].start_mark.line + 1}); "
-                "expected each key once", key_node.start_mark)
-        seen[key] = key_node
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-Loc = tuple[str | int, ...]
-
-
-def _positions(node: yaml.Node, path: Loc, out: dict[Loc, tuple[int, int]]) -> None:
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            out[(*path, key, "<key>")] = (k.start_mark.line + 1, k.start_mark.column + 1)
-            _positions(v, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _positions(v, (*path, i), out)
-
-
 def parse_protocol(text: str, file: str = "<protocol>") -> Protocol:
     """Validate protocol ``text``; ProtocolError listing every problem with path and line."""
     try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
+        node, data = parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         msg = " ".join(x for x in (exc.context, exc.problem) if x)
@@ -482,8 +444,7 @@ def parse_protocol(text: str, file: str = "<protocol>") -> Protocol:
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ProtocolError(file, [ProtocolIssue("", 1, 1, f"expected a mapping of protocol keys "
                                                  f"(schema, name, stages, ...), got {got}")])
-    positions: dict[Loc, tuple[int, int]] = {}
-    _positions(node, (), positions)
+    positions = node_positions(node)
     try:
         return Protocol.model_validate(data)
     except ValidationError as exc:
@@ -494,13 +455,7 @@ def parse_protocol(text: str, file: str = "<protocol>") -> Protocol:
 def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol file; ConfigError if unreadable, ProtocolError if invalid."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: protocol file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read protocol file: {exc}") from None
-    return parse_protocol(text, str(p))
+    return parse_protocol(read_text(p, "protocol file"), str(p))
 
 
 def _dedupe(issues: list[ProtocolIssue]) -> list[ProtocolIssue]:
@@ -515,17 +470,6 @@ def _dedupe(issues: list[ProtocolIssue]) -> list[ProtocolIssue]:
             out[same] = ProtocolIssue(o.path, o.line, o.column, f"{o.message}; or {i.message}")
             continue
         out.append(i)
-    return out
-
-
-def format_path(loc: Sequence[str | int]) -> str:
-    """Render a field location as ``stages[2].cues.metronome.spm``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
     return out
 
 
@@ -569,7 +513,7 @@ def _issue(err: Any, positions: dict[Loc, tuple[int, int]]) -> ProtocolIssue:
         if close:
             hint = f"; did you mean {close[0]!r}?"
         message = f"unknown key {key!r}{hint} (allowed here: {', '.join(allowed)})"
-        line, col = positions.get((*loc, "<key>"), _lookup(positions, loc))
+        line, col = positions.get((*loc, KEY_MARK), _lookup(positions, loc))
         return ProtocolIssue(format_path(loc), line, col, message)
     if kind == "missing":
         message = "required field is missing"
