@@ -543,12 +543,6 @@ def test_report_on_a_labsuite_run_simulate_recording(tmp_path, uid, capsys):
            "--mass-kg", "70", "--quiet", "--connect-timeout", "60"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=330, stdin=subprocess.DEVNULL)
     files = sorted(out.glob("*.h5"))
-    if proc.returncode != 0 and "not ready after" in proc.stderr and not files:
-        # The runner could not bring the simulated lab up (seen with a load average of ~20 on two
-        # cores: a plate process never became visible). That is the runner's start-up, not the
-        # report: say so instead of failing here; any other failure below still fails the test.
-        pytest.xfail("labsuite run --simulate did not start the simulated lab: "
-                     + proc.stderr.strip().splitlines()[-1][:300])
     # exit 3: the session ran but a rule ended it early (on a loaded machine, e.g. the force
     # watchdog); the report must then say so, and its numbers must still be right
     assert proc.returncode in (0, 3) and len(files) == 1, (proc.returncode, proc.stdout[-2000:],
