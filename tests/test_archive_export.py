@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import ezc3d
 import numpy as np
 import pytest
 
@@ -19,8 +20,6 @@ from labsuite.stages import StageRecord
 from labsuite.steps import empty_steps
 from labsuite.streams.contracts import force_plate_spec, imu_spec, markers_spec
 from labsuite.streams.messages import marker
-
-ezc3d = pytest.importorskip("ezc3d")
 
 RATE = 1000.0
 ORIGIN = (0.002, -0.001, -0.04)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pylsl
 import pytest
+import pytestqt  # noqa: F401  (the qtbot fixture; in the test extra)
 
 from labsuite.errors import ConfigError
 from labsuite.feedback.feed import FeedSettings, LiveFeed
@@ -18,8 +19,6 @@ from labsuite.protocol.operator import OperatorConsole, operator_source_id
 from labsuite.protocol.schema import parse_protocol
 from labsuite.steps import STEP_FIELDS, empty_steps, steps_to_rows
 from labsuite.streams.contracts import Channel, StreamSpec
-
-pytest.importorskip("pytestqt")
 
 
 def plain_inlet(source_id: str, timeout_s: float = 60.0):

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pylsl
 import pytest
+import pytestqt  # noqa: F401  (the qtbot fixture; in the test extra)
 
 from labsuite.drivers.sim.lab import SimLabSettings, sim_lab_roles
 from labsuite.feedback.feed import FeedSettings, LiveFeed
@@ -24,8 +25,6 @@ from labsuite.realtime.live import LiveRunner
 from labsuite.realtime.processor import PlateGeometry, ProcessorSettings
 from labsuite.streams.acquisition import StreamQuery, StreamReader
 from labsuite.streams.contracts import SPEED_RIGHT
-
-pytest.importorskip("pytestqt")
 
 
 def plain_inlet(source_id: str, timeout_s: float = 60.0):

@@ -15,7 +15,7 @@ from labsuite.realtime.processor import ProcessorSettings, process_arrays
 
 @pytest.fixture(scope="module")
 def rbds001(shared_data):
-    ezc3d = pytest.importorskip("ezc3d")
+    import ezc3d
     path = shared_data / "rbds" / "RBDS001runT35.c3d"
     data = load_c3d(path)
     settings = ProcessorSettings(rate_hz=data.rate_hz, plates=data.plates, layout="single",

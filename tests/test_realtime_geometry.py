@@ -11,7 +11,7 @@ from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_cop_3d, p
 
 @pytest.fixture(scope="module")
 def rbds001(shared_data):
-    ezc3d = pytest.importorskip("ezc3d")
+    import ezc3d
     c = ezc3d.c3d(str(shared_data / "rbds" / "RBDS001runT35.c3d"), extract_forceplat_data=True)
     return c
 
