@@ -174,7 +174,10 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
         t_still = belt.timestamps[(belt.timestamps > t_stop) & (speed < 0.05)][0]
         print(f"watchdog: last force sample -> stop command {1000 * delay:.0f} ms; "
               f"belt stopped {t_still - t_stop:.2f} s later at {3.0:g} m/s^2")
-        assert 1.0 <= delay < 1.5
+        # Lower bound: the 1 s watchdog, less one 10 ms driver chunk: at a SIGKILL the plate's last
+        # chunk can reach the recorder's connection and not the session's (measured 0.993 s once),
+        # so the last sample in the file may be one chunk later than the last the session saw.
+        assert 1.0 - 0.02 <= delay < 1.5
         stage_markers = [json.loads(t) for t in f.markers["text"]]
         assert any(m.get("event") == "safety_stop" and m["reason"] == "force_timeout"
                    for m in stage_markers)
