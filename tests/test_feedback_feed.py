@@ -12,6 +12,7 @@ import numpy as np
 import pylsl
 import pytest
 import pytestqt  # noqa: F401  (the qtbot fixture; in the test extra)
+from lsl_helpers import plain_inlet
 
 from labsuite.errors import ConfigError
 from labsuite.feedback.feed import FeedSettings, LiveFeed
@@ -19,31 +20,6 @@ from labsuite.protocol.operator import OperatorConsole, operator_source_id
 from labsuite.protocol.schema import parse_protocol
 from labsuite.steps import STEP_FIELDS, empty_steps, steps_to_rows
 from labsuite.streams.contracts import Channel, StreamSpec
-
-
-def plain_inlet(source_id: str, timeout_s: float = 60.0):
-    """A plain pylsl inlet on ``source_id``, found with a continuous resolver.
-
-    One-shot resolves in a process that owns outlets were measured to miss new streams about half
-    the time (labsuite/streams/acquisition.py), and a continuous resolver started among many others
-    in one process was seen to stay blind (labsuite/protocol/session.py): renew it every 3 s.
-    """
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    resolver, renew_at = None, 0.0
-    while time.monotonic() < deadline:
-        if time.monotonic() >= renew_at:
-            resolver = pylsl.ContinuousResolver(prop="source_id", value=source_id)
-            renew_at = time.monotonic() + 3.0
-        found = resolver.results()
-        if found:
-            # recover=False: a pull on a lost stream raises at once instead of waiting in liblsl
-            inlet = pylsl.StreamInlet(found[0], max_buflen=60, recover=False)
-            inlet.open_stream(timeout=10.0)
-            return inlet
-        time.sleep(0.1)
-    raise AssertionError(f"stream {source_id} not found in {timeout_s} s")
 
 
 class _StepsReader:
