@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.signal import butter, filtfilt
+
 from labsuite.drivers.sim import gait
 from labsuite.drivers.sim.gait import (
     PLANNED_STEP_FIELDS,
@@ -26,8 +28,6 @@ from labsuite.drivers.sim.gait import (
     simulate_offline,
     steps_to_array,
 )
-from scipy.signal import butter, filtfilt
-
 from labsuite.errors import ConfigError, DeviceError
 
 G = 9.80665
