@@ -29,7 +29,6 @@ from labsuite.streams.contracts import KIND_STEPS, StreamSpec
 
 log = logging.getLogger(__name__)
 
-READER_RETRY_S = 10.0  # a reader not connected after this long (stream may be visible) is replaced
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,6 @@ class _Recorded:
         self.handle: StreamHandle | None = None
         self.offsets_sent = 0
         self.refused = False
-        self.reader_started = math.nan
 
 
 class Recorder:
@@ -196,19 +194,8 @@ class Recorder:
         return self._error or (self._writer.failed if self._writer is not None else None)
 
     def tick(self) -> None:
-        """Pass new clock offsets to the writer, retry stuck readers; call about once a second."""
+        """Pass new clock offsets to the writer; call about once a second."""
         self._sync_offsets()
-        self._retry_stuck_readers()
-
-    def _retry_stuck_readers(self) -> None:
-        # A reader whose first connection attempt timed out (a loaded machine answers slowly)
-        # skips that stream instance for good; a fresh reader tries again.
-        now = time.monotonic()
-        for rec in list(self._streams.values()):
-            if (rec.reader is not None and not rec.reader.wait_connected(0.0)
-                    and now - rec.reader_started > READER_RETRY_S and not self._stop.is_set()):
-                rec.reader.request_stop()
-                self._start_reader(rec)
 
     def progress(self) -> list[StreamProgress]:
         """Counters per stream: received, written (flushed), rate, gaps, dropped, reconnects."""
@@ -262,12 +249,11 @@ class Recorder:
             self._on_event(rec, kind, detail)
 
         rec.reader = StreamReader(StreamQuery(source_id=rec.source_id), on_chunk=on_chunk, on_event=on_event)
-        rec.reader_started = time.monotonic()
         rec.reader.start()
 
     def _on_chunk(self, rec: _Recorded, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
-        if rec.refused or self._writer is None or reader is not rec.reader:
-            return  # (a replaced reader that connected late must not double the samples)
+        if rec.refused or self._writer is None:
+            return
         writer = self._writer
         try:
             if rec.handle is None:

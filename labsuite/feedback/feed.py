@@ -193,17 +193,13 @@ class LiveFeed:
         self._lock = threading.Lock()
         self._rings: dict[str, RingBuffer] = {}
         self._geometry: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
-        # slot name -> source_id, in table order; a slot's reader may be replaced (see _watch)
+        # slot name -> source_id, in table order
         self._sources: dict[str, str] = {f"plate:{b}": sid for b, sid in s.plates}
         self._sources.update({f"imu:{side}": sid for side, sid in s.imus})
         self._sources.update({f"extra:{sid}": sid for sid in s.extra_source_ids})
         self._sources["steps"] = s.steps_source_id
         self._sources["markers"] = markers_source_id(s.lab_id)
         self._readers: dict[str, StreamReader] = {k: self._make_reader(k) for k in self._sources}
-        self._born: dict[str, float] = {}
-        self.renewed = 0
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
         self._steps = np.empty(0, dtype=STEP_DTYPE)
         self._steps_total = 0
         self._view = SessionView()
@@ -229,47 +225,14 @@ class LiveFeed:
         """Every reader of the feed, in table order (plates, IMUs, others, steps, markers)."""
         return [self._readers[k] for k in self._sources]
 
-    def start(self, *, renew_after_s: float = 10.0) -> LiveFeed:
-        """Start every reader (returns self).
-
-        A reader that has not found its stream after ``renew_after_s`` is replaced by a fresh one:
-        on a busy machine a continuous resolver was seen to stay blind to a stream that a new
-        resolver found at once, and a stream whose first open timed out is never retried by its
-        reader (labsuite/streams/acquisition.py).
-        """
-        import time
-
-        now = time.monotonic()
-        for k, r in self._readers.items():
-            self._born[k] = now
+    def start(self) -> LiveFeed:
+        """Start every reader (returns self)."""
+        for r in self._readers.values():
             r.start()
-        self._watcher = threading.Thread(target=self._watch, args=(renew_after_s,),
-                                         name="feed-watch", daemon=True)
-        self._watcher.start()
         return self
-
-    def _watch(self, renew_after_s: float) -> None:
-        import time
-
-        while not self._stop.wait(1.0):
-            for k in list(self._sources):
-                old = self._readers[k]
-                if old.wait_connected(0.0) or time.monotonic() - self._born[k] < renew_after_s:
-                    continue
-                old.request_stop()
-                fresh = self._make_reader(k)
-                self._born[k] = time.monotonic()
-                fresh.start()
-                self._readers[k] = fresh  # one dict item replaced: readers see old or new
-                self.renewed += 1
-                log.info("feed: %s not found after %.0f s; resolving it afresh", self._sources[k],
-                         renew_after_s)
 
     def stop(self) -> None:
         """Stop every reader."""
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(5.0)
         for r in self.readers:
             r.request_stop()
         for r in self.readers:
