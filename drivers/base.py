@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -179,40 +180,32 @@ class DriverRunner:
 
 
 class _CommandListener:
-    """Find the session's command stream in the background and decode its JSON samples."""
+    """The session's command stream, decoded into a queue the driver loop drains.
+
+    A StreamReader does the finding, and the finding again after a session restart.
+    """
 
     def __init__(self, source_id: str) -> None:
-        import pylsl
+        from labsuite.streams.acquisition import StreamQuery, StreamReader
 
-        self._resolver = pylsl.ContinuousResolver(prop="source_id", value=source_id, forget_after=5.0)
-        self._inlet: Any = None
-        self._next_look = 0.0
+        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._reader = StreamReader(StreamQuery(source_id=source_id), on_chunk=self._on_chunk,
+                                    buffer_s=5.0).start()
 
-    def poll(self) -> list[dict[str, Any]]:
-        import pylsl
-
-        if self._inlet is None:
-            now = time.monotonic()
-            if now < self._next_look:
-                return []
-            self._next_look = now + 0.25
-            found = self._resolver.results()
-            if not found:
-                return []
-            self._inlet = pylsl.StreamInlet(found[0], max_buflen=5, recover=True)
-        out = []
-        try:
-            samples, _ = self._inlet.pull_chunk(timeout=0.0)
-        except pylsl.util.LostError:
-            self._inlet = None
-            return []
-        for sample in samples:
+    def _on_chunk(self, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
+        for row in data:
             try:
-                out.append(decode(sample[0]))
+                self._queue.put(decode(str(row[0])))
             except DeviceError as exc:
                 log.warning("ignored command: %s", exc)
-        return out
+
+    def poll(self) -> list[dict[str, Any]]:
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
 
     def close(self) -> None:
-        self._inlet = None
-        self._resolver = None
+        self._reader.stop()
