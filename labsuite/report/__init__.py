@@ -1,38 +1,44 @@
 """Session and programme reports: per-stage numbers, one self-contained HTML page, CSV for statistics.
 
 The last box of the data flow: reads finished (or cut-short) session files through
-:mod:`labsuite.archive.reader`. The public names are re-exported here, so ``from labsuite import
-report; report.load_session_report(...)`` keeps working whichever module of the package holds them.
+:mod:`labsuite.archive.reader`. One module per job: ``tables`` (every per-stage number, CSV),
+``loading`` (a session file into a :class:`SessionReport`), ``charts``, ``html`` (the pages) and
+``programme`` (one row per session). The public names are re-exported here.
 """
 
-from labsuite.report.tables import (
-    EVENT_CHECKIN,
-    EVENT_CHECKIN_REQUEST,
-    MOVING_KINDS,
-    PROGRAMME_COLUMN_NAMES,
-    PROGRAMME_COLUMNS,
-    SAFETY_EVENTS,
-    SESSION_EVENTS,
+from labsuite.report.charts import (
     STAGE_COLOURS,
-    STAGE_COLUMN_NAMES,
-    STAGE_COLUMNS,
-    Column,
-    Event,
-    ForceCurve,
-    SessionReport,
     SvgPlot,
-    feedback_on_fraction,
-    load_programme,
-    load_session_report,
     nice_ticks,
     plot_cadence,
     plot_distributions,
     plot_force_curves,
     plot_valr,
+)
+from labsuite.report.html import render_programme_html, render_session_html
+from labsuite.report.loading import (
+    EVENT_CHECKIN,
+    EVENT_CHECKIN_REQUEST,
+    MOVING_KINDS,
+    SAFETY_EVENTS,
+    SESSION_EVENTS,
+    Event,
+    ForceCurve,
+    SessionReport,
+    load_session_report,
+)
+from labsuite.report.programme import (
+    PROGRAMME_COLUMN_NAMES,
+    PROGRAMME_COLUMNS,
+    load_programme,
     programme_table,
-    render_programme_html,
-    render_session_html,
     session_files,
+)
+from labsuite.report.tables import (
+    STAGE_COLUMN_NAMES,
+    STAGE_COLUMNS,
+    Column,
+    feedback_on_fraction,
     stage_table,
     step_cadence_spm,
     steps_in_stage,
