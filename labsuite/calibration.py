@@ -158,8 +158,20 @@ class PlateCalibration:
         """Days since the calibration date."""
         return ((today or _dt.date.today()) - self.date).days
 
+    def future_warning(self, today: _dt.date | None = None) -> str | None:
+        """A warning text when the calibration is dated after ``today`` (a typo, or a wrong clock)."""
+        age = self.age_days(today)
+        if age < 0:
+            return (f"calibration {self.calibration_id!r} of plate {self.plate_serial} is dated "
+                    f"{self.date.isoformat()}, {-age} days in the future: check the date in "
+                    f"{self.source_file} (and this computer's clock); its age cannot be judged")
+        return None
+
     def age_warning(self, max_age_days: int, today: _dt.date | None = None) -> str | None:
-        """A warning text when the calibration is older than ``max_age_days``, else None."""
+        """A warning text when the calibration is older than ``max_age_days`` or dated in the future."""
+        future = self.future_warning(today)
+        if future:
+            return future
         age = self.age_days(today)
         if age > max_age_days:
             return (f"calibration {self.calibration_id!r} of plate {self.plate_serial} is {age} days "

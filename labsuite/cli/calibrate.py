@@ -59,10 +59,9 @@ def _show(args: argparse.Namespace) -> int:
         cop_text = "" if cop is None else f", COP error {cop * 1000:.1f} mm"
         print(f"  {rec['date']}: {rec['mass_kg']} kg, force error {rec['force_error_n']:.2f} N"
               f"{cop_text}: {'pass' if rec['passed'] else 'FAIL'}")
-    if args.max_age_days is not None:
-        warning = cal.age_warning(args.max_age_days)
-        if warning:
-            print(f"warning: {warning}")
+    warning = cal.age_warning(args.max_age_days) if args.max_age_days is not None else cal.future_warning()
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 
