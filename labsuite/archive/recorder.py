@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -134,7 +135,7 @@ class Recorder:
             raise ArchiveError(f"no LSL streams visible after {s.wait_s} s; start the drivers (or "
                                "`labsuite simulate`) first, or wait longer with --wait-s")
         if s.path is None:
-            Path(s.out_dir).mkdir(parents=True, exist_ok=True)
+            prepare_out_dir(Path(s.out_dir))
         # Every named stream not visible yet gets a spare slot of its own, on top of the pool
         # kept for streams nobody named.
         n_missing = len(wanted - {sp.source_id for sp in specs})
@@ -325,6 +326,36 @@ def steps_from_stream(spec: StreamSpec, data: np.ndarray) -> np.ndarray:
         if name in labels:
             out[name] = rows[:, labels.index(name)]
     return out
+
+
+def prepare_out_dir(folder: Path) -> Path:
+    """Make sure ``folder`` is (or can become) a folder on a real, writable disk; create it.
+
+    ArchiveError naming the path and the fix when it is a file, lies under a file, sits on a
+    virtual file system (/proc, /sys) or cannot be created or written.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == folder else f"lies under {probe}, which is a file"
+        raise ArchiveError(f"--out {folder}: {what}; expected a folder for session files (give "
+                           "--file PATH to name the file itself)")
+    try:
+        blocks = os.statvfs(probe).f_blocks
+    except OSError:
+        blocks = 1
+    if blocks == 0:
+        raise ArchiveError(f"--out {folder}: {probe} is a virtual file system (like /proc or /sys), "
+                           "not a disk; record to a folder on a disk")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(f"--out {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArchiveError(f"--out {folder}: the folder is not writable by this user")
+    return folder
 
 
 def _discover(wait_s: float, wanted: set[str]) -> list[StreamSpec]:

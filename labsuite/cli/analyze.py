@@ -18,6 +18,7 @@ COMMAND = "analyze"
 HELP = "per-step force, contact and loading-rate metrics from a C3D or delimited text file"
 
 DEFAULT_LOWPASS_HZ = 50.0
+EXIT_NO_STEPS = 4  # the file was read but no foot contact was found (docs/processing.md)
 
 # The documented columns first (issue 3), then the rest of the step record.
 COLUMNS = ("foot", "strike_s", "toe_off_s", "contact_s", "step_s", "cadence_spm", "peak_vgrf_bw",
@@ -126,4 +127,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out}: cannot write ({exc})") from None
     else:
         sys.stdout.write(buf.getvalue())
+    if not rows:
+        print(f"labsuite analyze: no steps found in {path} ({data.rate_hz:g} Hz, "
+              f"{max(len(t) for t, _ in data.streams.values()) / data.rate_hz:.1f} s): no contact "
+              "met the contact thresholds; check the rate (--rate-hz), the column map and the "
+              "units", file=sys.stderr)
+        return EXIT_NO_STEPS
     return 0

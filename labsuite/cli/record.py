@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+EXIT_NOTHING_RECORDED = 4  # the file was closed but holds no sample (docs/archive.md)
+
 COMMAND = "record"
 HELP = "Record LSL streams (all visible, or --streams) into a crash-safe HDF5 session file."
 
@@ -50,12 +52,17 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from labsuite.archive.recorder import Recorder, RecorderSettings
+    from labsuite.archive.recorder import Recorder, RecorderSettings, prepare_out_dir
     from labsuite.archive.writer import WriterSettings
     from labsuite.errors import ConfigError
 
     if args.duration is not None and args.duration <= 0:
         raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration}")
+    # Before any stream is looked for: a bad folder is said at once, not after the wait.
+    if args.file is None:
+        prepare_out_dir(args.out)
+    else:
+        prepare_out_dir(args.file.parent)
     settings = RecorderSettings(
         participant_id=args.participant, out_dir=args.out, path=args.file,
         source_ids=tuple(args.streams), exclude_source_ids=tuple(args.exclude), wait_s=args.wait_s,
@@ -84,12 +91,27 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             # run() already stopped the recorder in its finally block.
             print(f"stopped; session file {recorder.path} closed", flush=True)
-            return 0
+            return _nothing_recorded(recorder, message)
     finally:
         if supervisor is not None:
             supervisor.stop(timeout_s=10.0)
     print(f"session file {path} closed", flush=True)
-    return 0
+    return _nothing_recorded(recorder, message)
+
+
+def _nothing_recorded(recorder: Any, message: Any) -> int:
+    """Exit code 4 (and say so) when the closed file holds no sample of any stream."""
+    from labsuite.errors import ArchiveError
+
+    try:
+        written = sum(recorder.writer.stats().samples_written.values())
+    except ArchiveError:  # never started: run() raised already
+        return 1
+    if written:
+        return 0
+    message(f"nothing recorded: {recorder.path} holds no sample (no stream sent data); "
+            "check that the drivers are running and the --streams ids")
+    return EXIT_NOTHING_RECORDED
 
 
 def _maybe_start_processor(args: argparse.Namespace, message: Any) -> tuple[Any, str | None]:

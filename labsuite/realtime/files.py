@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from labsuite.realtime.geometry import plate_axes
 from labsuite.realtime.processor import PlateGeometry
 
 TEXT_KEYS = ("fz", "fx", "fy", "copx", "copy")
+# Force plates sample at up to ~10 kHz; above this a rate is a typo, and the processor's buffers
+# (sized in samples per second) would not fit in memory (--rate-hz 1e9 asked for 57 GiB).
+MAX_RATE_HZ = 100_000.0
+# A recording shorter than this holds no step (a running contact alone lasts ~0.2 s).
+MIN_RECORDING_S = 1.0
 _LENGTH_TO_M = {"m": 1.0, "mm": 1e-3, "cm": 1e-2}
 _MOMENT_TO_NM = {"nm": 1.0, "n.m": 1.0, "n*m": 1.0, "nmm": 1e-3, "n.mm": 1e-3, "n*mm": 1e-3}
 
@@ -107,9 +113,10 @@ def load_c3d(path: str | Path) -> LoadedData:
     if origin_all.ndim == 1:
         origin_all = origin_all[:, None]
     rate = float(_param(params, "ANALOG", "RATE", path).ravel()[0])
-    if not (math.isfinite(rate) and rate > 0):
-        raise DataFileError(f"{path}: ANALOG:RATE is {rate!r}; expected a rate > 0 Hz")
+    if not (math.isfinite(rate) and 0 < rate <= MAX_RATE_HZ):
+        raise DataFileError(f"{path}: ANALOG:RATE is {rate!r}; expected a rate of 0-{MAX_RATE_HZ:g} Hz")
     analogs = np.asarray(c3d["data"]["analogs"])[0]  # (channels, samples), scaled by ezc3d
+    _check_c3d_length(path, c3d, analogs.shape[1])
     units = [str(u).strip().lower() for u in params["ANALOG"].get("UNITS", {}).get("value", [])]
     point_unit = str(params.get("POINT", {}).get("UNITS", {}).get("value", ["mm"])[0]).strip().lower()
     if point_unit not in _LENGTH_TO_M:
@@ -186,6 +193,54 @@ def load_c3d(path: str | Path) -> LoadedData:
                       lab_frame=False)
 
 
+def _c3d_header_frames(path: Path) -> int | None:
+    """Frames the C3D header announces (words 4-5), read from the bytes: ezc3d shortens its copy.
+
+    The parameter block's processor byte says the byte order (86 = MIPS, big-endian; Intel and
+    DEC store integers little-endian). None when the header cannot be read.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+            if len(head) < 512 or head[1] != 0x50:
+                return None
+            fh.seek((head[0] - 1) * 512)
+            param = fh.read(4)
+    except OSError:
+        return None
+    order = ">" if len(param) == 4 and param[3] == 86 else "<"
+    first, last = struct.unpack(order + "HH", head[6:10])
+    return last - first + 1 if last >= first else None
+
+
+def _check_c3d_length(path: Path, c3d: object, analog_samples: int) -> None:
+    """Refuse a C3D whose data stop before the frame count its header and POINT:FRAMES announce.
+
+    ezc3d reads a truncated file silently (and sets its header to what it read), so a file cut at
+    half its bytes would be analysed as a recording half as long, body weight included.
+    """
+    params = c3d["parameters"]  # type: ignore[index]
+    announced = _c3d_header_frames(path)
+    frames_param = np.asarray(params.get("POINT", {}).get("FRAMES", {}).get("value", []), dtype=float).ravel()
+    n_param = int(frames_param[0]) if len(frames_param) and np.isfinite(frames_param[0]) else 0
+    # POINT:FRAMES holds the count when the 16-bit header word overflows (> 65535 frames).
+    if announced is None or (announced >= 65535 and n_param > announced):
+        announced = n_param if n_param > 0 else None
+    if not announced:
+        return
+    point_rate = float(np.asarray(params.get("POINT", {}).get("RATE", {}).get("value", [0.0])).ravel()[0])
+    analog_rate = float(np.asarray(params["ANALOG"]["RATE"]["value"]).ravel()[0])
+    per_frame = max(1, round(analog_rate / point_rate)) if point_rate > 0 else 1
+    expected = announced * per_frame
+    if analog_samples < expected:
+        raise DataFileError(
+            f"{path}: the C3D header announces {announced} frames ({expected} analog samples at "
+            f"{analog_rate:g} Hz, {expected / analog_rate:.2f} s) but the file holds only "
+            f"{analog_samples} ({analog_samples / analog_rate:.2f} s, "
+            f"{100 * analog_samples / expected:.1f} %): it is cut short (truncated copy or "
+            "interrupted export); analyse the complete file")
+
+
 def parse_map(text: str) -> dict[str, str]:
     """Parse ``fz=COL,fx=COL,...`` into {key: column}; ConfigError naming the bad item.
 
@@ -216,8 +271,9 @@ def load_text(path: str | Path, *, rate_hz: float, mapping: Mapping[str, str],
     feet. COP columns in ``length_unit``; COP is ignored where fz is not positive.
     """
     path = Path(path)
-    if not (math.isfinite(rate_hz) and rate_hz > 0):
-        raise ConfigError(f"--rate-hz: expected a rate > 0 Hz, got {rate_hz!r}")
+    if not (math.isfinite(rate_hz) and 0 < rate_hz <= MAX_RATE_HZ):
+        raise ConfigError(f"--rate-hz: expected the file's sampling rate, 0-{MAX_RATE_HZ:g} Hz "
+                          f"(force plates sample at up to ~10 kHz), got {rate_hz!r}")
     if length_unit not in _LENGTH_TO_M:
         raise ConfigError(f"--length-unit: expected one of {sorted(_LENGTH_TO_M)}, got {length_unit!r}")
     try:
@@ -261,6 +317,10 @@ def load_text(path: str | Path, *, rate_hz: float, mapping: Mapping[str, str],
         rows.append(row)
     if len(rows) < 10:
         raise DataFileError(f"{path}: only {len(rows)} data rows; expected a recording")
+    if len(rows) / rate_hz < MIN_RECORDING_S:
+        raise ConfigError(f"--rate-hz {rate_hz:g}: {len(rows)} rows of {path} would last "
+                          f"{1000 * len(rows) / rate_hz:.1f} ms, too short to hold one step; give "
+                          "the rate the file was sampled at")
     data = np.asarray(rows, dtype=np.float64)
     if not np.isfinite(data[:, :3]).all():
         bad = int(np.argwhere(~np.isfinite(data[:, :3]))[0, 0])
