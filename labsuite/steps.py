@@ -4,8 +4,15 @@ The processor fills it; the steps stream, the archive, the protocol runner and r
 
 Each field has a name with its unit in it and a unit string for metadata. Missing values (no impact
 peak, no IMU) are NaN. ``foot`` is 0 for left, 1 for right; ``loading_rate_method`` is 0 for
-``impact_peak`` and 1 for ``stance_13pct`` (Milner et al. 2006; Blackmore et al. 2016). Times are in
-seconds on the clock of the input: LSL time live, seconds from the start of a file offline.
+``impact_peak`` and 1 for ``stance_13pct`` (Milner et al. 2006; Blackmore et al. 2016);
+``strike_pattern`` is 0 rearfoot, 1 midfoot, 2 forefoot (Cavanagh & Lafortune 1980 strike-index
+thirds). Times are in seconds on the clock of the input: LSL time live, seconds from the start of a
+file offline.
+
+COP columns use only samples whose vertical force is at least ``cop_min_bw`` body weights (0.1 BW
+by default, ProcessorSettings): below that the COP of a treadmill plate is dominated by noise.
+Readers of older files get NaN for columns added later (``strike_index_pct``, ``strike_pattern``,
+``invalid``): every column here defaults to NaN.
 """
 
 from __future__ import annotations
@@ -21,6 +28,24 @@ FOOT_NAMES = ("L", "R")
 METHOD_IMPACT_PEAK = 0
 METHOD_STANCE_13PCT = 1
 METHOD_NAMES = ("impact_peak", "stance_13pct")
+
+PATTERN_REARFOOT = 0
+PATTERN_MIDFOOT = 1
+PATTERN_FOREFOOT = 2
+PATTERN_NAMES = ("rearfoot", "midfoot", "forefoot")
+# Strike-index cut-offs (% of foot length from the heel): Cavanagh & Lafortune (1980) divide the
+# foot into thirds, rearfoot 0-33 %, midfoot 33-67 %, forefoot 67-100 %.
+STRIKE_INDEX_CUTOFFS_PCT = (100.0 / 3.0, 200.0 / 3.0)
+
+
+def strike_pattern_code(strike_index_pct: float) -> float:
+    """Pattern code (PATTERN_*) of a strike index in %, NaN when the index is NaN."""
+    if strike_index_pct != strike_index_pct:  # NaN
+        return float("nan")
+    lo, hi = STRIKE_INDEX_CUTOFFS_PCT
+    if strike_index_pct < lo:
+        return float(PATTERN_REARFOOT)
+    return float(PATTERN_MIDFOOT if strike_index_pct < hi else PATTERN_FOREFOOT)
 
 
 @dataclass(frozen=True)
@@ -48,9 +73,11 @@ STEP_FIELDS: tuple[StepField, ...] = (
     StepField("loading_rate_method", "code", "0 impact_peak, 1 stance_13pct"),
     StepField("braking_impulse_bw_s", "BW*s", "braking (negative AP) impulse, as a negative number"),
     StepField("propulsive_impulse_bw_s", "BW*s", "propulsive (positive AP) impulse"),
-    StepField("cop_strike_x_m", "m", "COP at strike, anterior-posterior, lab frame"),
-    StepField("cop_strike_y_m", "m", "COP at strike, medio-lateral, lab frame"),
-    StepField("cop_path_m", "m", "COP path length during the contact"),
+    StepField("cop_strike_x_m", "m", "COP at strike, anterior-posterior, lab frame: the COP of the "
+              "first 20 ms of load above 0.1 BW, carried back to the strike with the belt"),
+    StepField("cop_strike_y_m", "m", "COP at strike, medio-lateral, lab frame (as cop_strike_x_m)"),
+    StepField("cop_path_m", "m", "COP path under the foot (belt travel removed), through the COP of "
+              "each 20 ms of load above 0.1 BW; NaN when the belt speed is unknown"),
     StepField("tibial_peak_g", "g", "peak axial tibial acceleration, NaN without IMU"),
     StepField("step_length_m", "m", "step length from belt speed and step time"),
     StepField("crossover", "flag", "1 when the foot touched both belts (metrics not valid)"),
@@ -62,6 +89,12 @@ STEP_FIELDS: tuple[StepField, ...] = (
     StepField("si_valr_pct", "%", "symmetry index of VALR over the window"),
     StepField("si_vilr_pct", "%", "symmetry index of VILR over the window"),
     StepField("si_tibial_peak_pct", "%", "symmetry index of peak tibial acceleration"),
+    # added after format 1 of the session file (readers give older files NaN here)
+    StepField("strike_index_pct", "%", "COP at strike from the heel in % of foot length (Cavanagh & "
+              "Lafortune 1980); NaN without foot length or belt speed"),
+    StepField("strike_pattern", "code", "0 rearfoot (< 33 %), 1 midfoot, 2 forefoot (>= 67 %)"),
+    StepField("invalid", "flag", "1 when the contact overlaps force samples that cannot be real "
+              "(non-finite, beyond the plausible range); metrics NaN, left out of means"),
 )
 
 STEP_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in STEP_FIELDS)

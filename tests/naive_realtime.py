@@ -16,9 +16,10 @@ def crossing(t0, v0, t1, v1, level):
 
 
 class NaivePlate:
-    """One plate: low-pass, geometry, hysteresis with refined edges, COP butterfly."""
+    """One plate: bad-sample check, low-pass, geometry, hysteresis, threshold events, butterfly."""
 
-    def __init__(self, rot, centre, origin, sos, zi_unit, on_n, off_n, lookback, bf_on, bf_h):
+    def __init__(self, rot, centre, origin, sos, zi_unit, on_n, off_n, lookback, bf_on, bf_h,
+                 strike_n=None, toe_n=None, max_f_n=math.inf, max_m_nm=math.inf):
         self.rot = [[float(v) for v in row] for row in rot]
         self.centre = [float(v) for v in centre]
         self.origin = [float(v) for v in origin]
@@ -26,10 +27,15 @@ class NaivePlate:
         self.zi_unit = [[float(v) for v in row] for row in zi_unit]
         self.zi = None
         self.on, self.off, self.lookback = on_n, off_n, lookback
+        self.strike_n = on_n if strike_n is None else strike_n
+        self.toe_n = off_n if toe_n is None else toe_n
+        self.max_f, self.max_m = max_f_n, max_m_nm
         self.bf_on, self.bf_h = bf_on, bf_h
-        self.t, self.raw, self.filt = [], [], []  # every sample: time, (vz, copx, copy), (gx..copy)
+        self.t, self.raw, self.filt = [], [], []  # every sample: time, (vz, copx, copy, bad), (gx..copy)
+        self.flight = []  # raw vertical force of every flight sample so far
         self.in_contact = False
         self.k_on = 0
+        self.bad_run = None  # (first k, reason bits) of the bad run in progress
         self.bf_dir = 0
         self.lo = self.hi = None
         self.ext = None
@@ -69,50 +75,77 @@ class NaivePlate:
         for t, row in zip(ts, channels, strict=True):
             self.step(float(t), [float(v) for v in row])
 
+    def _why_bad(self, x):
+        if not all(math.isfinite(v) for v in x):
+            return 1
+        if math.hypot(x[0], x[1], x[2]) > self.max_f:
+            return 2
+        if any(abs(v) > self.max_m for v in x[3:]):
+            return 2
+        return 0
+
+    def noise_floor(self):
+        n = len(self.flight)
+        if n < 10:
+            return math.nan
+        mean = sum(self.flight) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in self.flight) / (n - 1))
+        return mean + 2 * sd
+
     def step(self, t, x):
         k = len(self.t)
+        self.t.append(t)
+        why = self._why_bad(x)
+        if why:
+            self.raw.append((math.nan, math.nan, math.nan, float(why)))
+            self.filt.append((math.nan,) * 5)
+            self.zi = None  # the filter restarts at the next good sample
+            first, bits = self.bad_run or (k, 0)
+            self.bad_run = (first, bits | why)
+            return
+        if self.bad_run is not None:
+            first, bits = self.bad_run
+            self.events.append((5.0, k - 1, self.t[k - 1], first, float(bits), 0.0))
+            self.bad_run = None
         f = self._filter(x)
         g, cx, cy = self._lab(x, self.on)
         gf, fx, fy = self._lab(f, self.off)
-        self.t.append(t)
-        self.raw.append((g[2], cx, cy))
+        self.raw.append((g[2], cx, cy, 0.0))
         self.filt.append((gf[0], gf[1], gf[2], fx, fy))
         v = g[2]
         vr = [r[0] for r in self.raw]
+
+        def cross(j, level, fallback):
+            c = crossing(self.t[j], vr[j], self.t[j + 1], vr[j + 1], level)
+            return fallback if math.isnan(c) else c
+
         if not self.in_contact:
+            if v < self.off:
+                self.flight.append(v)
             if v >= self.on:
                 self.in_contact = True
                 self.k_on = k
                 strike, k_first, unknown = t, k, 1.0
                 if k > 0:
-                    t_b = crossing(self.t[k - 1], vr[k - 1], t, v, self.on)
                     stop = max(k - self.lookback, 0)
-                    below = [j for j in range(stop, k) if vr[j] < self.off]
-                    # the search walks back over samples >= off, so it stops at the LAST one below
+                    # the last sample below the strike threshold before this one (NaN stops it)
                     j = k - 1
-                    while j >= stop and vr[j] >= self.off:
+                    while j >= stop and vr[j] >= self.strike_n:
                         j -= 1
                     if j >= stop:
-                        assert j == max(below)
+                        unknown, k_first = 0.0, j + 1
+                        strike = cross(j, self.strike_n, self.t[j + 1])
+                    elif stop > 0:
                         unknown = 0.0
-                        k_first = j + 1
-                        t_a = crossing(self.t[j], vr[j], self.t[j + 1], vr[j + 1], self.off)
-                        strike = t_a - self.off * (t_b - t_a) / (self.on - self.off)
-                    else:
-                        strike = t_b
-                        if stop > 0:
-                            unknown = 0.0
-                self.events.append((1.0, k, strike, k_first, unknown, 0.0))
+                        strike = cross(k - 1, self.on, t)
+                self.events.append((1.0, k, strike, k_first, unknown, self.noise_floor()))
         elif v < self.off:
             self.in_contact = False
-            t_d = crossing(self.t[k - 1], vr[k - 1], t, v, self.off)
             stop = max(self.k_on, k - self.lookback)
             j = k - 1
-            while j > stop and vr[j] < self.on:
+            while j > stop and vr[j] < self.toe_n:
                 j -= 1
-            t_c = crossing(self.t[j], vr[j], self.t[j + 1], vr[j + 1], self.on)
-            toe = t_d + self.off * (t_d - t_c) / (self.on - self.off) if vr[j] >= self.on else t_d
-            self.events.append((2.0, k, toe, k - 1, j, 0.0))
+            self.events.append((2.0, k, cross(j, self.toe_n, self.t[j]), j, 0.0, 0.0))
         if self.bf_on and not math.isnan(fx):
             self._butterfly(k, fx, fy)
 
@@ -141,12 +174,13 @@ class NaivePlate:
                 self.bf_dir, self.ext = -1, (x, k, y)
 
 
-def contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s, toe_off_s,
-                    impact_frac, impact_min_n, impact_drop_n, need_higher_peak):
-    """Per-contact metrics as a dict (N, N/s, N*s, m), NaN where undefined."""
+def contact_metrics(fz, fx, copx, copy, rate_hz, t0, strike_s, toe_off_s, impact_frac,
+                    impact_min_n, impact_prom_n, need_higher_peak, cop_min_n=0.0, cop_bin_n=1,
+                    belt_speed=math.nan, foot_length=math.nan, toe_frac=0.9):
+    """Per-contact metrics as a dict (N, N/s, N*s, m, %), NaN where undefined."""
     nan = math.nan
     out = dict(peak=nan, impact=nan, impact_t=nan, valr=nan, vilr=nan, method=nan, brake=nan,
-               prop=nan, path=nan, ml=nan)
+               prop=nan, path=nan, cop_x=nan, cop_y=nan, si=nan, bins=nan)
     n = len(fz)
     dt = 1.0 / rate_hz
     if n < 3:
@@ -162,13 +196,13 @@ def contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s,
         is_peak = fz[j] > fz[j - 1] and fz[j] >= fz[j + 1] and fz[j] >= impact_min_n
         if not is_peak or (need_higher_peak and j >= imax):
             continue
-        # the drop before the force climbs above this peak again (or the stance ends)
+        # prominence: the drop before the force climbs above this peak again (or the stance ends)
         after = []
         for k in range(j + 1, n):
             if fz[k] > fz[j]:
                 break
             after.append(fz[k])
-        if fz[j] - min([fz[j], *after]) >= impact_drop_n:
+        if fz[j] - min([fz[j], *after]) >= impact_prom_n:
             ref = j
             break
     if ref is not None:
@@ -203,15 +237,35 @@ def contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s,
                 out["vilr"] = max(slopes)
     out["brake"] = sum(v * dt for v in fx if v < 0)
     out["prop"] = sum(v * dt for v in fx if v >= 0)
-    path = 0.0
-    for j in range(1, n):
-        if not (math.isnan(copx[j]) or math.isnan(copx[j - 1])):
-            path += math.hypot(copx[j] - copx[j - 1], copy[j] - copy[j - 1])
-    out["path"] = path
-    pairs = [(f, y) for f, y in zip(fz_raw, copy_raw, strict=True) if not math.isnan(y)]
-    den = sum(f for f, _ in pairs)
-    if den > 0:
-        out["ml"] = sum(f * y for f, y in pairs) / den
+    # COP: loaded samples in bins of cop_bin_n (the last takes the rest), each the COP of its load
+    loaded = [j for j in range(n) if fz[j] >= cop_min_n
+              and not (math.isnan(copx[j]) or math.isnan(copy[j]))]
+    if not loaded:
+        return out
+    nb = max(len(loaded) // cop_bin_n, 1)
+    bins = [loaded[b * cop_bin_n:(b + 1) * cop_bin_n] for b in range(nb - 1)]
+    bins.append(loaded[(nb - 1) * cop_bin_n:])
+    pts = []
+    for members in bins:
+        w = sum(fz[j] for j in members)
+        pts.append((sum(fz[j] * copx[j] for j in members) / w,
+                    sum(fz[j] * copy[j] for j in members) / w,
+                    sum(fz[j] * (times[j] - strike_s) for j in members) / w))
+    out.update(bins=float(nb), cop_x=pts[0][0], cop_y=pts[0][1])
+    if math.isnan(belt_speed):
+        return out
+    shift = pts[-1][0] - pts[0][0]
+    travel = belt_speed * (pts[-1][2] - pts[0][2])
+    # the belt carries the foot backwards: unless the COP moved further than the belt did, the
+    # direction of travel is opposite to the COP's movement in the lab
+    forward = (1.0 if shift >= 0 else -1.0) * (-1.0 if travel >= abs(shift) else 1.0)
+    belt = [(forward * x + belt_speed * tb, y) for x, y, tb in pts]
+    out["path"] = sum(math.hypot(belt[b][0] - belt[b - 1][0], belt[b][1] - belt[b - 1][1])
+                      for b in range(1, len(belt)))
+    out["cop_x"] = forward * belt[0][0]
+    if not math.isnan(foot_length):
+        heel = max(u for u, _ in belt) - toe_frac * foot_length
+        out["si"] = 100.0 * (belt[0][0] - heel) / foot_length
     return out
 
 

@@ -24,22 +24,26 @@ def _plate(corners=None):
 
 
 def _run_kernel(ts, ch, rot, centre, origin, sos, on_n=50.0, off_n=25.0, lookback=50, bf_on=False,
-                bf_h=0.03, chunk=97):
+                bf_h=0.03, chunk=97, strike_n=None, toe_n=None, max_f=np.inf, max_m=np.inf):
     n = len(ts)
     nsec = sos.shape[0]
     zi = np.zeros((max(nsec, 1), 6, 2))
     zi_unit = signal.sosfilt_zi(sos) if nsec else np.zeros((1, 2))
     istate = np.zeros(K.N_ISTATE, dtype=np.int64)
     fstate = np.full(K.N_FSTATE, np.nan)
+    fstate[[K.F_NZ_N, K.F_NZ_MEAN, K.F_NZ_M2]] = 0.0
     ring_t = np.zeros(n)
-    ring_raw = np.zeros((n, 3))
+    ring_raw = np.zeros((n, 4))
     ring_filt = np.zeros((n, 5))
     events = []
-    buf = np.zeros((2 * chunk + 8, K.EVENT_COLS))
+    buf = np.zeros((3 * chunk + 8, K.EVENT_COLS))
+    strike_n = on_n if strike_n is None else strike_n
+    toe_n = off_n if toe_n is None else toe_n
     for start in range(0, n, chunk):
         m = K._plate_chunk(ts[start:start + chunk], ch[start:start + chunk], rot, centre,
                            np.asarray(origin, float), sos, zi, zi_unit, nsec > 0, istate, fstate,
-                           ring_t, ring_raw, ring_filt, on_n, off_n, lookback, bf_on, bf_h, buf)
+                           ring_t, ring_raw, ring_filt, on_n, off_n, strike_n, toe_n, max_f, max_m,
+                           lookback, bf_on, bf_h, buf)
         events.extend(tuple(r) for r in buf[:m])
     return ring_t, ring_raw, ring_filt, events
 
@@ -106,7 +110,7 @@ def test_kernel_geometry_matches_geometry_module():
     _, ring_raw, _, _ = _run_kernel(t, ch, rot, centre, origin, np.zeros((0, 6)))
     g, c, _ = plate_to_lab(ch, corners, origin, threshold_n=50.0)
     np.testing.assert_allclose(ring_raw[:, 0], g[:, 2], rtol=1e-12)
-    np.testing.assert_allclose(ring_raw[:, 1:], c, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ring_raw[:, 1:3], c, rtol=1e-12, atol=1e-12)
 
 
 def test_butterfly_events_match_twin():
@@ -130,22 +134,24 @@ def test_butterfly_events_match_twin():
 
 
 def _metrics(fz, fx=None, copx=None, copy=None, rate=1000.0, t0=0.0, strike=0.0, toe=None,
-             frac=0.3, min_n=350.0, drop_n=14.0, higher=True):
+             frac=0.3, min_n=350.0, drop_n=14.0, higher=True, cop_min_n=70.0, cop_bin_n=20,
+             speed=np.nan, foot=np.nan):
     n = len(fz)
     fx = np.zeros(n) if fx is None else fx
     copx = np.zeros(n) if copx is None else copx
     copy = np.zeros(n) if copy is None else copy
     toe = t0 + (n - 1) / rate if toe is None else toe
     out = np.empty(K.N_METRICS)
-    K._contact_metrics(fz, fx, copx, copy, fz, copy, rate, t0, strike, toe, 700.0, frac, min_n,
-                       drop_n, higher, out)
-    ref = naive.contact_metrics(list(fz), list(fx), list(copx), list(copy), list(fz), list(copy),
-                                rate, t0, strike, toe, frac, min_n, drop_n, higher)
+    K._contact_metrics(fz, fx, copx, copy, rate, t0, strike, toe, frac, min_n, drop_n, higher,
+                       cop_min_n, cop_bin_n, speed, foot, 0.9, out)
+    ref = naive.contact_metrics(list(fz), list(fx), list(copx), list(copy), rate, t0, strike, toe,
+                                frac, min_n, drop_n, higher, cop_min_n, cop_bin_n, speed, foot, 0.9)
     return out, ref
 
 
 def _compare(out, ref):
-    keys = ["peak", "impact", "impact_t", "valr", "vilr", "method", "brake", "prop", "path", "ml"]
+    keys = ["peak", "impact", "impact_t", "valr", "vilr", "method", "brake", "prop", "path",
+            "cop_x", "cop_y", "si", "bins"]
     for i, key in enumerate(keys):
         a, b = out[i], ref[key]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-9), key
@@ -162,7 +168,10 @@ def test_contact_metrics_match_twin_on_random_stances():
         copx = 1 - 0.3 * s + rng.normal(0, 0.002, n)
         copy = 0.05 + rng.normal(0, 0.002, n)
         copx[rng.integers(0, n)] = np.nan
-        out, ref = _metrics(fz, fx, copx, copy, toe=(n - 1) / 1000.0 + 0.001)
+        speed = float(rng.choice([np.nan, 0.0, 1.2, 3.5]))
+        foot = float(rng.choice([np.nan, 0.27]))
+        out, ref = _metrics(fz, fx, copx, copy, toe=(n - 1) / 1000.0 + 0.001, speed=speed,
+                            foot=foot, cop_bin_n=int(rng.integers(1, 30)))
         _compare(out, ref)
 
 
@@ -232,3 +241,59 @@ def test_ring_helpers_match_twins():
         got = K._ring_max_between(ring_t, ring_v, n, lo, hi)
         want = naive.max_between(kept_t, kept_v, lo, hi)
         assert (math.isnan(got) and math.isnan(want)) or got == want
+
+
+@pytest.mark.parametrize(("strike_n", "toe_n"), [(50.0, 25.0), (20.0, 40.0), (10.0, 25.0)])
+def test_threshold_events_and_bad_samples_match_twin(strike_n, toe_n):
+    rot, centre, corners = _plate()
+    origin = (0.01, -0.02, -0.04)
+    t, grf, cop = _synthetic_run(rate_hz=500.0, seconds=4.0, seed=4)
+    ch = lab_to_plate(grf, np.where(grf[:, 2:3] > 1, cop, np.nan), np.zeros(len(t)), corners, origin)
+    ch[300, 2] = 1e308  # a spike in flight or stance
+    ch[700:712, :] = np.nan  # a run of missing samples
+    ch[1100, 4] = np.inf
+    ch[1400, 0] = 5e4  # beyond the plausible force
+    sos = signal.butter(2, 40.0, fs=500.0, output="sos")
+    kw = dict(strike_n=strike_n, toe_n=toe_n, max_f=1.4e4, max_m=3e4)
+    _, ring_raw, ring_filt, events = _run_kernel(t, ch, rot, centre, origin, sos, lookback=25,
+                                                 chunk=61, **kw)
+    twin = naive.NaivePlate(rot, centre, origin, sos, signal.sosfilt_zi(sos), 50.0, 25.0, 25, False,
+                            0.03, strike_n, toe_n, 1.4e4, 3e4)
+    twin.feed(t, ch)
+    np.testing.assert_allclose(ring_raw, np.array(twin.raw), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(ring_filt, np.array(twin.filt), rtol=1e-12, atol=1e-9)
+    assert len(events) == len(twin.events)
+    np.testing.assert_allclose(np.array(events), np.array(twin.events), rtol=1e-9, atol=1e-12)
+    bad = [e for e in events if e[0] == K.EV_BAD]
+    assert [(int(e[3]), int(e[1]), int(e[4])) for e in bad] == [
+        (300, 300, K.BAD_RANGE), (700, 711, K.BAD_NONFINITE), (1100, 1100, K.BAD_NONFINITE),
+        (1400, 1400, K.BAD_RANGE)]
+    # strikes and toe-offs are the interpolated threshold crossings of the raw force
+    vz = ring_raw[:, 0]
+    for e in events:
+        if e[0] == K.EV_START and e[4] == 0 and np.isfinite(vz[int(e[3]) - 1:int(e[3]) + 1]).all():
+            j = int(e[3])
+            assert vz[j - 1] < strike_n <= vz[j]
+            assert t[j - 1] < e[2] <= t[j]
+        if e[0] == K.EV_END and np.isfinite(vz[int(e[3]):int(e[3]) + 2]).all():
+            j = int(e[3])
+            assert vz[j] >= toe_n > vz[j + 1]
+            assert t[j] <= e[2] < t[j + 1]
+
+
+def test_flight_noise_floor_is_mean_plus_two_sd_of_flight_samples():
+    rot, centre, corners = _plate()
+    t, grf, cop = _synthetic_run(rate_hz=500.0, seconds=3.0, seed=8)
+    ch = lab_to_plate(grf, np.where(grf[:, 2:3] > 1, cop, np.nan), np.zeros(len(t)), corners, (0, 0, 0))
+    _, ring_raw, _, events = _run_kernel(t, ch, rot, centre, (0, 0, 0), np.zeros((0, 6)))
+    starts = [e for e in events if e[0] == K.EV_START]
+    # independent: every sample outside contacts below the off threshold before that strike
+    vz = ring_raw[:, 0]
+    in_contact = np.zeros(len(vz), bool)
+    for s, e in zip([e for e in events if e[0] == K.EV_START], [e for e in events if e[0] == K.EV_END],
+                    strict=False):
+        in_contact[int(s[1]):int(e[1]) + 1] = True  # the sample that ends a contact is not flight
+    for s in starts[1:]:
+        k = int(s[1])
+        flight = vz[:k][~in_contact[:k] & (vz[:k] < 25.0)]
+        assert s[5] == pytest.approx(flight.mean() + 2 * flight.std(ddof=1), rel=1e-9)

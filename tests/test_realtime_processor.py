@@ -201,10 +201,15 @@ def test_bad_chunks_get_clear_errors():
         proc.feed_plate("middle", np.zeros(2), np.zeros((2, 6)))
     with pytest.raises(ConfigError, match=r"expected shape \(3, 6\)"):
         proc.feed_plate("left", np.zeros(3), np.zeros((3, 5)))
+    # a non-finite sample is flagged (issue 12), not refused: the chunk is consumed
     bad = np.zeros((4, 6))
     bad[2, 4] = np.nan
-    with pytest.raises(DeviceError, match="sample 2 of the chunk, channel My"):
-        proc.feed_plate("left", np.arange(4) / 1000.0, bad)
+    assert len(proc.feed_plate("left", np.arange(4) / 1000.0, bad)) == 0
+    proc.flush()
+    assert [(r.belt, r.first_sample, r.last_sample) for r in proc.bad_runs] == [("left", 2, 2)]
+    assert "sample 2 (t = 0.0020 s): force not a finite number" in proc.bad_runs[0].describe()
+    proc = StepProcessor(ProcessorSettings(rate_hz=1000.0, plates=LAB_SPLIT, body_weight_n=700.0,
+                                           imu_sides=("left",)))
     with pytest.raises(ConfigError, match="IMU side 'right'"):
         proc.feed_imu("right", np.zeros(1), np.zeros((1, 6)))
     with pytest.raises(DeviceError, match="timestamps"):

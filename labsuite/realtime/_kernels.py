@@ -12,20 +12,27 @@ import numba
 import numpy as np
 
 # Event rows written by _plate_chunk: (type, k, t, a, b, c)
-EV_START = 1.0  # contact on: k_on, refined strike time, k_first, 1 if strike unknown, -
-EV_END = 2.0  # contact off: k_end, refined toe-off time, k_last, k_hi, -
+EV_START = 1.0  # contact on: k_on, strike time, k_first, 1 if strike unknown, noise floor
+EV_END = 2.0  # contact off: k_end, toe-off time, k_last, -, -
 EV_MIN = 3.0  # butterfly AP minimum (strike): k, -, copx, copy, k where it was confirmed
 EV_MAX = 4.0  # butterfly AP maximum (toe-off): k, -, copx, copy, k where it was confirmed
+EV_BAD = 5.0  # a run of bad samples ended: k of its last sample, its time, k of its first, reason bits, -
 EVENT_COLS = 6
 
-# istate slots
-I_SEEN, I_IN_CONTACT, I_K_ON, I_INIT, I_BF_DIR, I_BF_K = 0, 1, 2, 3, 4, 5
-# fstate slots
-F_BF_EXT, F_BF_Y, F_BF_LO, F_BF_HI, F_BF_LO_K, F_BF_HI_K, F_BF_LO_Y, F_BF_HI_Y, F_BF_X = range(9)
-N_ISTATE = 6
-N_FSTATE = 9
+# reason bits of a bad sample (EV_BAD column 4)
+BAD_NONFINITE = 1
+BAD_RANGE = 2
 
-# ring_raw columns: raw vertical GRF (N), raw COP x, y (m, NaN below the on threshold)
+# istate slots
+I_SEEN, I_IN_CONTACT, I_K_ON, I_INIT, I_BF_DIR, I_BF_K, I_BAD_K0, I_BAD_WHY = range(8)
+# fstate slots (F_NZ_*: running mean and M2 of flight samples, Welford)
+(F_BF_EXT, F_BF_Y, F_BF_LO, F_BF_HI, F_BF_LO_K, F_BF_HI_K, F_BF_LO_Y, F_BF_HI_Y, F_BF_X,
+ F_NZ_N, F_NZ_MEAN, F_NZ_M2) = range(12)
+N_ISTATE = 8
+N_FSTATE = 12
+
+# ring_raw columns: raw vertical GRF (N), raw COP x, y (m, NaN below the on threshold), bad-sample
+# reason bits (0 for a good sample; a bad sample's force and COP are NaN)
 # ring_filt columns: filtered GRF x, y, z (N), filtered COP x, y (m, NaN below the off threshold)
 
 
@@ -39,12 +46,47 @@ def _crossing_time(t0: float, v0: float, t1: float, v1: float, level: float) -> 
 
 
 @numba.njit(cache=True, nogil=True)
+def _crossing_or(t0: float, v0: float, t1: float, v1: float, level: float, fallback: float) -> float:
+    """:func:`_crossing_time`, or ``fallback`` where a neighbour is a bad (NaN) sample."""
+    t = _crossing_time(t0, v0, t1, v1, level)
+    return fallback if math.isnan(t) else t
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_bad(raw, max_f_n, max_m_nm):
+    """Reason bits why a plate sample cannot be real (0 when it can): non-finite, out of range."""
+    for j in range(6):
+        if not math.isfinite(raw[j]):
+            return BAD_NONFINITE
+    if raw[0] * raw[0] + raw[1] * raw[1] + raw[2] * raw[2] > max_f_n * max_f_n:
+        return BAD_RANGE
+    for j in range(3, 6):
+        if abs(raw[j]) > max_m_nm:
+            return BAD_RANGE
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _noise_floor(fstate):
+    """Flight-noise floor so far: mean + 2 SD of the flight samples (N), NaN with fewer than 10."""
+    n = fstate[F_NZ_N]
+    if n < 10.0:
+        return np.nan
+    return fstate[F_NZ_MEAN] + 2.0 * math.sqrt(fstate[F_NZ_M2] / (n - 1.0))
+
+
+@numba.njit(cache=True, nogil=True)
 def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate, fstate,
-                 ring_t, ring_raw, ring_filt, on_n, off_n, lookback, bf_on, bf_h, events):
+                 ring_t, ring_raw, ring_filt, on_n, off_n, strike_n, toe_n, max_f_n, max_m_nm,
+                 lookback, bf_on, bf_h, events):
     """Run a chunk of plate samples through filter, geometry, hysteresis and the COP butterfly.
 
-    Writes samples into the rings (index = global sample number % capacity) and events into
-    ``events``; returns the number of events written.
+    Contacts are detected by hysteresis (on at ``on_n``, off below ``off_n``); strike and toe-off
+    are the crossings of ``strike_n`` (<= on_n) and ``toe_n`` (off_n..on_n), interpolated between
+    samples. A sample with a non-finite channel, a force beyond ``max_f_n`` or a moment beyond
+    ``max_m_nm`` is bad: its force and COP are NaN, it changes no contact state, and the filter
+    restarts from the steady state of the next good sample. Writes samples into the rings
+    (index = global sample number % capacity) and events into ``events``; returns their number.
     """
     cap = ring_t.shape[0]
     nsec = sos.shape[0]
@@ -57,6 +99,29 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
         pos = k % cap
         for j in range(6):
             raw[j] = ch[i, j]
+        ring_t[pos] = ts[i]
+        why = _sample_bad(raw, max_f_n, max_m_nm)
+        if why:
+            if istate[I_BAD_WHY] == 0:
+                istate[I_BAD_K0] = k
+            istate[I_BAD_WHY] |= why
+            istate[I_INIT] = 0  # restart the filter after the bad run
+            for j in range(3):
+                ring_raw[pos, j] = np.nan
+            ring_raw[pos, 3] = why
+            for j in range(5):
+                ring_filt[pos, j] = np.nan
+            istate[I_SEEN] = k + 1
+            continue
+        if istate[I_BAD_WHY]:
+            events[n_ev, 0] = EV_BAD
+            events[n_ev, 1] = k - 1
+            events[n_ev, 2] = ring_t[(k - 1) % cap]
+            events[n_ev, 3] = istate[I_BAD_K0]
+            events[n_ev, 4] = istate[I_BAD_WHY]
+            events[n_ev, 5] = 0.0
+            n_ev += 1
+            istate[I_BAD_WHY] = 0
         # ---- causal low-pass: biquad cascade, direct form II transposed, state kept across chunks
         if filt_on:
             if istate[I_INIT] == 0:
@@ -78,7 +143,6 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
             for j in range(6):
                 filt[j] = raw[j]
         # ---- geometry (see geometry.plate_to_lab): raw and filtered
-        ring_t[pos] = ts[i]
         for which in range(2):
             src = raw if which == 0 else filt
             gx = -(rot[0, 0] * src[0] + rot[0, 1] * src[1] + rot[0, 2] * src[2])
@@ -97,6 +161,7 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
                 ring_raw[pos, 0] = gz
                 ring_raw[pos, 1] = cx
                 ring_raw[pos, 2] = cy
+                ring_raw[pos, 3] = 0.0
             else:
                 ring_filt[pos, 0] = gx
                 ring_filt[pos, 1] = gy
@@ -106,6 +171,12 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
         v = ring_raw[pos, 0]
         # ---- contact hysteresis on the raw vertical force
         if istate[I_IN_CONTACT] == 0:
+            if v < off_n:
+                # flight sample: running mean and variance of the flight-noise floor (Welford)
+                fstate[F_NZ_N] += 1.0
+                dlt = v - fstate[F_NZ_MEAN]
+                fstate[F_NZ_MEAN] += dlt / fstate[F_NZ_N]
+                fstate[F_NZ_M2] += dlt * (v - fstate[F_NZ_MEAN])
             if v >= on_n:
                 istate[I_IN_CONTACT] = 1
                 istate[I_K_ON] = k
@@ -113,53 +184,45 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
                 k_first = k
                 unknown = 1.0  # the data started inside this contact: no strike to time
                 if k > 0:
-                    vp = ring_raw[(k - 1) % cap, 0]
-                    tp = ring_t[(k - 1) % cap]
-                    t_b = _crossing_time(tp, vp, ts[i], v, on_n)
+                    # back to the last sample below the strike threshold
                     j = k - 1
                     stop = max(k - lookback, 0)
-                    while j >= stop and ring_raw[j % cap, 0] >= off_n:
+                    while j >= stop and ring_raw[j % cap, 0] >= strike_n:
                         j -= 1
                     if j >= stop:
                         unknown = 0.0
                         k_first = j + 1
-                        t_a = _crossing_time(ring_t[j % cap], ring_raw[j % cap, 0],
-                                             ring_t[(j + 1) % cap], ring_raw[(j + 1) % cap, 0],
-                                             off_n)
-                        # extrapolate the rise through off_n and on_n down to zero force
-                        strike = t_a - off_n * (t_b - t_a) / (on_n - off_n)
-                    else:
-                        strike = t_b
-                        if stop > 0:
-                            unknown = 0.0
+                        t1 = ring_t[(j + 1) % cap]
+                        strike = _crossing_or(ring_t[j % cap], ring_raw[j % cap, 0], t1,
+                                              ring_raw[(j + 1) % cap, 0], strike_n, t1)
+                    elif stop > 0:
+                        # no sample below the strike threshold within the lookback: time it at
+                        # the detection crossing
+                        unknown = 0.0
+                        tp = ring_t[(k - 1) % cap]
+                        strike = _crossing_or(tp, ring_raw[(k - 1) % cap, 0], ts[i], v, on_n, ts[i])
                 events[n_ev, 0] = EV_START
                 events[n_ev, 1] = k
                 events[n_ev, 2] = strike
                 events[n_ev, 3] = k_first
                 events[n_ev, 4] = unknown
-                events[n_ev, 5] = 0.0
+                events[n_ev, 5] = _noise_floor(fstate)
                 n_ev += 1
         elif v < off_n:
             istate[I_IN_CONTACT] = 0
-            vp = ring_raw[(k - 1) % cap, 0]
-            tp = ring_t[(k - 1) % cap]
-            t_d = _crossing_time(tp, vp, ts[i], v, off_n)
+            # back to the last sample at or above the toe-off threshold
             j = k - 1
             stop = max(istate[I_K_ON], k - lookback)
-            while j > stop and ring_raw[j % cap, 0] < on_n:
+            while j > stop and ring_raw[j % cap, 0] < toe_n:
                 j -= 1
-            t_c = _crossing_time(ring_t[j % cap], ring_raw[j % cap, 0],
-                                 ring_t[(j + 1) % cap], ring_raw[(j + 1) % cap, 0], on_n)
-            if ring_raw[j % cap, 0] >= on_n:
-                # extrapolate the fall through on_n and off_n down to zero force
-                toe = t_d + off_n * (t_d - t_c) / (on_n - off_n)
-            else:
-                toe = t_d
+            tj = ring_t[j % cap]
+            toe = _crossing_or(tj, ring_raw[j % cap, 0], ring_t[(j + 1) % cap],
+                               ring_raw[(j + 1) % cap, 0], toe_n, tj)
             events[n_ev, 0] = EV_END
             events[n_ev, 1] = k
             events[n_ev, 2] = toe
-            events[n_ev, 3] = k - 1
-            events[n_ev, 4] = j
+            events[n_ev, 3] = j
+            events[n_ev, 4] = 0.0
             events[n_ev, 5] = 0.0
             n_ev += 1
         # ---- COP butterfly (Roerdink et al. 2008): zig-zag extrema of the filtered AP COP
@@ -226,9 +289,10 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
     return n_ev
 
 
-# Output slots of _contact_metrics (forces in N, rates in N/s, impulses in N*s)
-M_PEAK, M_IMPACT, M_IMPACT_T, M_VALR, M_VILR, M_METHOD, M_BRAKE, M_PROP, M_PATH, M_ML = range(10)
-N_METRICS = 10
+# Output slots of _contact_metrics (forces in N, rates in N/s, impulses in N*s, lengths in m)
+(M_PEAK, M_IMPACT, M_IMPACT_T, M_VALR, M_VILR, M_METHOD, M_BRAKE, M_PROP, M_PATH, M_COP_X, M_COP_Y,
+ M_SI, M_COP_BINS) = range(13)
+N_METRICS = 13
 
 
 @numba.njit(cache=True, nogil=True)
@@ -243,13 +307,27 @@ def _level_crossing(f, t0, dt, level, j_max):
 
 
 @numba.njit(cache=True, nogil=True)
-def _contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s, toe_off_s,
-                     bw_n, impact_frac, impact_min_n, impact_drop_n, need_higher_peak, out):
-    """Per-contact metrics from the filtered stance window (sample j at time t0 + j / rate_hz).
+def _contact_metrics(fz, fx, copx, copy, rate_hz, t0, strike_s, toe_off_s, impact_frac,
+                     impact_min_n, impact_prom_n, need_higher_peak, cop_min_n, cop_bin_n,
+                     belt_speed, foot_length, toe_frac, out):
+    """Per-contact metrics from the stance window (sample j at time t0 + j / rate_hz).
 
+    Impact peak: the first local maximum within ``impact_frac`` of stance that is at least
+    ``impact_min_n`` high and ``impact_prom_n`` prominent (the drop before the force climbs above
+    it again); when running (``need_higher_peak``) it must come before the stance maximum.
     Loading rates follow Milner et al. 2006 (VALR through 20 % and 80 % of the impact peak, VILR
     the steepest sample-to-sample slope between them) with the 13 %-of-stance point of Blackmore
     et al. 2016 when there is no impact peak.
+
+    COP measures use only samples with ``fz >= cop_min_n``, in bins of ``cop_bin_n`` of them (the
+    last bin takes the remainder); each bin's point is the COP of its summed load (force-weighted
+    mean). With ``belt_speed`` (m/s, NaN if unknown) the points are carried with the belt back to
+    the strike time (belt coordinates along the direction of travel, inferred: the belt moves the
+    foot backwards, so the COP moves backwards in the lab unless the belt travel during the
+    contact is shorter than the COP's own movement). Path = length of the polyline through the
+    points; strike COP = the first point; strike index = first point's distance from the heel in
+    % of ``foot_length`` (NaN if unknown), the heel lying ``toe_frac`` foot lengths behind the
+    most anterior point (the COP leaves the foot under the toes).
     """
     n = fz.shape[0]
     dt = 1.0 / rate_hz
@@ -263,7 +341,7 @@ def _contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s
             imax = j
     out[M_PEAK] = fz[imax]
     contact = toe_off_s - strike_s
-    # ---- impact peak: first local maximum early in stance followed by a clear drop
+    # ---- impact peak: first local maximum early in stance, high and prominent enough
     ref_j = -1
     for j in range(1, n - 1):
         frac = (t0 + j * dt - strike_s) / contact
@@ -278,7 +356,7 @@ def _contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s
                 if fz[k] < valley:
                     valley = fz[k]
                 k += 1
-            if fz[j] - valley >= impact_drop_n:
+            if fz[j] - valley >= impact_prom_n:
                 ref_j = j
                 break
     if ref_j >= 0:
@@ -326,21 +404,57 @@ def _contact_metrics(fz, fx, copx, copy, fz_raw, copy_raw, rate_hz, t0, strike_s
             prop += fx[j] * dt
     out[M_BRAKE] = brake
     out[M_PROP] = prop
-    # ---- COP path length over consecutive valid samples
+    # ---- COP: bins of loaded samples, each the COP of its summed load
+    m = 0
+    for j in range(n):
+        if fz[j] >= cop_min_n and not (math.isnan(copx[j]) or math.isnan(copy[j])):
+            m += 1
+    if m == 0:
+        return
+    nb = max(m // cop_bin_n, 1)
+    bw = np.zeros(nb)
+    bx = np.zeros(nb)
+    by = np.zeros(nb)
+    bt = np.zeros(nb)
+    q = 0
+    for j in range(n):
+        if fz[j] >= cop_min_n and not (math.isnan(copx[j]) or math.isnan(copy[j])):
+            b = min(q // cop_bin_n, nb - 1)
+            bw[b] += fz[j]
+            bx[b] += fz[j] * copx[j]
+            by[b] += fz[j] * copy[j]
+            bt[b] += fz[j] * (t0 + j * dt - strike_s)
+            q += 1
+    for b in range(nb):
+        bx[b] /= bw[b]
+        by[b] /= bw[b]
+        bt[b] /= bw[b]
+    out[M_COP_BINS] = nb
+    out[M_COP_X] = bx[0]
+    out[M_COP_Y] = by[0]
+    if math.isnan(belt_speed):
+        return
+    # direction of travel along x: the belt carries the foot backwards by belt_speed * time
+    shift = bx[nb - 1] - bx[0]
+    travel = belt_speed * (bt[nb - 1] - bt[0])
+    d = 1.0 if shift >= 0.0 else -1.0
+    if travel >= abs(shift):
+        d = -d
+    # belt coordinates along d, at the strike time
+    u_max = -np.inf
     path = 0.0
-    for j in range(1, n):
-        if not (math.isnan(copx[j]) or math.isnan(copx[j - 1])):
-            path += math.sqrt((copx[j] - copx[j - 1]) ** 2 + (copy[j] - copy[j - 1]) ** 2)
+    for b in range(nb):
+        u = d * bx[b] + belt_speed * bt[b]
+        if b > 0:
+            u_prev = d * bx[b - 1] + belt_speed * bt[b - 1]
+            path += math.sqrt((u - u_prev) ** 2 + (by[b] - by[b - 1]) ** 2)
+        if u > u_max:
+            u_max = u
+    u0 = d * bx[0] + belt_speed * bt[0]
     out[M_PATH] = path
-    # ---- force-weighted medio-lateral COP (raw), used to tell the feet apart on a single plate
-    num = 0.0
-    den = 0.0
-    for j in range(fz_raw.shape[0]):
-        if not math.isnan(copy_raw[j]):
-            num += fz_raw[j] * copy_raw[j]
-            den += fz_raw[j]
-    if den > 0.0:
-        out[M_ML] = num / den
+    out[M_COP_X] = d * u0
+    if not math.isnan(foot_length):
+        out[M_SI] = 100.0 * (u0 - (u_max - toe_frac * foot_length)) / foot_length
 
 
 @numba.njit(cache=True, nogil=True)

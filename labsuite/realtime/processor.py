@@ -7,8 +7,10 @@ chunking of the input gives exactly the same steps.
 Pipeline per plate sample: causal Butterworth low-pass of the six plate channels (biquad cascade,
 state carried across chunks; delay ``filter_delay_s`` compensated when metrics are timed) →
 lab-frame GRF and COP (:mod:`geometry`) → hysteresis on the *raw* vertical force (on 50 N, off 25 N;
-strike and toe-off extrapolated to zero force through the two thresholds) → per-contact metrics on
-the filtered force (Milner et al. 2006 loading rates, Blackmore et al. 2016 13 % fallback). On a
+strike and toe-off at the crossings of the strike and toe-off thresholds, interpolated) →
+per-contact metrics on the filtered force (Milner et al. 2006 loading rates, Blackmore et al. 2016
+13 % fallback; COP measures from loaded samples only). Samples that cannot be real (non-finite,
+beyond the plausible range) are flagged, and the steps they touch marked invalid. On a
 single plate the foot comes from the medio-lateral COP; single-plate walking uses the COP
 butterfly (Roerdink et al. 2008). Steps are released in a fixed order once every input has passed
 the time they depend on, so several asynchronous streams still give a deterministic result.
@@ -28,7 +30,14 @@ import numpy as np
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.realtime import _kernels as K
 from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre
-from labsuite.steps import FOOT_LEFT, FOOT_RIGHT, STEP_DTYPE, STEP_FIELD_NAMES, empty_steps
+from labsuite.steps import (
+    FOOT_LEFT,
+    FOOT_RIGHT,
+    STEP_DTYPE,
+    STEP_FIELD_NAMES,
+    empty_steps,
+    strike_pattern_code,
+)
 
 GRAVITY_M_S2 = 9.80665
 LAYOUTS = ("split", "single")
@@ -113,6 +122,15 @@ class ProcessorSettings:
     ``impact_search_frac`` defaults to 0.3 of stance when running and 0.5 when walking (where the
     first, weight-acceptance peak plays the impact peak's role). Body weight comes from
     ``body_weight_n``, else ``body_mass_kg`` × g, else must be set or measured on the processor.
+
+    Contacts are detected by hysteresis (``contact_on_n``, ``contact_off_n``); strike and toe-off
+    are the interpolated crossings of ``strike_threshold_n`` (at most ``contact_on_n``) and
+    ``toe_off_threshold_n`` (between the two). ``onset_power`` > 0 opts in to fitting the force
+    onset instead (never earlier or later than the flight-noise floor). COP measures use samples
+    of at least ``cop_min_bw`` body weights in bins of ``cop_bin_s``; the strike index needs
+    ``foot_length_m`` and the belt speed. A sample is bad when a channel is not finite, the force
+    exceeds ``max_force_bw`` body weights (or ``plate_rated_force_n``), or a moment exceeds that
+    force at ``max_lever_m`` from the sensor.
     """
 
     rate_hz: float
@@ -140,8 +158,17 @@ class ProcessorSettings:
     crossover_window_s: float = 0.04
     butterfly_min_ap_m: float = 0.03
     max_step_s: float = 2.0
-    onset_power: float = 1.4
+    strike_threshold_n: float = 50.0
+    toe_off_threshold_n: float = 25.0
+    onset_power: float = 0.0
     onset_fit_n: float = 250.0
+    cop_min_bw: float = 0.1
+    cop_bin_s: float = 0.02
+    foot_length_m: float | None = None
+    toe_cop_frac: float = 0.9
+    max_force_bw: float = 20.0
+    plate_rated_force_n: float | None = None
+    max_lever_m: float = 3.0
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -153,10 +180,10 @@ class ProcessorSettings:
 
         for name in ("rate_hz", "contact_on_n", "contact_off_n", "min_contact_s", "max_contact_s",
                      "tibial_window_s", "imu_max_lag_s", "plate_max_lag_s", "impact_drop_bw",
-                     "butterfly_min_ap_m",
-                     "max_step_s"):
+                     "butterfly_min_ap_m", "max_step_s", "strike_threshold_n", "toe_off_threshold_n",
+                     "cop_bin_s", "toe_cop_frac", "max_force_bw", "max_lever_m"):
             positive(name)
-        for name in ("lowpass_hz", "impact_min_bw", "crossover_window_s", "onset_power"):
+        for name in ("lowpass_hz", "impact_min_bw", "crossover_window_s", "onset_power", "cop_min_bw"):
             positive(name, allow_zero=True)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"ProcessorSettings.layout: expected one of {LAYOUTS}, got {self.layout!r}")
@@ -177,16 +204,29 @@ class ProcessorSettings:
         if self.contact_off_n >= self.contact_on_n:
             raise ConfigError(f"ProcessorSettings.contact_off_n: expected below contact_on_n "
                               f"({self.contact_on_n} N) for hysteresis, got {self.contact_off_n}")
+        if self.strike_threshold_n > self.contact_on_n:
+            raise ConfigError(f"ProcessorSettings.strike_threshold_n: expected at most contact_on_n "
+                              f"({self.contact_on_n} N; raise that too), got {self.strike_threshold_n}")
+        if not self.contact_off_n <= self.toe_off_threshold_n <= self.contact_on_n:
+            raise ConfigError(f"ProcessorSettings.toe_off_threshold_n: expected between contact_off_n "
+                              f"and contact_on_n ({self.contact_off_n}-{self.contact_on_n} N; move "
+                              f"those too), got {self.toe_off_threshold_n}")
+        if not self.toe_cop_frac <= 1.0:
+            raise ConfigError(f"ProcessorSettings.toe_cop_frac: expected 0..1, got {self.toe_cop_frac!r}")
         if self.min_contact_s >= self.max_contact_s:
             raise ConfigError("ProcessorSettings.min_contact_s: expected below max_contact_s")
         for name in ("cadence_window_steps", "symmetry_window_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"ProcessorSettings.{name}: expected an integer >= 1, got {v!r}")
-        for name in ("body_mass_kg", "body_weight_n", "belt_speed_m_s"):
+        for name in ("body_mass_kg", "body_weight_n", "foot_length_m", "plate_rated_force_n"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"ProcessorSettings.{name}: expected None or a number > 0, got {v!r}")
+        v = self.belt_speed_m_s
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"ProcessorSettings.belt_speed_m_s: expected None or a speed >= 0 "
+                              f"(0 for a fixed plate), got {v!r}")
         if self.impact_search_frac is not None and not 0 < self.impact_search_frac < 1:
             raise ConfigError(f"ProcessorSettings.impact_search_frac: expected None or 0..1, "
                               f"got {self.impact_search_frac!r}")
@@ -239,6 +279,44 @@ def design_lowpass(settings: ProcessorSettings) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(sos, dtype=np.float64), float(gd[0])
 
 
+def filter_settle_samples(sos: np.ndarray) -> int:
+    """Samples after which the low-pass impulse response stays below 1e-6 of its peak.
+
+    After a run of bad samples the filter restarts; its output differs from an uninterrupted one
+    by less than that fraction of the input step from then on.
+    """
+    from scipy import signal
+
+    if not len(sos):
+        return 0
+    n = 4096
+    impulse = np.zeros(n)
+    impulse[0] = 1.0
+    h = np.abs(signal.sosfilt(sos, impulse))
+    above = np.flatnonzero(h > 1e-6 * h.max())
+    return int(above[-1]) + 1
+
+
+@dataclass(frozen=True)
+class BadRun:
+    """A run of plate samples that cannot be real: belt, sample indices and times (inclusive)."""
+
+    belt: str
+    first_sample: int
+    last_sample: int
+    first_s: float
+    last_s: float
+    reason: str
+
+    def describe(self) -> str:
+        """One line for a warning: where and why."""
+        n = self.last_sample - self.first_sample + 1
+        where = (f"sample {self.first_sample} (t = {self.first_s:.4f} s)" if n == 1 else
+                 f"samples {self.first_sample}-{self.last_sample} (t = {self.first_s:.4f}-"
+                 f"{self.last_s:.4f} s)")
+        return f"belt {self.belt}: {where}: force {self.reason}"
+
+
 @dataclass
 class _Contact:
     belt: str
@@ -248,7 +326,7 @@ class _Contact:
     foot: int = -1
     metrics: np.ndarray = field(default_factory=lambda: np.full(K.N_METRICS, np.nan))
     cop_strike: tuple[float, float] = (math.nan, math.nan)
-    ml_mean_m: float = math.nan
+    invalid: bool = False
     seq: int = 0
 
 
@@ -274,13 +352,20 @@ class _Belt:
         self.cap = math.ceil((settings.max_contact_s + 0.5) * rate) + self.lookback + delay \
             + 2 * _BLOCK
         self.ring_t = np.zeros(self.cap)
-        self.ring_raw = np.zeros((self.cap, 3))
+        self.ring_raw = np.zeros((self.cap, 4))
         self.ring_filt = np.zeros((self.cap, 5))
         self.istate = np.zeros(K.N_ISTATE, dtype=np.int64)
         self.fstate = np.full(K.N_FSTATE, np.nan)
-        self.events = np.zeros((2 * _BLOCK + 8, K.EVENT_COLS))
-        self.open_start: tuple[int, float, int] | None = None
-        self.awaiting: list[tuple[int, float, int, int, float]] = []  # k_on, strike, k_first, k_last, toe
+        self.fstate[[K.F_NZ_N, K.F_NZ_MEAN, K.F_NZ_M2]] = 0.0
+        corners_rel = corners - corners.mean(axis=0)
+        # the largest moment a force can have about the sensor: at the farthest plate point, plus
+        # the lever allowance for the sensor's own offset
+        self.lever_m = float(np.linalg.norm(corners_rel, axis=1).max()
+                             + np.linalg.norm(self.origin)) + settings.max_lever_m
+        self.events = np.zeros((3 * _BLOCK + 8, K.EVENT_COLS))
+        self.open_start: tuple[int, float, int, float] | None = None  # k_on, strike, k_first, floor
+        # k_on, strike, k_first, noise floor, k_last, toe, k_end
+        self.awaiting: list[tuple[int, float, int, float, int, float, int]] = []
         self.seen_contacts: deque[tuple[float, float]] = deque(maxlen=16)  # (strike, toe)
         self.last_t = -math.inf
 
@@ -310,6 +395,7 @@ class StepProcessor:
                                     else settings.body_mass_kg * GRAVITY_M_S2
                                     if settings.body_mass_kg else None)
         self._belt_speed = settings.belt_speed_m_s
+        self._settle = filter_settle_samples(self._sos)
         self.reset()
 
     # ---- state --------------------------------------------------------------------------------
@@ -330,6 +416,7 @@ class StepProcessor:
             for f in (FOOT_LEFT, FOOT_RIGHT)}
         self._bf_min: tuple[float, float, float] | None = None
         self._bf_open: dict[int, tuple[float, float, float]] = {}
+        self.bad_runs: list[BadRun] = []
 
     @property
     def filter_delay_s(self) -> float:
@@ -365,7 +452,7 @@ class StepProcessor:
         series = []
         for belt, ch in standing.items():
             b = self._belt(belt)
-            arr = self._check_channels(belt, np.zeros(len(np.asarray(ch))), ch)
+            arr = self._check_channels(belt, np.zeros(len(np.asarray(ch))), ch, finite=True)
             vert = -(arr[:, :3] @ b.rot.T)[:, 2]
             series.append(vert)
             total += float(np.mean(vert)) if len(vert) else math.nan
@@ -437,7 +524,21 @@ class StepProcessor:
 
     def flush(self) -> np.ndarray:
         """Release every step still waiting (end of a recording); contacts still open are dropped."""
+        for b in self._belts.values():
+            if b.istate[K.I_BAD_WHY]:
+                k0, k1 = int(b.istate[K.I_BAD_K0]), b.n_seen - 1
+                self._add_bad_run(b, k0, k1, int(b.istate[K.I_BAD_WHY]))
+                b.istate[K.I_BAD_WHY] = 0
         return self._release(final=True)
+
+    @property
+    def max_force_n(self) -> float:
+        """Largest plausible force magnitude (N): ``max_force_bw`` BW, or the plate's rated range."""
+        s = self.settings
+        limit = s.max_force_bw * float(self._bw_n) if self._bw_n else math.inf
+        if s.plate_rated_force_n is not None:
+            limit = min(limit, s.plate_rated_force_n)
+        return limit
 
     # ---- internals ----------------------------------------------------------------------------
     def _belt(self, belt: str) -> _Belt:
@@ -458,91 +559,143 @@ class StepProcessor:
         return ts
 
     @staticmethod
-    def _check_channels(belt: str, ts: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    def _check_channels(belt: str, ts: np.ndarray, channels: np.ndarray, *,
+                        finite: bool = False) -> np.ndarray:
+        # Non-finite samples are flagged bad by the kernel (issue 12), not refused; ``finite``
+        # refuses them where a value is needed now (body weight).
         ch = np.ascontiguousarray(channels, dtype=np.float64)
         if ch.ndim != 2 or ch.shape[1] != 6 or ch.shape[0] != ts.shape[0]:
             raise ConfigError(f"belt {belt!r} channels: expected shape ({ts.shape[0]}, 6) "
                               f"Fx Fy Fz Mx My Mz, got {ch.shape}")
-        finite = np.isfinite(ch)
-        if not finite.all():
-            row, col = np.argwhere(~finite)[0]
-            raise DeviceError(f"belt {belt!r} sample {row} of the chunk, channel "
-                              f"{('Fx', 'Fy', 'Fz', 'Mx', 'My', 'Mz')[col]}: not a finite number")
+        if finite:
+            ok = np.isfinite(ch)
+            if not ok.all():
+                row, col = np.argwhere(~ok)[0]
+                raise DeviceError(f"belt {belt!r} sample {row}, channel "
+                                  f"{('Fx', 'Fy', 'Fz', 'Mx', 'My', 'Mz')[col]}: not a finite number")
         return ch
 
     def _run_block(self, b: _Belt, ts: np.ndarray, ch: np.ndarray) -> None:
         s = self.settings
+        max_f = self.max_force_n
         n_ev = K._plate_chunk(ts, ch, b.rot, b.centre, b.origin, b.sos, b.zi, b.zi_unit,
                               b.sos.shape[0] > 0, b.istate, b.fstate, b.ring_t, b.ring_raw,
                               b.ring_filt, float(s.contact_on_n), float(s.contact_off_n),
-                              b.lookback, s.butterfly, float(s.butterfly_min_ap_m), b.events)
+                              float(s.strike_threshold_n), float(s.toe_off_threshold_n), max_f,
+                              max_f * b.lever_m, b.lookback, s.butterfly,
+                              float(s.butterfly_min_ap_m), b.events)
         if len(ts):
             b.last_t = float(ts[-1])
         for row in b.events[:n_ev]:
             kind = row[0]
+            if kind == K.EV_BAD:
+                self._add_bad_run(b, int(row[3]), int(row[1]), int(row[4]))
+                continue
             if s.butterfly:
                 if kind in (K.EV_MIN, K.EV_MAX):
                     self._butterfly_event(b, row)
                 continue
             if kind == K.EV_START:
-                b.open_start = None if row[4] else (int(row[1]), float(row[2]), int(row[3]))
+                b.open_start = (None if row[4] else
+                                (int(row[1]), float(row[2]), int(row[3]), float(row[5])))
             elif kind == K.EV_END and b.open_start is not None:
-                k_on, strike, k_first = b.open_start
+                k_on, strike, k_first, floor = b.open_start
                 b.open_start = None
                 toe = float(row[2])
                 if s.min_contact_s <= toe - strike <= s.max_contact_s:
-                    b.awaiting.append((k_on, strike, k_first, int(row[3]), toe))
+                    b.awaiting.append((k_on, strike, k_first, floor, int(row[3]), toe, int(row[1])))
                     b.seen_contacts.append((strike, toe))
         # contacts whose filtered (delayed) samples are all in
-        while b.awaiting and b.awaiting[0][3] + self._delay < b.n_seen:
+        while b.awaiting and b.awaiting[0][4] + self._delay < b.n_seen:
             self._make_contact(b, *b.awaiting.pop(0))
 
-    def _make_contact(self, b: _Belt, k_on: int, strike: float, k_first: int, k_last: int,
-                      toe: float) -> None:
+    def _add_bad_run(self, b: _Belt, k0: int, k1: int, why: int) -> None:
+        reasons = [text for bit, text in ((K.BAD_NONFINITE, "not a finite number"),
+                                          (K.BAD_RANGE, "beyond the plausible range")) if why & bit]
+        self.bad_runs.append(BadRun(b.belt, k0, k1, b.t_at(k0), b.t_at(k1), " and ".join(reasons)))
+
+    def _make_contact(self, b: _Belt, k_on: int, strike: float, k_first: int, floor: float,
+                      k_last: int, toe: float, k_end: int) -> None:
         s = self.settings
         d = self._delay
         n = k_last - k_first + 1
         filt = np.empty((n, 5))
-        raw = np.empty((n, 3))
         tw = np.empty(n)
         K._ring_window(b.ring_filt, k_first + d, k_last + d, filt)
-        K._ring_window(b.ring_raw, k_first, k_last, raw)
         K._ring_window(b.ring_t, k_first, k_last, tw)
-        strike, toe = self._refine_edges(raw[:, 0], tw, strike, toe)
+        # bad samples anywhere the events or the filtered window could have seen them
+        lo = max(k_first - 1 - self._settle, 0, b.n_seen - b.cap)
+        flags = np.empty((k_last + d - lo + 1, 4))
+        K._ring_window(b.ring_raw, lo, k_last + d, flags)
+        invalid = bool(np.any(flags[:, 3] != 0.0))
+        if s.onset_power > 0 and not invalid:
+            strike, toe = self._refine_edges(b, k_first, k_last, k_end, floor, strike, toe)
         metrics = np.empty(K.N_METRICS)
         bw = float(self._bw_n)  # type: ignore[arg-type]
+        speed = math.nan if self._belt_speed is None else float(self._belt_speed)
+        foot = math.nan if s.foot_length_m is None else float(s.foot_length_m)
         K._contact_metrics(np.ascontiguousarray(filt[:, 2]), np.ascontiguousarray(filt[:, 0]),
                            np.ascontiguousarray(filt[:, 3]), np.ascontiguousarray(filt[:, 4]),
-                           np.ascontiguousarray(raw[:, 0]), np.ascontiguousarray(raw[:, 2]),
-                           float(s.rate_hz), b.t_at(k_first), strike, toe, bw, s.impact_frac,
-                           s.impact_min_bw * bw, s.impact_drop_bw * bw, s.mode == "run", metrics)
-        cop_row = b.ring_raw[k_on % b.cap]
+                           float(s.rate_hz), b.t_at(k_first), strike, toe, s.impact_frac,
+                           s.impact_min_bw * bw, s.impact_drop_bw * bw, s.mode == "run",
+                           s.cop_min_bw * bw, max(1, round(s.cop_bin_s * s.rate_hz)), speed, foot,
+                           float(s.toe_cop_frac), metrics)
         ready = max(toe + (d + 2) / s.rate_hz, b.t_at(k_last + d))
         if s.layout == "split":
             # wait until the other belt can tell whether this was a cross-over step
             ready = max(ready, max(toe, strike + s.min_contact_s) + s.crossover_window_s + 0.05)
         contact = _Contact(b.belt, strike, toe, ready, metrics=metrics,
-                           cop_strike=(float(cop_row[1]), float(cop_row[2])),
-                           ml_mean_m=float(metrics[K.M_ML]))
+                           cop_strike=(float(metrics[K.M_COP_X]), float(metrics[K.M_COP_Y])),
+                           invalid=invalid)
         self._enqueue(contact)
 
-    def _refine_edges(self, v: np.ndarray, tw: np.ndarray, strike: float, toe: float
-                      ) -> tuple[float, float]:
-        """Refine strike and toe-off by fitting the convex force edges (see ``onset_power``)."""
+    def _refine_edges(self, b: _Belt, k_first: int, k_last: int, k_end: int, floor: float,
+                      strike: float, toe: float) -> tuple[float, float]:
+        """Opt-in onset fit (``onset_power``): fit the convex force edges down to zero force.
+
+        Never earlier (later) than where the force rises out of (falls into) the flight-noise
+        floor measured before the contact, so an event is never placed in flight noise. Without a
+        floor (too little flight seen yet) the threshold events stay.
+        """
         s = self.settings
-        if s.onset_power == 0:
+        if math.isnan(floor):
             return strike, toe
+        n = k_last - k_first + 1
+        v = np.empty(n)
+        tw = np.empty(n)
+        K._ring_window(b.ring_raw[:, 0], k_first, k_last, v)
+        K._ring_window(b.ring_t, k_first, k_last, tw)
+        lo = max(k_first - b.lookback, 0, b.n_seen - b.cap)
+        before = np.empty(k_first - lo + 1)
+        K._ring_window(b.ring_raw[:, 0], lo, k_first, before)
+        after = np.empty(k_end - k_last + 1)
+        K._ring_window(b.ring_raw[:, 0], k_last, k_end, after)
+        t_rise = self._floor_crossing(b, before, lo, floor, rising=True)
+        t_fall = self._floor_crossing(b, after, k_last, floor, rising=False)
         t_ref = tw[0]
         tau = tw - t_ref  # relative times keep the least squares well conditioned
         t0 = K._fit_edge(np.ascontiguousarray(v), tau, s.onset_fit_n, s.onset_power)
-        # never move an edge by more than the lookback: a failed fit keeps the threshold estimate
-        if math.isfinite(t0) and -_LOOKBACK_S <= t0 <= 0.0:
+        if math.isfinite(t0) and math.isfinite(t_rise) and t_rise <= t_ref + t0 <= strike:
             strike = t_ref + t0
+        elif math.isfinite(t0) and math.isfinite(t_rise) and t_ref + t0 < t_rise:
+            strike = t_rise
         tau_rev = np.ascontiguousarray((tw[-1] - tw)[::-1])
         t1 = K._fit_edge(np.ascontiguousarray(v[::-1]), tau_rev, s.onset_fit_n, s.onset_power)
-        if math.isfinite(t1) and -_LOOKBACK_S <= t1 <= 0.0:
+        if math.isfinite(t1) and math.isfinite(t_fall) and toe <= tw[-1] - t1 <= t_fall:
             toe = tw[-1] - t1
+        elif math.isfinite(t1) and math.isfinite(t_fall) and tw[-1] - t1 > t_fall:
+            toe = t_fall
         return strike, toe
+
+    @staticmethod
+    def _floor_crossing(b: _Belt, v: np.ndarray, k0: int, floor: float, *, rising: bool) -> float:
+        """Where the force leaves (rising) or reaches (falling) the noise floor; NaN if not seen."""
+        idx = range(len(v) - 2, -1, -1) if rising else range(len(v) - 1)
+        for j in idx:
+            a, c = v[j], v[j + 1]
+            if (rising and a <= floor < c) or (not rising and a > floor >= c):
+                return K._crossing_time(b.t_at(k0 + j), a, b.t_at(k0 + j + 1), c, floor)
+        return math.nan
 
     def _butterfly_event(self, b: _Belt, row: np.ndarray) -> None:
         s = self.settings
@@ -652,10 +805,15 @@ class StepProcessor:
         r["toe_off_s"] = c.toe_off_s
         r["contact_s"] = c.toe_off_s - c.strike_s
         r["crossover"] = 1.0 if crossover else 0.0
+        r["invalid"] = 1.0 if c.invalid else 0.0
         r["cop_strike_x_m"], r["cop_strike_y_m"] = c.cop_strike
         if s.layout == "single" and s.mode == "run" and not math.isnan(c.cop_strike[1]):
             self._alt = self._alt_next
-        if crossover or foot < 0:
+        if crossover or foot < 0 or c.invalid:
+            if c.invalid and not crossover and foot >= 0:
+                # its timing stands (bad samples do not move a crossing by more than a sample), so
+                # the next steps keep their step times; its metrics are not averaged anywhere
+                self._last_strike[foot] = c.strike_s
             return r
         r["peak_vgrf_bw"] = m[K.M_PEAK] / bw
         r["impact_peak_bw"] = m[K.M_IMPACT] / bw
@@ -666,6 +824,8 @@ class StepProcessor:
         r["braking_impulse_bw_s"] = m[K.M_BRAKE] / bw
         r["propulsive_impulse_bw_s"] = m[K.M_PROP] / bw
         r["cop_path_m"] = m[K.M_PATH]
+        r["strike_index_pct"] = m[K.M_SI]
+        r["strike_pattern"] = strike_pattern_code(m[K.M_SI])
         side = IMU_SIDES[foot]
         if side in self._imu:
             st = self._imu[side]
