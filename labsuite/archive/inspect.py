@@ -45,7 +45,11 @@ def summarize(session: Session) -> dict[str, Any]:
         counts[e["kind"]] = counts.get(e["kind"], 0) + 1
     return {
         "path": str(session.path),
+        "status": session.status,
         "complete": session.complete,
+        "problems": session.problems,
+        "notes": session.notes,
+        "recovered_from": a.get("recovered_from") or None,
         "participant_id": a.get("participant_id"),
         "mass_kg": _finite(a.get("mass_kg", math.nan)),
         "session_number": a.get("session_number"),
@@ -67,9 +71,23 @@ def summarize(session: Session) -> dict[str, Any]:
 def format_summary(s: dict[str, Any]) -> str:
     """Format :func:`summarize` output for the terminal."""
     lines = [f"session {s['path']}"]
-    lines.append("  status: complete (closed cleanly)" if s["complete"] else
-                 "  status: INCOMPLETE: not closed cleanly (cut short, or still being recorded); "
-                 "holds everything up to its last flush")
+    status = s["status"]
+    if status == "damaged":
+        lines.append(f"  status: DAMAGED: {len(s['problems'])} problem(s); what is listed below is what "
+                     "can still be read (run `labsuite recover FILE --out FIXED.h5` to copy it)")
+        lines += [f"    damaged: {p}" for p in s["problems"]]
+    elif status == "live":
+        lines.append("  status: LIVE: being recorded now (its writer is running); holds everything up "
+                     "to its last flush")
+    elif status == "complete":
+        lines.append("  status: complete (closed cleanly)")
+    else:
+        lines.append("  status: INCOMPLETE: not closed cleanly (its writer stopped without closing "
+                     "it: a crash, a kill or a power cut); holds everything up to its last flush")
+    lines += [f"  note: {n}" for n in s.get("notes", [])]
+    if s.get("recovered_from"):
+        lines.append(f"  recovered from {s['recovered_from']} by `labsuite recover` (see its recovery "
+                     "notes with --json)")
     mass = "-" if s["mass_kg"] is None else f"{s['mass_kg']:g} kg"
     number = "-" if s["session_number"] in (None, -1) else str(s["session_number"])
     lines.append(f"  participant {s['participant_id']}  mass {mass}  session {number}  "

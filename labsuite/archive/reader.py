@@ -2,9 +2,13 @@
 
 The other end of labsuite.archive.writer: works on complete files, on files cut short by a crash
 (``complete`` is False) and on files still being written (SWMR read; call :meth:`Session.refresh`).
-Used by inspect, export, replay and reports.
+Nothing is trusted before it is checked: the bytes first (labsuite.archive.integrity: superblock,
+length, live or not), then the format name and version, then every group (required datasets,
+committed counts within the dataset lengths, timestamps finite and non-decreasing, text offsets
+inside their bytes, chunks inside the file). Each stream is read up to its last consistent row and
+everything found wrong is listed in :attr:`Session.problems`; a file with problems is "damaged"
+and opens only with ``allow_damaged`` (inspect, recover). Used by inspect, export, replay, reports.
 """
-
 from __future__ import annotations
 
 import json
@@ -17,7 +21,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from labsuite import __version__
 from labsuite.archive import layout as L
+from labsuite.archive.integrity import open_h5, probe_file
 from labsuite.errors import ArchiveError, LabsuiteError
 from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE, empty_steps
@@ -83,35 +89,100 @@ def corrected_times(raw: np.ndarray, clock_offsets: np.ndarray) -> np.ndarray:
     return raw + np.interp(raw, co[order, 0], co[order, 1])
 
 
-class Session:
-    """An open session file; use :func:`open_session`. Attributes load on access."""
+class DamagedFileError(ArchiveError):
+    """A session file is damaged; ``problems`` lists what, the message says how to recover it."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        listing = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
+        super().__init__(f"{path} is damaged: {listing}. `labsuite inspect {path}` lists what can still "
+                         f"be read; `labsuite recover {path} --out FIXED.h5` copies it into a new file")
+
+
+STATUS_COMPLETE = "complete"
+STATUS_LIVE = "live"
+STATUS_CUT_SHORT = "cut short"
+STATUS_DAMAGED = "damaged"
+
+
+class Session:
+    """An open session file; use :func:`open_session`. Everything is read and checked on open.
+
+    ``allow_damaged`` False (the default) raises :class:`DamagedFileError` for a damaged file, so
+    no export or report is ever made from one by mistake; True (inspect, recover) opens it and
+    gives the consistent part of every stream, with :attr:`problems` saying what was left out.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, allow_damaged: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise ArchiveError(f"session file {self.path} does not exist")
+        self.probe = probe_file(self.path)
+        self.live = self.probe.open_for_write and self.probe.writer_alive
+        self._file: h5py.File | None = None
+        self._fixed_problems: list[str] = []
+        if self.probe.truncated:
+            p = self.probe
+            self._fixed_problems.append(
+                f"the file is {p.size_bytes} bytes but its writer recorded {p.stored_eof}: the last "
+                f"{p.missing_bytes} bytes ({100 * p.missing_bytes / p.stored_eof:.1f} %) are missing "
+                "(an interrupted copy or transfer, or a full disk)")
         try:
-            # SWMR read works on complete files, on files cut short and on files being written.
-            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
+            # Plain read-only unless HDF5 still marks the file open for writing (live, or its
+            # writer died): SWMR mode would skip HDF5's length check and retry damaged metadata
+            # almost forever (labsuite/archive/integrity.py).
+            self._file = open_h5(self.path, swmr=self.probe.open_for_write or self.probe.truncated)
         except OSError as exc:
-            raise ArchiveError(f"cannot open session file {self.path}: {exc}") from None
-        fmt = self._file.attrs.get("format")
+            raise ArchiveError(f"cannot open session file {self.path}: HDF5 says: {exc}"
+                               + (f" ({self._fixed_problems[0]})" if self._fixed_problems else "")) from None
+        try:
+            self._check_format()
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+        if self.problems and not allow_damaged:
+            problems = self.problems
+            self.close()
+            raise DamagedFileError(self.path, problems)
+
+    def _check_format(self) -> None:
+        assert self._file is not None
+        try:
+            attrs = dict(self._file.attrs.items())
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise ArchiveError(f"{self.path}: the root attributes cannot be read ({exc}); the file is "
+                               "damaged where it names itself, and cannot be read") from None
+        self._attrs = {k: v.item() if isinstance(v, np.generic) else v for k, v in attrs.items()}
+        fmt = _text(self._attrs.get("format"))
         if fmt != L.FORMAT_NAME:
-            self._file.close()
             raise ArchiveError(f"{self.path} is not a labsuite session file (root attribute 'format' is "
                                f"{fmt!r}, expected {L.FORMAT_NAME!r})")
-        self._cache: dict[str, Any] = {}
+        version = self._attrs.get("format_version")
+        if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+            raise ArchiveError(f"{self.path}: root attribute 'format_version' is {version!r}, expected "
+                               f"an integer (1..{L.FORMAT_VERSION}); the file is damaged")
+        if version > L.FORMAT_VERSION or version < 1:
+            by = _text(self._attrs.get("labsuite_version")) or "an unknown labsuite"
+            raise ArchiveError(f"{self.path}: written by labsuite {by} in session format {version}; this "
+                               f"is labsuite {__version__}, which reads formats 1..{L.FORMAT_VERSION}: "
+                               "upgrade labsuite to read it")
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def refresh(self) -> None:
-        """See what a live writer flushed since the last look (SWMR refresh)."""
+        """See what a live writer flushed since the last look (SWMR refresh), checked again."""
+        assert self._file is not None
         for obj in _datasets(self._file):
-            obj.refresh()
-        self._cache.clear()
+            try:
+                obj.refresh()
+            except (OSError, RuntimeError):
+                pass  # reported by the reload below
+        self._load()
 
     def close(self) -> None:
         """Close the file."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> Session:
         return self
@@ -119,42 +190,63 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- status ------------------------------------------------------------------------------
+    @property
+    def problems(self) -> list[str]:
+        """Everything found wrong, each naming the group, the row and what is left out (empty: fine).
+
+        A file shorter than its writer recorded is damaged when anything committed lay in the
+        missing part, or when it claims to be complete; a recording stopped by a full disk (its
+        writer could not write space it had allocated) keeps every committed row and is only
+        cut short (see :attr:`notes`).
+        """
+        if self._problems or bool(self._attrs.get("complete", False)):
+            return self._fixed_problems + self._problems
+        return []
+
+    @property
+    def notes(self) -> list[str]:
+        """Facts about the file that are not damage (a tail its writer never filled)."""
+        return [] if self.problems else list(self._fixed_problems)
+
+    @property
+    def status(self) -> str:
+        """'damaged', 'live' (being written), 'complete' (closed cleanly) or 'cut short'."""
+        if self.problems:
+            return STATUS_DAMAGED
+        if self.live:
+            return STATUS_LIVE
+        return STATUS_COMPLETE if bool(self._attrs.get("complete", False)) else STATUS_CUT_SHORT
+
+    @property
+    def complete(self) -> bool:
+        """True only when the writer closed the file cleanly and nothing in it is damaged."""
+        return self.status == STATUS_COMPLETE
+
     # ---- metadata ----------------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes: participant_id, mass_kg, protocol text and hash, versions, host..."""
-        out = {}
-        for k, v in self._file.attrs.items():
-            out[k] = v.item() if isinstance(v, np.generic) else v
-        return out
-
-    @property
-    def complete(self) -> bool:
-        """True when the writer closed the file cleanly (False: cut short, or still being written)."""
-        return bool(self._file.attrs.get("complete", False))
+        return dict(self._attrs)
 
     @property
     def participant_id(self) -> str:
         """The pseudonymous participant id."""
-        return str(self._file.attrs["participant_id"])
+        return _text(self._attrs.get("participant_id"))
 
     @property
     def mass_kg(self) -> float:
         """Body mass, kg (NaN when not given)."""
-        return float(self._file.attrs.get("mass_kg", math.nan))
+        try:
+            return float(self._attrs.get("mass_kg", math.nan))
+        except (TypeError, ValueError):
+            return math.nan
 
     # ---- data --------------------------------------------------------------------------------
     @property
     def streams(self) -> dict[str, StreamData]:
         """Every recorded stream by source_id (late streams included, unused spare slots left out)."""
-        if "streams" not in self._cache:
-            out: dict[str, StreamData] = {}
-            for key, g in self._file[L.STREAMS].items():
-                sd = self._read_stream(key, g)
-                if sd is not None:
-                    out[sd.spec.source_id] = sd
-            self._cache["streams"] = out
-        return self._cache["streams"]
+        return self._streams
 
     def stream(self, name: str) -> StreamData:
         """Return a stream by source_id, stream name or group key; ArchiveError naming the choices."""
@@ -173,13 +265,8 @@ class Session:
 
     @property
     def steps(self) -> np.ndarray:
-        """The step table (``STEP_DTYPE`` structured array)."""
-        if "steps" not in self._cache:
-            g = self._file[L.STEPS]
-            n = _trusted_rows(g, g["table"].shape[0])
-            arr = g["table"][:n] if n else empty_steps(0)
-            self._cache["steps"] = np.asarray(arr, dtype=STEP_DTYPE)
-        return self._cache["steps"]
+        """The step table (``STEP_DTYPE``; columns a file predates are NaN)."""
+        return self._steps
 
     @property
     def markers(self) -> np.ndarray:
@@ -188,50 +275,32 @@ class Session:
         Holds the markers of recorded marker streams and those the session appended itself
         (source_id ``""``).
         """
-        if "markers" not in self._cache:
-            rows: list[tuple[float, str, str]] = []
-            ts, texts = _read_text_log(self._file[L.MARKERS])
-            rows += [(float(t), s, "") for t, s in zip(ts, texts, strict=False)]
-            for sid, sd in self.streams.items():
-                if sd.spec.kind == KIND_MARKERS:
-                    rows += [(float(t), s, sid) for t, s in zip(sd.timestamps, sd.data, strict=False)]
-            rows.sort(key=lambda r: r[0])
-            arr = np.empty(len(rows), dtype=MARKER_DTYPE)
-            for i, r in enumerate(rows):
-                arr[i] = r
-            self._cache["markers"] = arr
-        return self._cache["markers"]
+        rows: list[tuple[float, str, str]] = []
+        ts, texts = self._logs[L.MARKERS]
+        rows += [(float(t), s, "") for t, s in zip(ts, texts, strict=True)]
+        for sid, sd in self.streams.items():
+            if sd.spec.kind == KIND_MARKERS:
+                rows += [(float(t), s, sid) for t, s in zip(sd.timestamps, sd.data, strict=False)]
+        rows.sort(key=lambda r: r[0])
+        arr = np.empty(len(rows), dtype=MARKER_DTYPE)
+        for i, r in enumerate(rows):
+            arr[i] = r
+        return arr
 
     @property
     def stages(self) -> list[StageRecord]:
         """The protocol stages as run (from ``stage_end`` markers), in order of their end."""
-        if "stages" not in self._cache:
-            _, texts = _read_text_log(self._file[L.STAGES])
-            out = []
-            for i, t in enumerate(texts):
-                try:
-                    out.append(StageRecord.from_marker(json.loads(t)))
-                except (json.JSONDecodeError, LabsuiteError) as exc:
-                    raise ArchiveError(f"{self.path}: stages row {i} is not a stage record: {exc}") from None
-            self._cache["stages"] = out
-        return self._cache["stages"]
+        return list(self._stages)
 
     @property
     def calibration(self) -> list[dict[str, Any]]:
         """Calibration records stored during the session (JSON objects)."""
-        _, texts = _read_text_log(self._file[L.CALIBRATION])
-        return [json.loads(t) for t in texts]
+        return [dict(c) for c in self._calibration]
 
     @property
     def events(self) -> list[dict[str, Any]]:
         """Writer/recorder events (gaps, reconnects, late streams, errors) with their time_s."""
-        ts, texts = _read_text_log(self._file[L.EVENTS])
-        out = []
-        for t, text in zip(ts, texts, strict=False):
-            obj = json.loads(text)
-            obj["time_s"] = float(t)
-            out.append(obj)
-        return out
+        return [dict(e) for e in self._events]
 
     def stages_steps(self) -> list[tuple[StageRecord, int]]:
         """Number of steps whose strike falls inside each stage."""
@@ -239,62 +308,295 @@ class Session:
         return [(st, int(np.count_nonzero((strikes >= st.start_s) & (strikes < st.end_s))))
                 for st in self.stages]
 
-    # ---- internals ---------------------------------------------------------------------------
-    def _read_stream(self, key: str, g: h5py.Group) -> StreamData | None:
+    # ---- loading and checking ----------------------------------------------------------------
+    def _load(self) -> None:
+        assert self._file is not None
+        self._problems: list[str] = []
+        f = self._file
+        groups = {}
+        for name in (L.STREAMS, L.STEPS, L.MARKERS, L.STAGES, L.CALIBRATION, L.EVENTS):
+            try:
+                g = f.get(name)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                self._problem(name, f"the group cannot be opened ({exc}); left out")
+                g = None
+            else:
+                if g is None:
+                    self._problem(name, "the required group is missing; left out")
+                elif not isinstance(g, h5py.Group):
+                    self._problem(name, "expected a group, found a dataset; left out")
+                    g = None
+            groups[name] = g
+        self._streams: dict[str, StreamData] = {}
+        if groups[L.STREAMS] is not None:
+            try:
+                keys = list(groups[L.STREAMS].keys())
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                self._problem(L.STREAMS, f"the list of streams cannot be read ({exc}); no stream read")
+                keys = []
+            streams = groups[L.STREAMS]
+            for key in keys:
+                sd = self._guard(f"{L.STREAMS}/{key}", lambda k=key: self._read_stream(k, streams[k]))
+                if sd is None:
+                    continue
+                if sd.spec.source_id in self._streams:
+                    self._problem(f"{L.STREAMS}/{key}", f"a second stream with source_id "
+                                  f"{sd.spec.source_id!r}; left out")
+                    continue
+                self._streams[sd.spec.source_id] = sd
+        self._steps = empty_steps(0)
+        if groups[L.STEPS] is not None:
+            steps = self._guard(L.STEPS, lambda: self._read_steps(groups[L.STEPS]))
+            if steps is not None:
+                self._steps = steps
+        self._logs: dict[str, tuple[np.ndarray, list[str]]] = {}
+        for name in (L.MARKERS, L.STAGES, L.CALIBRATION, L.EVENTS):
+            log = None
+            if groups[name] is not None:
+                log = self._guard(name, lambda n=name: self._read_log(n, groups[n]))
+            self._logs[name] = log if log is not None else (np.empty(0), [])
+        self._stages = self._parse_log(L.STAGES, lambda obj, t: StageRecord.from_marker(obj))
+        self._calibration = self._parse_log(L.CALIBRATION, lambda obj, t: obj)
+        self._events = self._parse_log(L.EVENTS, lambda obj, t: {**obj, "time_s": float(t)})
+
+    def _problem(self, where: str, what: str) -> None:
+        self._problems.append(f"{where}: {what}")
+
+    def _guard(self, where: str, read: Any) -> Any:
+        """Run one group's reading; an HDF5 or format error becomes a problem, never a traceback."""
+        try:
+            return read()
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError,
+                json.JSONDecodeError, LabsuiteError) as exc:
+            self._problem(where, f"cannot be read ({type(exc).__name__}: {exc}); left out")
+            return None
+
+    def _parse_log(self, name: str, make: Any) -> list[Any]:
+        ts, texts = self._logs[name]
+        out = []
+        for i, (t, text) in enumerate(zip(ts, texts, strict=True)):
+            try:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                out.append(make(obj, t))
+            except (ValueError, TypeError, LabsuiteError) as exc:
+                self._problem(name, f"row {i} is not a valid record ({exc}); rows {i}.. left out")
+                break
+        return out
+
+    def _read_stream(self, key: str, g: Any) -> StreamData | None:
+        where = f"{L.STREAMS}/{key}"
+        if not isinstance(g, h5py.Group):
+            raise ValueError("expected a stream group")
         late = bool(g.attrs.get("late_slot", False))
         if late:
-            _, specs = _read_text_log(g, prefix="spec", with_time=False)
+            specs = self._read_texts(where, g, "spec", None)
             if not specs:
                 return None  # an unused spare slot
             spec = L.spec_from_json(specs[0])
         else:
-            spec = L.spec_from_json(str(g.attrs["spec_json"]))
-        raw = g[L.TIME_STAMPS][()]
+            spec = L.spec_from_json(_text(g.attrs["spec_json"]))
+        ts_ds = _dataset(g, L.TIME_STAMPS, 1)
+        limits = [ts_ds.shape[0]]
+        data_ds = None
         if spec.dtype == "string":
-            _, texts = _read_text_log(g, with_time=False)
-            n = min(len(raw), len(texts))
+            text_end = _dataset(g, L.TEXT_END, 1)
+            limits.append(text_end.shape[0])
+        else:
+            data_ds = _dataset(g, L.TIME_SERIES, 1 if late else 2)
+            if late:
+                limits.append(data_ds.shape[0] // max(1, spec.channel_count))
+            else:
+                if data_ds.shape[1] != spec.channel_count:
+                    raise ValueError(f"time_series has {data_ds.shape[1]} channels, the stream "
+                                     f"description {spec.channel_count}")
+                limits.append(data_ds.shape[0])
+        n = self._trusted(where, g, min(limits))
+        n = self._on_disk(where, n, ts_ds)
+        raw, n = self._read_rows(where, ts_ds, n)
+        raw = np.asarray(raw, dtype=np.float64)
+        # Samples of a regular stream are stamped in order; irregular streams need not be (the
+        # steps of two belts are published as each belt's step completes, stamped at its strike).
+        n = self._check_times(where, raw[:n], n, ordered=spec.rate_hz > 0)
+        if spec.dtype == "string":
+            texts = self._read_texts(where, g, "text", n)
+            n = min(n, len(texts))
             data: Any = texts[:n]
         elif late:
-            flat = g[L.TIME_SERIES][()]
+            assert data_ds is not None
             c = spec.channel_count
-            n = min(len(raw), len(flat) // c)
-            data = flat[: n * c].reshape(n, c).astype(spec.numpy_dtype)
+            n = self._on_disk(where, n, data_ds, per_row=c)
+            flat, got = self._read_rows(where, data_ds, n * c)
+            n = got // c
+            data = np.asarray(flat[: n * c]).reshape(n, c).astype(spec.numpy_dtype)
         else:
-            arr = g[L.TIME_SERIES]
-            # After a crash the two datasets may differ by the last partial append: keep the rows
-            # that have both a timestamp and a sample.
-            n = min(len(raw), arr.shape[0])
-            data = arr[:n]
-        n = _trusted_rows(g, n)
-        raw, data = raw[:n], data[:n]
-        co = g[L.CLOCK_OFFSETS][()]
+            assert data_ds is not None
+            n = self._on_disk(where, n, data_ds)
+            data, n = self._read_rows(where, data_ds, n)
+            data = data[:n]
+        raw = raw[:n]
+        co = self._read_clock(where, g)
         return StreamData(key, spec, corrected_times(raw, co), raw, data, co, late)
 
+    def _trusted(self, where: str, g: Any, n: int) -> int:
+        """Rows the writer confirmed complete (it writes the count after the rows reached the disk)."""
+        if L.COMMITTED not in g:
+            self._problem(where, "has no 'committed' row count; its rows are read unconfirmed")
+            return n
+        c = np.asarray(_dataset(g, L.COMMITTED, 1)[()])
+        if c.shape != (1,) or c.dtype.kind not in "iu":
+            raise ValueError(f"'committed' should be one integer, found shape {c.shape} {c.dtype}")
+        committed = int(c[0])
+        if committed < 0 or committed > n:
+            self._problem(where, f"'committed' says {committed} rows but the datasets hold {n}; the "
+                          f"count is damaged: {max(0, min(n, committed))} rows read")
+        return max(0, min(n, committed))
 
-def open_session(path: str | os.PathLike[str]) -> Session:
-    """Open a session file for reading (complete, cut short, or still being written)."""
-    return Session(path)
+    def _on_disk(self, where: str, n: int, ds: Any, per_row: int = 1) -> int:
+        """Rows whose chunks lie inside the file (only a file shorter than recorded can lack some)."""
+        size = self.probe.size_bytes
+        itemsize = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+        if n * per_row * itemsize > size and not self.probe.open_for_write:
+            self._problem(where, f"{ds.name.rsplit('/', 1)[-1]} claims {n} rows, more than the "
+                          f"{size}-byte file can hold: damaged; 0 rows read")
+            return 0
+        if not self.probe.truncated or n == 0:
+            return n
+        # Walk the chunks in order and stop at the first one HDF5 cannot locate (its index block
+        # lies in the missing part) or that lies (partly) past the end: rows before it are whole.
+        rows = n * per_row
+        step = ds.chunks[0] if ds.chunks else rows
+        zeros = (0,) * (ds.ndim - 1)
+        start = 0
+        while start < rows:
+            try:
+                info = ds.id.get_chunk_info_by_coord((start, *zeros))
+            except (OSError, RuntimeError, ValueError):
+                break
+            if info.byte_offset is None or info.byte_offset + info.size > size:
+                break
+            start += step
+        rows = min(rows, start)
+        kept = rows // per_row
+        if kept < n:
+            self._problem(where, f"rows {kept}..{n - 1} of {ds.name.rsplit('/', 1)[-1]} lay in the "
+                          f"missing end of the file; {kept} of {n} rows read")
+        return kept
+
+    def _read_rows(self, where: str, ds: Any, n: int) -> tuple[np.ndarray, int]:
+        """Read ds[:n]; if HDF5 fails part-way, read chunk by chunk and keep the readable prefix."""
+        if n == 0:
+            return ds[:0], 0
+        try:
+            return ds[:n], n
+        except (OSError, RuntimeError, ValueError):
+            pass
+        step = ds.chunks[0] if ds.chunks else n
+        parts, got = [], 0
+        while got < n:
+            try:
+                parts.append(ds[got:min(n, got + step)])
+            except (OSError, RuntimeError, ValueError) as exc:
+                self._problem(where, f"rows {got}.. of {ds.name.rsplit('/', 1)[-1]} cannot be read "
+                              f"(HDF5: {exc}); {got} of {n} rows read")
+                break
+            got += len(parts[-1])
+        return (np.concatenate(parts) if parts else ds[:0]), got
+
+    def _check_times(self, where: str, ts: np.ndarray, n: int, *, ordered: bool) -> int:
+        bad = ~np.isfinite(ts)
+        if ordered and len(ts) > 1:
+            back = np.zeros(len(ts), dtype=bool)
+            back[1:] = np.diff(ts) < 0
+            bad |= back
+        if not bad.any():
+            return n
+        k = int(np.argmax(bad))
+        why = f"is not a finite number ({float(ts[k])!r})" if not np.isfinite(ts[k]) else \
+            f"goes back in time ({float(ts[k - 1])!r} s, then {float(ts[k])!r} s)"
+        self._problem(where, f"timestamp of row {k} {why}: rows {k}..{n - 1} left out, {k} of {n} "
+                      "rows read")
+        return k
+
+    def _read_texts(self, where: str, g: Any, prefix: str, n: int | None) -> list[str]:
+        data_ds = _dataset(g, f"{prefix}_data", 1)
+        end_ds = _dataset(g, f"{prefix}_end", 1)
+        count = end_ds.shape[0] if n is None else min(n, end_ds.shape[0])
+        ends, count = self._read_rows(where, end_ds, count)
+        ends = np.asarray(ends[:count], dtype=np.int64)
+        nbytes = data_ds.shape[0]
+        bad = (ends < 0) | (ends > nbytes)
+        bad[1:] |= np.diff(ends) < 0
+        if bad.any():
+            k = int(np.argmax(bad))
+            live_tail = self.probe.open_for_write and not (ends[k:] < 0).any() and \
+                (np.diff(ends[k - 1:]) >= 0 if k else np.array([True])).all()
+            if not live_tail:  # a live writer may be between the two appends: not damage
+                self._problem(where, f"{prefix}_end row {k} points outside its text ({ends[k]} of "
+                              f"{nbytes} bytes): rows {k}.. left out")
+            ends = ends[:k]
+        used = int(ends[-1]) if len(ends) else 0
+        raw, got = self._read_rows(where, data_ds, used)
+        keep = int(np.searchsorted(ends, got, side="right"))
+        return L.decode_text_log(raw, ends[:keep])
+
+    def _read_log(self, name: str, g: Any) -> tuple[np.ndarray, list[str]]:
+        ts_ds = _dataset(g, L.TIME_STAMPS, 1)
+        n = self._trusted(name, g, min(ts_ds.shape[0], _dataset(g, L.TEXT_END, 1).shape[0]))
+        n = self._on_disk(name, n, ts_ds)
+        ts, n = self._read_rows(name, ts_ds, n)
+        n = self._check_times(name, np.asarray(ts[:n], dtype=np.float64), n, ordered=False)
+        texts = self._read_texts(name, g, "text", n)
+        n = min(n, len(texts))
+        return np.asarray(ts[:n], dtype=np.float64), texts[:n]
+
+    def _read_steps(self, g: Any) -> np.ndarray:
+        table = _dataset(g, "table", 1)
+        names = table.dtype.names or ()
+        if "strike_s" not in names or "foot" not in names:
+            raise ValueError(f"steps/table has fields {list(names)[:5]}..., expected the step record")
+        n = self._trusted(L.STEPS, g, table.shape[0])
+        n = self._on_disk(L.STEPS, n, table)
+        rows, n = self._read_rows(L.STEPS, table, n)
+        out = empty_steps(n)
+        for name in STEP_DTYPE.names or ():
+            if name in names:  # a column the file predates stays NaN
+                out[name] = rows[name][:n]
+        return out
+
+    def _read_clock(self, where: str, g: Any) -> np.ndarray:
+        if L.CLOCK_OFFSETS not in g:
+            self._problem(where, "has no clock_offsets; timestamps are used uncorrected")
+            return np.empty((0, 2))
+        ds = _dataset(g, L.CLOCK_OFFSETS, 2)
+        n = self._on_disk(where, ds.shape[0], ds)
+        co, n = self._read_rows(where, ds, n)
+        return np.asarray(co[:n], dtype=np.float64).reshape(-1, 2)
 
 
-def _read_text_log(g: h5py.Group, *, prefix: str = "text", with_time: bool = True,
-                   ) -> tuple[np.ndarray, list[str]]:
-    data = g[f"{prefix}_data"][()]
-    end = g[f"{prefix}_end"][()]
-    # A reader may catch the writer between appends: keep entries whose bytes are all there.
-    end = end[end <= len(data)]
-    texts = L.decode_text_log(data, end)
-    if with_time and L.TIME_STAMPS in g:
-        ts = g[L.TIME_STAMPS][()]
-        n = _trusted_rows(g, min(len(ts), len(texts)))
-        return ts[:n], texts[:n]
-    return np.empty(0), texts
+def open_session(path: str | os.PathLike[str], *, allow_damaged: bool = False) -> Session:
+    """Open a session file for reading (complete, cut short, or still being written).
+
+    A damaged file raises :class:`DamagedFileError` unless ``allow_damaged``.
+    """
+    return Session(path, allow_damaged=allow_damaged)
 
 
-def _trusted_rows(g: h5py.Group, n: int) -> int:
-    """Rows the writer confirmed complete (it writes the count after the rows reached the disk)."""
-    if L.COMMITTED in g:
-        return min(n, int(g[L.COMMITTED][0]))
-    return n
+def _dataset(g: Any, name: str, ndim: int) -> Any:
+    """Return ``g[name]`` if it is a dataset of ``ndim`` dimensions; ValueError naming it otherwise."""
+    if name not in g:
+        raise KeyError(f"dataset {name!r} is missing")
+    ds = g[name]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != ndim:
+        raise ValueError(f"{name!r} should be a {ndim}-D dataset")
+    return ds
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return "" if value is None else str(value)
 
 
 def _datasets(f: h5py.File) -> list[h5py.Dataset]:

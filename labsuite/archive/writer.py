@@ -31,6 +31,7 @@ import numpy as np
 
 from labsuite import __version__
 from labsuite.archive import layout as L
+from labsuite.archive.integrity import WriterLock
 from labsuite.errors import ArchiveError, ConfigError, DeviceError, LabsuiteError
 from labsuite.stages import EVENT_STAGE_END, StageRecord
 from labsuite.steps import STEP_DTYPE, STEP_FIELDS
@@ -167,6 +168,7 @@ class SessionWriter:
         self._stats = WriterStats()
         self._queued = 0
         self._targets: dict[str, _Target] = {}
+        self._writer_lock: WriterLock | None = None
 
         try:
             self._file = h5py.File(self.path, "w-", libver="latest")
@@ -333,6 +335,9 @@ class SessionWriter:
         self._raise_if_failed()
         self._file.swmr_mode = True
         self._file.flush()
+        # HDF5 released its own lock for SWMR; hold ours until the file is closed, so readers can
+        # tell this live file from one whose writer died (labsuite/archive/integrity.py).
+        self._writer_lock = WriterLock(self.path)
         self._started = True
         self._thread = threading.Thread(target=self._run, name=f"SessionWriter {self.path.name}",
                                         daemon=True)
@@ -519,6 +524,7 @@ class SessionWriter:
             self._file.flush()
             self._stats.cpu_s = time.thread_time()
             self._file.close()
+            self._release_lock()
         except Exception as exc:  # the writer thread must never die silently: report, keep the file
             log.exception("session writer failed")
             lost = sum(t.pending_n for t in self._targets.values())
@@ -534,6 +540,12 @@ class SessionWriter:
                 self._file.close()
             except (OSError, RuntimeError) as close_exc:
                 log.warning("closing %s after the error also failed: %s", self.path, close_exc)
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
 
     def _apply(self, op: tuple[Any, ...]) -> None:
         kind = op[0]
