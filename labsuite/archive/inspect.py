@@ -50,6 +50,7 @@ def summarize(session: Session) -> dict[str, Any]:
         "problems": session.problems,
         "notes": session.notes,
         "recovered_from": a.get("recovered_from") or None,
+        "recovery_lost": _json_list(a.get("recovery_lost")),
         "participant_id": a.get("participant_id"),
         "mass_kg": _finite(a.get("mass_kg", math.nan)),
         "session_number": a.get("session_number"),
@@ -85,9 +86,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("  status: INCOMPLETE: not closed cleanly (its writer stopped without closing "
                      "it: a crash, a kill or a power cut); holds everything up to its last flush")
     lines += [f"  note: {n}" for n in s.get("notes", [])]
-    if s.get("recovered_from"):
-        lines.append(f"  recovered from {s['recovered_from']} by `labsuite recover` (see its recovery "
-                     "notes with --json)")
+
     mass = "-" if s["mass_kg"] is None else f"{s['mass_kg']:g} kg"
     number = "-" if s["session_number"] in (None, -1) else str(s["session_number"])
     lines.append(f"  participant {s['participant_id']}  mass {mass}  session {number}  "
@@ -128,6 +127,16 @@ def format_summary(s: dict[str, Any]) -> str:
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _json_list(text: Any) -> list[str]:
+    import json
+
+    try:
+        value = json.loads(text) if isinstance(text, str) else []
+    except json.JSONDecodeError:
+        return [str(text)]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _finite(v: Any) -> float | None:

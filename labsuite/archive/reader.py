@@ -206,8 +206,17 @@ class Session:
 
     @property
     def notes(self) -> list[str]:
-        """Facts about the file that are not damage (a tail its writer never filled)."""
-        return [] if self.problems else list(self._fixed_problems)
+        """Facts about the file that are not damage: a tail its writer never filled, a recovery."""
+        out = [] if self.problems else list(self._fixed_problems)
+        if self._attrs.get("recovered_from"):
+            try:
+                lost = json.loads(str(self._attrs.get("recovery_lost", "[]")))
+            except json.JSONDecodeError:
+                lost = [str(self._attrs.get("recovery_lost"))]
+            out.append(f"a copy made by `labsuite recover` from {self._attrs['recovered_from']}"
+                       + (f", which had lost: {'; '.join(map(str, lost))}" if lost else
+                          ", which was not damaged"))
+        return out
 
     @property
     def status(self) -> str:

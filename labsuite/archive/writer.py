@@ -118,7 +118,9 @@ class SessionWriter:
     (HDF5 forbids new objects once readers may attach). When the spares are used up the stream is
     refused with an ArchiveError and an ``events`` entry, never dropped silently.
 
-    Extra keyword arguments become root attributes (str, int, float or bool).
+    ``stages_from_markers`` (default True) builds the ``stages`` table from every ``stage_end``
+    marker; ``labsuite recover`` turns it off and copies the original table with
+    :meth:`append_stage`. Extra keyword arguments become root attributes (str, int, float or bool).
     """
 
     def __init__(
@@ -134,11 +136,13 @@ class SessionWriter:
         expected_rate_bytes_per_s: float | None = None,
         expected_duration_s: float = 3600.0,
         on_event: Callable[[str, str], None] | None = None,
+        stages_from_markers: bool = True,
         **extra_attrs: Any,
     ) -> None:
         self.path = Path(path)
         self.settings = settings or WriterSettings()
         self._on_event = on_event
+        self._stages_from_markers = stages_from_markers
         L.validate_participant_id(participant_id)
         if mass_kg is not None and not (math.isfinite(mass_kg) and 0 < mass_kg < 500):
             raise ConfigError(f"mass_kg: expected a body mass in kg (0..500), got {mass_kg!r}")
@@ -382,6 +386,15 @@ class SessionWriter:
         """Queue a marker of this process (LSL local time); ``stage_end`` markers fill the stage table."""
         self._put(("text", "/" + L.MARKERS, np.array([float(timestamp)]), [str(text)], True), 0)
 
+    def append_stage(self, record: StageRecord) -> None:
+        """Queue a stage record as such (``labsuite recover`` copies them).
+
+        A live session writes ``stage_end`` markers instead; the writer builds the records itself.
+        """
+        row = json.dumps(record.to_marker_fields(), separators=(",", ":"))
+        end = record.end_s if math.isfinite(record.end_s) else math.nan
+        self._put(("text", "/" + L.STAGES, np.array([end]), [row], False), 0)
+
     def set_calibration(self, record: Mapping[str, Any], *, timestamp: float | None = None) -> None:
         """Store a calibration record (plate matrix, zero offsets, verification...) as JSON."""
         import pylsl
@@ -555,7 +568,7 @@ class SessionWriter:
         elif kind == "text":
             _, key, ts, texts, is_marker = op
             self._targets[key].add_text(ts, texts)
-            if is_marker:
+            if is_marker and self._stages_from_markers:
                 for t, text in zip(ts, texts, strict=True):
                     self._maybe_stage(float(t), text)
         elif kind == "clock":
