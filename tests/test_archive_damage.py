@@ -188,7 +188,7 @@ def test_steps_written_before_new_columns_read_as_nan(original, tmp_path):
     p.write_bytes(original.read_bytes())
     with h5py.File(p, "r+") as f:
         rows = f["steps/table"][()]
-        keep = [n for n in rows.dtype.names if n not in ("tibial_peak_g", "crossover")]
+        keep = [n for n in rows.dtype.names if n not in ("strike_index_pct", "strike_pattern", "invalid")]
         old = np.empty(len(rows), dtype=[(n, "f8") for n in keep])
         for n in keep:
             old[n] = rows[n]
@@ -196,7 +196,7 @@ def test_steps_written_before_new_columns_read_as_nan(original, tmp_path):
         f["steps"].create_dataset("table", data=old, maxshape=(None,), chunks=(256,))
     with open_session(p) as s:
         assert s.steps.dtype == STEP_DTYPE and s.status == "complete"
-        assert np.isnan(s.steps["tibial_peak_g"]).all()
+        assert np.isnan(s.steps["strike_index_pct"]).all() and np.isnan(s.steps["invalid"]).all()
         assert np.array_equal(s.steps["strike_s"], rows["strike_s"])
 
 
