@@ -14,8 +14,9 @@ Command packet (64 bytes, integers big-endian signed 16 bit)::
     37..63   0
 
 Feedback packet (32 bytes): byte 0 format (0), bytes 1..8 the four belt speeds (mm/s), bytes 9..10
-the incline (0.01 deg), the rest reserved. A packet with another format byte or with an impossible
-speed is counted in ``health.frames_bad`` and skipped.
+the incline (0.01 deg), the rest reserved. A packet with another format byte, a speed or incline
+outside the treadmill model's range (``BERTEC_TREADMILL``) or a speed change faster than the belt
+can make is counted in ``health.frames_bad`` and never used (``TreadmillDriver`` has the rules).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from labsuite.drivers.treadmill import BeltState, TreadmillDriver, TreadmillSettings
+from labsuite.drivers.treadmill import (
+    BERTEC_TREADMILL,
+    BeltState,
+    TreadmillDriver,
+    TreadmillModel,
+    TreadmillSettings,
+)
 from labsuite.errors import ConfigError, DeviceError
 
 COMMAND_SIZE = 64
@@ -35,8 +42,9 @@ COMMAND_FORMAT = 0
 FEEDBACK_FORMAT = 0
 DEFAULT_PORT = 4000
 _INT16_MAX = 32767
-# A belt faster than this is not a belt reading but a corrupted packet (Bertec belts top out near 6.5 m/s).
-_PLAUSIBLE_SPEED_MM_S = 20000
+# Where each feedback field sits in the packet, for messages that name the bytes.
+_FEEDBACK_BYTES = {"right_m_s": "1..2", "left_m_s": "3..4", "right_rear_m_s": "5..6",
+                   "left_rear_m_s": "7..8", "incline_deg": "9..10"}
 
 
 def _to_int16(value: float, scale: float, what: str) -> int:
@@ -68,18 +76,23 @@ def encode_command(right_m_s: float, left_m_s: float, accel_m_s2: float, incline
     return packet + bytes(COMMAND_SIZE - len(packet))
 
 
-def decode_feedback(packet: bytes) -> BeltState:
-    """Decode one 32-byte feedback packet; DeviceError naming the byte when it is malformed."""
+def decode_feedback(packet: bytes, model: TreadmillModel = BERTEC_TREADMILL) -> BeltState:
+    """Decode one 32-byte feedback packet, every field range-checked against ``model``.
+
+    DeviceError naming the byte(s) and the field when it is malformed or out of range.
+    """
     if len(packet) != FEEDBACK_SIZE:
         raise DeviceError(f"Bertec feedback: expected {FEEDBACK_SIZE} bytes, got {len(packet)}")
     if packet[0] != FEEDBACK_FORMAT:
         raise DeviceError(f"Bertec feedback byte 0 (format): expected {FEEDBACK_FORMAT}, got {packet[0]}")
-    right, left, _rr, _lr, incline = struct.unpack_from(">4hh", packet, 1)
-    for offset, value in ((1, right), (3, left)):
-        if abs(value) > _PLAUSIBLE_SPEED_MM_S:
-            raise DeviceError(f"Bertec feedback bytes {offset}..{offset + 1} (belt speed): "
-                              f"{value} mm/s is not a possible belt speed")
-    return BeltState(right / 1000.0, left / 1000.0, incline / 100.0)
+    right, left, right_rear, left_rear, incline = struct.unpack_from(">4hh", packet, 1)
+    state = BeltState(right / 1000.0, left / 1000.0, incline / 100.0,
+                      right_rear_m_s=right_rear / 1000.0, left_rear_m_s=left_rear / 1000.0)
+    problem = model.frame_problem(state)
+    if problem is not None:
+        name, text = problem
+        raise DeviceError(f"Bertec feedback bytes {_FEEDBACK_BYTES[name]} ({name}): {text}")
+    return state
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,8 @@ def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
 class BertecTreadmill(TreadmillDriver):
     """Bertec treadmill over TCP: feedback in, commands out; see the module docstring for bytes."""
 
+    MODEL = BERTEC_TREADMILL
+
     def __init__(self, settings: BertecSettings) -> None:
         super().__init__(settings.treadmill)
         self.bertec = settings
@@ -156,7 +171,7 @@ class BertecTreadmill(TreadmillDriver):
         except OSError as exc:
             raise DeviceError(f"Bertec treadmill: sending a command failed ({exc})") from None
 
-    def _read_state(self, timeout_s: float) -> BeltState | None:
+    def _read_frames(self, timeout_s: float) -> list[BeltState | str]:
         sock = self._sock
         if sock is None:
             raise DeviceError("Bertec treadmill: not connected")
@@ -171,14 +186,12 @@ class BertecTreadmill(TreadmillDriver):
                 ready, _, _ = select.select([sock], [], [], 0.0)
         except OSError as exc:
             raise DeviceError(f"Bertec treadmill: connection lost ({exc})") from None
-        state = None
+        frames: list[BeltState | str] = []
         while len(self._buffer) >= FEEDBACK_SIZE:
             packet = bytes(self._buffer[:FEEDBACK_SIZE])
             del self._buffer[:FEEDBACK_SIZE]
             try:
-                state = decode_feedback(packet)
-                self.health.frames_ok += 1
+                frames.append(decode_feedback(packet, self.MODEL))
             except DeviceError as exc:
-                self.health.frames_bad += 1
-                self.health.last_error = str(exc)
-        return state
+                frames.append(str(exc))
+        return frames

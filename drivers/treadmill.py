@@ -1,9 +1,11 @@
-"""Treadmill drivers: the session command vocabulary, safety limits and the heartbeat watchdog.
+"""Treadmill drivers: the session command vocabulary, safety limits, feedback checks and the watchdog.
 
 Sits between the session's command stream (``labsuite.streams.messages``) and a belt controller
 (Bertec over TCP, the simulator): subclasses only talk to their hardware, this base publishes the
-belt state (``treadmill_spec``), clamps and ramps speed commands and stops the belt by itself when
-the session's heartbeat goes missing.
+belt state (``treadmill_spec``) and the driver's own safety events (``events_source_id``), holds
+every command inside the lab's limits and the model's hard ceiling (:class:`TreadmillModel`),
+checks every feedback frame against the model, and stops the belt by itself when the session's
+heartbeat goes missing or the feedback turns to junk.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
-from labsuite.streams.contracts import StreamSpec, treadmill_spec
+from labsuite.streams.contracts import StreamSpec, markers_spec, treadmill_spec
 from labsuite.streams.messages import (
     CMD_EMERGENCY_STOP,
     CMD_HEARTBEAT,
@@ -28,6 +30,7 @@ from labsuite.streams.messages import (
     CMD_SPEED,
     CMD_STOP,
     HEARTBEAT_TIMEOUT_S,
+    marker,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,133 @@ log = logging.getLogger(__name__)
 # The state stream never emits more than this many ticks per read, so a long stall (a debugger, a
 # swapped-out process) shows up as a gap in the stream rather than a burst of stale copies.
 _MAX_CATCH_UP_TICKS = 50
+
+# Feedback checks (docs/devices.md, "Treadmill feedback"). This many invalid frames in a row are a
+# device fault: the belt is stopped (ramped), the fault is published and the driver reconnects.
+BAD_FRAMES_FOR_FAULT = 5
+# After a fault, speed commands are refused until the feedback has been valid this long.
+FAULT_CLEAR_S = 1.0
+# Belt speed may differ from the previous valid frame by max_accel * dt plus this much: the belt
+# dips under each foot strike, and frames that queued up arrive together (dt ~ 0).
+FEEDBACK_SPEED_JITTER_M_S = 0.3
+# The incline may differ from the previous valid frame by max_incline_rate * dt plus this much.
+FEEDBACK_INCLINE_JITTER_DEG = 0.5
+# Bad frames are logged at most once per this many seconds (with a count of the others).
+_BAD_FRAME_LOG_PERIOD_S = 1.0
+
+# Events the driver publishes on its events stream, as markers {"event": "treadmill_<kind>", ...}.
+# Those with "safety_stop": true are belt stops the driver made by itself.
+EVENT_PREFIX = "treadmill_"
+EVENT_CONNECTED = "connected"
+EVENT_WATCHDOG_STOP = "watchdog_stop"
+EVENT_HEARTBEAT_RESUMED = "heartbeat_resumed"
+EVENT_FEEDBACK_FAULT = "feedback_fault"
+EVENT_FEEDBACK_RESTORED = "feedback_restored"
+EVENT_STOP_RESENT = "stop_resent"
+EVENT_SEND_FAILED = "send_failed"
+EVENT_CLAMPED = "clamped"
+EVENT_COMMAND_REJECTED = "command_rejected"
+SAFETY_STOP_EVENTS = (EVENT_WATCHDOG_STOP, EVENT_FEEDBACK_FAULT)
+
+
+def events_source_id(treadmill_source_id: str) -> str:
+    """The source_id of a treadmill driver's events stream (markers), from its state stream's id."""
+    return f"{treadmill_source_id}-events"
+
+
+@dataclass(frozen=True)
+class TreadmillModel:
+    """The hard limits of one treadmill model: no setting, command-line option or lab file exceeds them.
+
+    They belong to the driver class (``TreadmillDriver.MODEL``), not to any settings object, so
+    nothing a user types can raise them. ``max_accel_m_s2`` bounds every commanded acceleration
+    and deceleration (the emergency stop's too) and the belt-speed change between two feedback
+    frames, ``max_incline_rate_deg_s`` the incline change between them; speeds and the incline
+    of every feedback frame must lie in the ranges.
+    """
+
+    manufacturer: str
+    model: str
+    max_speed_m_s: float
+    max_reverse_m_s: float
+    max_accel_m_s2: float
+    min_incline_deg: float
+    max_incline_deg: float
+    max_incline_rate_deg_s: float
+
+    @property
+    def label(self) -> str:
+        """``manufacturer model``, for messages."""
+        return f"{self.manufacturer} {self.model}"
+
+    def check(self, settings: TreadmillSettings) -> None:
+        """ConfigError naming the field when ``settings`` go beyond this model's hard limits."""
+        above = (("max_speed_m_s", settings.max_speed_m_s, self.max_speed_m_s, "m/s"),
+                 ("max_reverse_m_s", settings.max_reverse_m_s, self.max_reverse_m_s, "m/s"),
+                 ("max_accel_m_s2", settings.max_accel_m_s2, self.max_accel_m_s2, "m/s^2"),
+                 ("emergency_decel_m_s2", settings.emergency_decel_m_s2, self.max_accel_m_s2, "m/s^2"),
+                 ("max_incline_deg", settings.max_incline_deg, self.max_incline_deg, "deg"))
+        for name, value, limit, unit in above:
+            if value > limit:
+                raise ConfigError(f"treadmill settings {name} = {value:g} {unit}: above the hard limit "
+                                  f"of the {self.label} ({limit:g} {unit}), which no option or lab "
+                                  "file can raise")
+        if settings.min_incline_deg < self.min_incline_deg:
+            raise ConfigError(f"treadmill settings min_incline_deg = {settings.min_incline_deg:g} deg: "
+                              f"below the hard limit of the {self.label} ({self.min_incline_deg:g} deg)")
+
+    def frame_problem(self, state: BeltState) -> tuple[str, str] | None:
+        """The first field of a feedback frame outside this model's ranges, as (field, problem)."""
+        for name, value in state.speeds():
+            if not math.isfinite(value):
+                return name, f"{value} is not a number"
+            if not -self.max_reverse_m_s <= value <= self.max_speed_m_s:
+                return name, (f"{value:.3f} m/s is outside the {self.label}'s range "
+                              f"{-self.max_reverse_m_s:g}..{self.max_speed_m_s:g} m/s")
+        value = state.incline_deg
+        if not math.isfinite(value):
+            return "incline_deg", f"{value} is not a number"
+        if not self.min_incline_deg <= value <= self.max_incline_deg:
+            return "incline_deg", (f"{value:.2f} deg is outside the {self.label}'s range "
+                                   f"{self.min_incline_deg:g}..{self.max_incline_deg:g} deg")
+        return None
+
+    def change_problem(self, state: BeltState, previous: BeltState, dt_s: float
+                       ) -> tuple[str, str] | None:
+        """A speed or incline that changed faster than this model can since the ``previous`` frame."""
+        dt = max(dt_s, 0.0)
+        allowed = FEEDBACK_SPEED_JITTER_M_S + self.max_accel_m_s2 * dt
+        before = dict(previous.speeds())
+        for name, value in state.speeds():
+            old = before.get(name)
+            if old is not None and abs(value - old) > allowed:
+                return name, (f"{old:.3f} -> {value:.3f} m/s in {dt:.3f} s is faster than the "
+                              f"{self.label} can change speed ({self.max_accel_m_s2:g} m/s^2, "
+                              f"+{FEEDBACK_SPEED_JITTER_M_S:g} m/s jitter)")
+        allowed = FEEDBACK_INCLINE_JITTER_DEG + self.max_incline_rate_deg_s * dt
+        if abs(state.incline_deg - previous.incline_deg) > allowed:
+            return "incline_deg", (f"{previous.incline_deg:.2f} -> {state.incline_deg:.2f} deg in "
+                                   f"{dt:.3f} s is faster than the {self.label} can tilt "
+                                   f"({self.max_incline_rate_deg_s:g} deg/s, "
+                                   f"+{FEEDBACK_INCLINE_JITTER_DEG:g} deg jitter)")
+        return None
+
+
+# Bertec instrumented treadmills on the legacy remote-control protocol: rated top speed 6.5 m/s
+# (what the controller accepts), belts run both ways, incline up to 15 deg either way on models
+# that have one, tilting at a few deg/s (5 deg/s bounds it). Acceleration: 10 m/s^2 covers every
+# ramp, stop and emergency stop labsuite sends.
+BERTEC_TREADMILL = TreadmillModel("Bertec", "instrumented treadmill", max_speed_m_s=6.5,
+                                  max_reverse_m_s=2.0, max_accel_m_s2=10.0,
+                                  min_incline_deg=-15.0, max_incline_deg=15.0,
+                                  max_incline_rate_deg_s=5.0)
+# The simulated treadmill has the limits of the real one, so a protocol that runs in simulation
+# runs on the Bertec. Its incline is set at once (BeltRamp), so it may tilt at any rate.
+SIMULATED_TREADMILL = TreadmillModel("labsuite", "simulated instrumented treadmill",
+                                     max_speed_m_s=6.5, max_reverse_m_s=2.0, max_accel_m_s2=10.0,
+                                     min_incline_deg=-15.0, max_incline_deg=15.0,
+                                     max_incline_rate_deg_s=math.inf)
+TREADMILL_MODELS = {(m.manufacturer, m.model): m for m in (BERTEC_TREADMILL, SIMULATED_TREADMILL)}
 
 
 @dataclass(frozen=True)
@@ -95,6 +225,11 @@ class TreadmillSettings:
                 and self.min_incline_deg <= self.max_incline_deg):
             raise ConfigError(f"treadmill settings min_incline_deg/max_incline_deg: expected finite "
                               f"min <= max, got {self.min_incline_deg}, {self.max_incline_deg}")
+        # Settings that name a known model are held to its ceiling at once (a lab file fails when
+        # it is loaded); every driver also checks them against its own model (TreadmillDriver).
+        known = TREADMILL_MODELS.get((self.manufacturer, self.model))
+        if known is not None:
+            known.check(self)
 
     def clamp_speed(self, speed_m_s: float) -> float:
         """Clamp a belt speed (m/s) to [-max_reverse_m_s, max_speed_m_s]."""
@@ -111,11 +246,22 @@ class TreadmillSettings:
 
 @dataclass(frozen=True)
 class BeltState:
-    """What the treadmill reports: belt speeds (m/s) and incline (deg)."""
+    """What the treadmill reports: belt speeds (m/s) and incline (deg); rear belts when it has them."""
 
     right_m_s: float
     left_m_s: float
     incline_deg: float
+    right_rear_m_s: float | None = None
+    left_rear_m_s: float | None = None
+
+    def speeds(self) -> list[tuple[str, float]]:
+        """Every belt speed reported, as (field name, m/s)."""
+        out = [("right_m_s", self.right_m_s), ("left_m_s", self.left_m_s)]
+        if self.right_rear_m_s is not None:
+            out.append(("right_rear_m_s", self.right_rear_m_s))
+        if self.left_rear_m_s is not None:
+            out.append(("left_rear_m_s", self.left_rear_m_s))
+        return out
 
 
 @dataclass(frozen=True)
@@ -130,34 +276,59 @@ class BeltCommand:
 
 
 class TreadmillDriver(Driver):
-    """Base of every treadmill driver: commands in, belt state out, watchdog on the heartbeat.
+    """Base of every treadmill driver: commands in, belt state and safety events out, watchdogs.
 
-    Subclasses implement the hardware: ``_connect``, ``_disconnect``, ``_send_belt_command`` and
-    ``_read_state`` (and count their packets in ``health.frames_ok``/``frames_bad``). The base class
-    guarantees that
+    Subclasses set ``MODEL`` (the hard limits of the treadmill they drive) and implement the
+    hardware: ``_connect``, ``_disconnect``, ``_send_belt_command`` and either ``_read_state``
+    (one state per call) or ``_read_frames`` (every frame that arrived, decoding errors included).
+    The base class guarantees that
 
-    * nothing is sent before a state (and so the current incline) has been read from the device;
-    * every command carries the incline last read, unless an ``incline`` command asks otherwise;
-    * speeds, accelerations and inclines are clamped to :class:`TreadmillSettings`;
+    * the settings lie within ``MODEL`` (ConfigError at construction otherwise), and every speed,
+      acceleration and incline sent lies within both;
+    * every feedback frame is checked against ``MODEL`` (speeds, incline, speed change since the
+      last valid frame); an invalid frame is counted (``health.frames_bad``), logged and never
+      used, so a command never carries an incline that was not validly read;
+    * :data:`BAD_FRAMES_FOR_FAULT` invalid frames in a row are a device fault: a ramped stop is
+      sent, a ``treadmill_feedback_fault`` event is published, the connection is renewed and
+      speed commands are refused until the feedback has been valid for :data:`FAULT_CLEAR_S`;
+    * nothing is sent before a valid state (and so the current incline) has been read;
     * once a heartbeat has been seen, a silence of ``heartbeat_timeout_s`` stops the belt (ramped,
-      logged, counted in ``health.extra['watchdog_stops']``); speed commands are refused until
+      published, counted in ``health.extra['watchdog_stops']``); speed commands are refused until
       heartbeats resume.
     """
 
+    MODEL: ClassVar[TreadmillModel]
+
     def __init__(self, settings: TreadmillSettings) -> None:
         super().__init__()
+        model = getattr(type(self), "MODEL", None)
+        if not isinstance(model, TreadmillModel):
+            raise ConfigError(f"{type(self).__name__}: a treadmill driver must declare MODEL, the hard "
+                              "limits of the treadmill it drives")
+        model.check(settings)
+        self.model = model
         self.settings = settings
         self.state: BeltState | None = None
         self.target: tuple[float, float] = (0.0, 0.0)
         self.last_command: BeltCommand | None = None
         self.events: deque[tuple[float, str, str]] = deque(maxlen=1000)
+        self._outbox: deque[tuple[float, str]] = deque(maxlen=1000)
+        self._last_event_lsl = -math.inf
         self._last_heartbeat_s: float | None = None
         self._watchdog_tripped = False
         self._stop_pending = False
         self._lost: str | None = None
         self._next_tick_s: float | None = None
         self._last_state_s = 0.0
-        for key in ("commands", "commands_rejected", "watchdog_stops", "emergency_stops"):
+        # feedback checks
+        self._valid_at_s: float | None = None  # monotonic arrival of the last valid frame
+        self._bad_in_row = 0
+        self._fault: str | None = None
+        self._good_since_s: float | None = None
+        self._bad_logged_s = -math.inf
+        self._bad_unlogged = 0
+        for key in ("commands", "commands_rejected", "watchdog_stops", "emergency_stops",
+                    "feedback_faults", "feedback_fault_active"):
             self.health.extra[key] = 0.0
 
     # ---- hardware: implemented by subclasses ---------------------------------------------
@@ -174,42 +345,62 @@ class TreadmillDriver(Driver):
                            incline_deg: float) -> None:
         """Send one (already clamped) command; DeviceError when the connection is lost."""
 
-    @abc.abstractmethod
     def _read_state(self, timeout_s: float) -> BeltState | None:
         """Return the latest belt state received within ``timeout_s`` (None if nothing new).
 
-        Raises DeviceError when the connection is lost.
+        For devices without a frame stream; raises DeviceError when the connection is lost.
         """
+        raise NotImplementedError(f"{type(self).__name__} implements neither _read_state nor _read_frames")
+
+    def _read_frames(self, timeout_s: float) -> list[BeltState | str]:
+        """Every frame that arrived within ``timeout_s``, in order: a state, or why it is malformed.
+
+        Raises DeviceError when the connection is lost. The default wraps ``_read_state``.
+        """
+        state = self._read_state(timeout_s)
+        return [] if state is None else [state]
 
     # ---- Driver ------------------------------------------------------------------------------
     def stream_specs(self) -> list[StreamSpec]:
-        """Describe the belt state stream: speed_right, speed_left (m/s), incline (deg)."""
+        """The belt state (speed_right, speed_left m/s, incline deg) and the driver's events (markers)."""
         s = self.settings
         return [treadmill_spec(s.source_id, rate_hz=s.state_rate_hz, name=s.name,
-                               manufacturer=s.manufacturer, model=s.model)]
+                               manufacturer=s.manufacturer, model=s.model),
+                markers_spec(events_source_id(s.source_id), name=f"{s.name}-events")]
 
     def open(self) -> None:
-        """Connect and wait for a first state, so the incline is known before anything is sent."""
+        """Connect and wait for a first valid state, so the incline is known before anything is sent."""
         self._lost = None
+        self._valid_at_s = None
+        self._bad_in_row = 0
+        self._good_since_s = None
         self._connect()
         deadline = time.monotonic() + self.settings.first_state_timeout_s
+        bad_before = self.health.frames_bad
         state = None
         while state is None and time.monotonic() < deadline:
-            state = self._read_state(0.05)
+            state = self._next_state(0.05)
         if state is None:
             self._disconnect()
-            raise DeviceError(f"treadmill {self.settings.name!r}: no state received within "
-                              f"{self.settings.first_state_timeout_s} s of connecting; check that "
+            bad = self.health.frames_bad - bad_before
+            why = f" ({bad} invalid frames, the last: {self.health.last_error})" if bad else ""
+            raise DeviceError(f"treadmill {self.settings.name!r}: no valid state received within "
+                              f"{self.settings.first_state_timeout_s} s of connecting{why}; check that "
                               "the treadmill controller is on and in remote-control mode")
-        self.state = state
         self._last_state_s = time.monotonic()
         if self.last_command is None:
             # First connection: adopt what the belt is doing, so an incline command keeps the speed.
             self.target = (state.right_m_s, state.left_m_s)
         self._next_tick_s = None
-        if self._stop_pending or self._watchdog_tripped:
+        s = self.settings
+        self._event(EVENT_CONNECTED, f"{self.model.label}: speed {-s.max_reverse_m_s:g}.."
+                    f"{s.max_speed_m_s:g} m/s (hard limit {self.model.max_speed_m_s:g}), incline "
+                    f"{s.min_incline_deg:g}..{s.max_incline_deg:g} deg", level=logging.INFO,
+                    max_speed_m_s=s.max_speed_m_s, hard_max_speed_m_s=self.model.max_speed_m_s,
+                    incline_deg=state.incline_deg)
+        if self._stop_pending or self._watchdog_tripped or self._fault is not None:
             # A stop that could not be delivered before the connection dropped is delivered now.
-            self._event("stop_resent", "connection restored with a stop pending; stopping the belt")
+            self._event(EVENT_STOP_RESENT, "connection restored with a stop pending; stopping the belt")
             self._command(0.0, 0.0, self.settings.stop_decel_m_s2, None, "stop (resent)")
 
     def close(self) -> None:
@@ -217,7 +408,7 @@ class TreadmillDriver(Driver):
         self._disconnect()
 
     def read(self, timeout_s: float) -> list[Chunk]:
-        """Publish the belt state at ``state_rate_hz`` on a regular LSL-clock grid."""
+        """Publish the belt state at ``state_rate_hz`` on a regular LSL-clock grid, and new events."""
         import pylsl
 
         if self._lost is not None:
@@ -228,30 +419,40 @@ class TreadmillDriver(Driver):
         if self._next_tick_s is None:
             self._next_tick_s = now
         wait_s = min(timeout_s, max(0.0, self._next_tick_s - now))
-        state = self._read_state(wait_s)
-        if state is not None:
-            self.state = state
+        if self._next_state(wait_s) is not None:
             self._last_state_s = time.monotonic()
         elif time.monotonic() - self._last_state_s > self.settings.state_timeout_s:
             # A controller that stopped talking is lost, not still: never publish a stale belt.
-            raise DeviceError(f"treadmill {self.settings.name!r}: no state for "
+            raise DeviceError(f"treadmill {self.settings.name!r}: no valid state for "
                               f"{self.settings.state_timeout_s} s")
         now = pylsl.local_clock()
         if now < self._next_tick_s:
             time.sleep(max(0.0, min(self._next_tick_s - now, timeout_s)))
             now = pylsl.local_clock()
+        chunks = []
         n = int((now - self._next_tick_s) // period) + 1 if now >= self._next_tick_s else 0
-        if n <= 0 or self.state is None:
-            return []
-        if n > _MAX_CATCH_UP_TICKS:
-            skipped = n - 1
-            self._next_tick_s += skipped * period
-            self.health.extra["ticks_skipped"] = self.health.extra.get("ticks_skipped", 0.0) + skipped
-            n = 1
-        stamps = self._next_tick_s + period * np.arange(n)
-        self._next_tick_s += n * period
-        row = [self.state.right_m_s, self.state.left_m_s, self.state.incline_deg]
-        return [Chunk(0, stamps, np.tile(np.asarray(row, dtype=np.float32), (n, 1)))]
+        if n > 0 and self.state is not None:
+            if n > _MAX_CATCH_UP_TICKS:
+                skipped = n - 1
+                self._next_tick_s += skipped * period
+                self.health.extra["ticks_skipped"] = (self.health.extra.get("ticks_skipped", 0.0)
+                                                      + skipped)
+                n = 1
+            stamps = self._next_tick_s + period * np.arange(n)
+            self._next_tick_s += n * period
+            row = [self.state.right_m_s, self.state.left_m_s, self.state.incline_deg]
+            chunks.append(Chunk(0, stamps, np.tile(np.asarray(row, dtype=np.float32), (n, 1))))
+        events = self.take_events()
+        if events:
+            chunks.append(Chunk(1, np.array([t for t, _ in events]),
+                                np.array([[text] for _, text in events], dtype=object)))
+        return chunks
+
+    def take_events(self) -> list[tuple[float, str]]:
+        """The events not yet published: (LSL time, JSON marker text), oldest first."""
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
 
     def handle_command(self, command: dict[str, Any]) -> None:
         """Apply a session command: speed, stop, emergency_stop, incline, heartbeat.
@@ -267,7 +468,7 @@ class TreadmillDriver(Driver):
                 self._last_heartbeat_s = pylsl.local_clock()
                 if self._watchdog_tripped:
                     self._watchdog_tripped = False
-                    self._event("heartbeat_resumed", "session heartbeat is back")
+                    self._event(EVENT_HEARTBEAT_RESUMED, "session heartbeat is back")
                 return
             self.health.extra["commands"] += 1
             if name == CMD_SPEED:
@@ -287,7 +488,7 @@ class TreadmillDriver(Driver):
                 raise ConfigError(f"unknown treadmill command {name!r}")
         except ConfigError as exc:
             self.health.extra["commands_rejected"] += 1
-            self._event("command_rejected", f"{exc} (command {command!r})")
+            self._event(EVENT_COMMAND_REJECTED, f"{exc} (command {command!r})")
 
     def on_idle(self, now_s: float) -> None:
         """Heartbeat watchdog: once heartbeats were seen, silence for the timeout stops the belt."""
@@ -297,42 +498,118 @@ class TreadmillDriver(Driver):
         if now_s - last > self.settings.heartbeat_timeout_s:
             self._watchdog_tripped = True
             self.health.extra["watchdog_stops"] += 1
-            self._event("watchdog_stop", f"no session heartbeat for {now_s - last:.2f} s "
-                        f"(limit {self.settings.heartbeat_timeout_s} s); ramped stop")
+            self._event(EVENT_WATCHDOG_STOP, f"no session heartbeat for {now_s - last:.2f} s "
+                        f"(limit {self.settings.heartbeat_timeout_s} s); ramped stop",
+                        safety_stop=True, silence_s=round(now_s - last, 3))
             self._command(0.0, 0.0, self.settings.stop_decel_m_s2, None, "watchdog stop")
 
     def poll_state(self, timeout_s: float) -> BeltState | None:
-        """Read the device for up to ``timeout_s`` and return the latest state (for one-shot tools)."""
-        state = self._read_state(timeout_s)
-        if state is not None:
-            self.state = state
+        """Read the device for up to ``timeout_s`` and return the latest valid state (one-shot tools)."""
+        self._next_state(timeout_s)
         return self.state
+
+    @property
+    def fault(self) -> str | None:
+        """Why the feedback is in fault (speed commands refused), or None."""
+        return self._fault
+
+    # ---- feedback checks -------------------------------------------------------------------
+    def _next_state(self, timeout_s: float) -> BeltState | None:
+        """Read frames, check each one, keep the last valid one in ``state`` and return it (or None)."""
+        frames = self._read_frames(timeout_s)
+        if not frames:
+            return None
+        arrival = time.monotonic()
+        latest = None
+        for frame in frames:
+            problem = frame if isinstance(frame, str) else self._frame_problem(frame, arrival)
+            if problem is None:
+                assert isinstance(frame, BeltState)
+                latest = self.state = frame
+                self._valid_at_s = arrival
+                self._on_valid_frame(arrival)
+            else:
+                self._on_bad_frame(problem, arrival)
+        return latest
+
+    def _frame_problem(self, state: BeltState, arrival_s: float) -> str | None:
+        found = self.model.frame_problem(state)
+        if found is None and self.state is not None and self._valid_at_s is not None:
+            found = self.model.change_problem(state, self.state, arrival_s - self._valid_at_s)
+        return None if found is None else f"treadmill feedback {found[0]}: {found[1]}"
+
+    def _on_valid_frame(self, arrival_s: float) -> None:
+        self.health.frames_ok += 1
+        self._bad_in_row = 0
+        if self._good_since_s is None:
+            self._good_since_s = arrival_s
+        if self._fault is not None and arrival_s - self._good_since_s >= FAULT_CLEAR_S:
+            self._event(EVENT_FEEDBACK_RESTORED, f"feedback valid for {FAULT_CLEAR_S:g} s after the "
+                        f"fault ({self._fault}); speed commands accepted again")
+            self._fault = None
+            self.health.extra["feedback_fault_active"] = 0.0
+
+    def _on_bad_frame(self, problem: str, arrival_s: float) -> None:
+        self.health.frames_bad += 1
+        self.health.last_error = problem
+        self._bad_in_row += 1
+        self._good_since_s = None
+        if arrival_s - self._bad_logged_s >= _BAD_FRAME_LOG_PERIOD_S:
+            more = f" ({self._bad_unlogged} more since the last report)" if self._bad_unlogged else ""
+            log.warning("treadmill %r: bad frame ignored: %s%s", self.settings.name, problem, more)
+            self._bad_logged_s = arrival_s
+            self._bad_unlogged = 0
+        else:
+            self._bad_unlogged += 1
+        if self._bad_in_row == BAD_FRAMES_FOR_FAULT:
+            self._on_fault(problem)
+
+    def _on_fault(self, problem: str) -> None:
+        self._fault = problem
+        self.health.extra["feedback_faults"] += 1
+        self.health.extra["feedback_fault_active"] = 1.0
+        self._event(EVENT_FEEDBACK_FAULT, f"{BAD_FRAMES_FOR_FAULT} invalid feedback frames in a row "
+                    f"(last: {problem}); ramped stop, reconnecting", safety_stop=True,
+                    bad_frames=BAD_FRAMES_FOR_FAULT, frames_bad_total=self.health.frames_bad)
+        if self.state is not None:
+            self._command(0.0, 0.0, self.settings.stop_decel_m_s2, None, "feedback fault stop")
+        else:
+            self._stop_pending = True  # nothing valid read yet: the stop goes out once one is
+        if self._lost is None:
+            self._lost = f"treadmill {self.settings.name!r}: feedback fault ({problem})"
 
     # ---- helpers -----------------------------------------------------------------------------
     def _on_speed(self, command: dict[str, Any]) -> None:
         right = _number(command, "right_m_s", None)
         left = _number(command, "left_m_s", right)
         accel = _number(command, "accel_m_s2", self.settings.default_accel_m_s2)
-        if self._watchdog_tripped and (right != 0.0 or left != 0.0):
-            raise ConfigError("speed command refused: the belt was stopped because the session "
-                              "heartbeat went missing; it runs again once heartbeats resume")
+        if right != 0.0 or left != 0.0:
+            if self._watchdog_tripped:
+                raise ConfigError("speed command refused: the belt was stopped because the session "
+                                  "heartbeat went missing; it runs again once heartbeats resume")
+            if self._fault is not None:
+                raise ConfigError(f"speed command refused: treadmill feedback fault ({self._fault}); "
+                                  f"it runs again after {FAULT_CLEAR_S:g} s of valid feedback")
         self._command(right, left, accel, None, "speed")
 
     def _command(self, right_m_s: float, left_m_s: float, accel_m_s2: float,
                  incline_deg: float | None, reason: str, *, clamp_accel: bool = True) -> None:
-        s = self.settings
+        s, m = self.settings, self.model
         if self.state is None:
-            raise ConfigError("treadmill not connected yet (no state read, incline unknown); "
+            raise ConfigError("treadmill not connected yet (no valid state read, incline unknown); "
                               "command not sent")
-        right = s.clamp_speed(right_m_s)
-        left = s.clamp_speed(left_m_s)
+        # The settings lie within the model (checked at construction); the model's ceiling is
+        # applied again here so nothing can ever send more.
+        right = min(max(s.clamp_speed(right_m_s), -m.max_reverse_m_s), m.max_speed_m_s)
+        left = min(max(s.clamp_speed(left_m_s), -m.max_reverse_m_s), m.max_speed_m_s)
         if clamp_accel:
             accel = s.clamp_accel(accel_m_s2)
         else:
             accel = abs(accel_m_s2) if accel_m_s2 else s.emergency_decel_m_s2
+        accel = min(accel, m.max_accel_m_s2)
         incline = self.state.incline_deg if incline_deg is None else s.clamp_incline(incline_deg)
         if (right, left) != (right_m_s, left_m_s):
-            self._event("clamped", f"{reason}: speeds ({right_m_s}, {left_m_s}) m/s clamped to "
+            self._event(EVENT_CLAMPED, f"{reason}: speeds ({right_m_s}, {left_m_s}) m/s clamped to "
                         f"({right}, {left})")
         cmd = BeltCommand(right, left, accel, incline, reason)
         stopping = right == 0.0 and left == 0.0
@@ -343,7 +620,7 @@ class TreadmillDriver(Driver):
             # stop once the connection is back.
             self._stop_pending = self._stop_pending or stopping
             self._lost = f"treadmill command {reason!r} not delivered: {exc}"
-            self._event("send_failed", self._lost)
+            self._event(EVENT_SEND_FAILED, self._lost)
             return
         self._stop_pending = False
         self.target = (right, left)
@@ -351,9 +628,16 @@ class TreadmillDriver(Driver):
         log.info("treadmill %s: right %.3f m/s, left %.3f m/s, accel %.2f m/s^2, incline %.2f deg",
                  reason, right, left, accel, incline)
 
-    def _event(self, kind: str, text: str) -> None:
-        log.warning("treadmill %s: %s", kind, text)
+    def _event(self, kind: str, text: str, *, level: int = logging.WARNING, **fields: Any) -> None:
+        """Log, keep (``events``) and queue for the events stream one thing the driver did or saw."""
+        import pylsl
+
+        log.log(level, "treadmill %s: %s", kind, text)
         self.events.append((time.monotonic(), kind, text))
+        # strictly increasing stamps, even for two events within the clock's resolution
+        t = max(pylsl.local_clock(), self._last_event_lsl + 1e-6)
+        self._last_event_lsl = t
+        self._outbox.append((t, marker(EVENT_PREFIX + kind, detail=text, **fields)))
 
 
 def _number(command: dict[str, Any], key: str, default: float | None) -> float:

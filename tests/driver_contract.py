@@ -3,7 +3,8 @@
 It runs the driver under :class:`DriverRunner` in a thread, and a plain pylsl client (no labsuite code
 on the reading side) resolves every declared stream by source_id, reads the metadata back, pulls
 for a few seconds and checks: metadata as declared, timestamps monotonic, measured rate within 1 %
-of nominal (regular streams), and a clean shutdown (the loop ends, the device is closed, the
+of nominal (regular streams; an irregular one, such as a driver's events, may be quiet), and a
+clean shutdown (the loop ends, the device is closed, the
 outlets disappear).
 """
 
@@ -82,9 +83,9 @@ def check_driver_contract(make_driver: Callable[[], Driver], *, measure_s: float
         for spec, ts_list in zip(specs, stamps, strict=True):
             ts = np.asarray(ts_list)
             ts_arrays.append(ts)
-            assert len(ts) > 1, f"{spec.name}: no samples in {measure_s} s"
             assert np.all(np.diff(ts) > 0), f"{spec.name}: timestamps not strictly increasing"
             if spec.rate_hz > 0:
+                assert len(ts) > 1, f"{spec.name}: no samples in {measure_s} s"
                 rate = (len(ts) - 1) / (ts[-1] - ts[0])
                 assert abs(rate / spec.rate_hz - 1) <= rate_tolerance, (
                     f"{spec.name}: measured {rate:.2f} Hz, nominal {spec.rate_hz} Hz")

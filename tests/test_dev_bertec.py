@@ -1,7 +1,12 @@
-"""Bertec treadmill: byte-exact packets, every command checked by a TCP emulator, faults, watchdog, CLI."""
+"""Bertec treadmill: byte-exact packets, every command checked by a TCP emulator, faults, watchdog, CLI.
+
+Also: feedback checked against the model (junk is never believed or echoed, a run of bad frames is
+a device fault that stops the belt), and the model's hard ceilings.
+"""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 
@@ -10,6 +15,7 @@ import pylsl
 import pytest
 from driver_contract import check_driver_contract
 from emulators.bertec import BertecEmulator
+from lsl_helpers import plain_inlet
 
 from labsuite.cli import main
 from labsuite.drivers.base import DriverRunner
@@ -20,10 +26,17 @@ from labsuite.drivers.bertec import (
     encode_command,
     parse_host_port,
 )
-from labsuite.drivers.treadmill import TreadmillSettings
+from labsuite.drivers.treadmill import (
+    BAD_FRAMES_FOR_FAULT,
+    BERTEC_TREADMILL,
+    FAULT_CLEAR_S,
+    BeltState,
+    TreadmillSettings,
+    events_source_id,
+)
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import commands_spec
-from labsuite.streams.messages import command
+from labsuite.streams.messages import command, decode
 
 # Written out by hand from the layout in issue 7 (not produced by the encoder under test).
 FIXTURES = [
@@ -142,7 +155,7 @@ def test_malformed_feedback_counted_and_disconnect_recovered(uid):
         runner, thread = _run(drv, on_event=lambda k, t: events.append(k))
         got = []
         push = runner._push
-        runner._push = lambda spec, chunk: (got.append(chunk), push(spec, chunk))
+        runner._push = lambda spec, chunk: (chunk.stream == 0 and got.append(chunk), push(spec, chunk))
         try:
             _wait_for(lambda: drv.health.frames_ok > 20)
             emu.inject("bad_format")
@@ -212,7 +225,7 @@ def test_hung_controller_is_treated_as_lost_and_reconnected(uid):
         finally:
             runner.stop()
             thread.join(timeout=15)
-        assert ("device_lost", f"treadmill 'bertec-{uid}': no state for 0.5 s") in events
+        assert ("device_lost", f"treadmill 'bertec-{uid}': no valid state for 0.5 s") in events
         assert emu.violations == []
 
 
@@ -260,9 +273,142 @@ def test_cli_status_speed_stop(capsys):
         _wait_for(lambda: len(emu.commands) == 3)
         assert [c.speeds_mm_s[:2] for c in emu.commands] == [(1200, 1200), (1400, 1000), (0, 0)]
         assert all(c.incline_cdeg == 400 for c in emu.commands)
-        assert main(["treadmill", "--bertec", emu.address, "speed", "7"]) == 1
+        assert main(["treadmill", "--bertec", emu.address, "speed", "4"]) == 1
         assert "raise --max-speed" in capsys.readouterr().err
         assert emu.violations == []
         port = emu.port
     assert main(["treadmill", "--bertec", f"127.0.0.1:{port}", "status"]) == 1
     assert "cannot connect" in capsys.readouterr().err
+
+
+# ---- feedback checked against the model ------------------------------------------------------
+
+def _feedback(right_mm_s=0, left_mm_s=0, rear=(0, 0), incline_cdeg=0, fmt=0) -> bytes:
+    """A feedback packet laid out by hand (module docstring of drivers/bertec.py)."""
+    return bytes([fmt]) + struct.pack(">5h", right_mm_s, left_mm_s, *rear, incline_cdeg) + bytes(21)
+
+
+def test_every_feedback_field_is_range_checked_against_the_model():
+    # The frame the issue saw believed: 8.3 m/s and a 282.75 deg incline.
+    with pytest.raises(DeviceError, match=r"bytes 1\.\.2 \(right_m_s\): 8\.300 m/s is outside .*-2\.\.6\.5"):
+        decode_feedback(_feedback(8300, 1000, incline_cdeg=28275))
+    with pytest.raises(DeviceError, match=r"bytes 9\.\.10 \(incline_deg\): 282\.75 deg is outside"):
+        decode_feedback(_feedback(3000, 3000, rear=(3000, 3000), incline_cdeg=28275))
+    with pytest.raises(DeviceError, match=r"bytes 3\.\.4 \(left_m_s\): -2\.500 m/s"):
+        decode_feedback(_feedback(1000, -2500))
+    with pytest.raises(DeviceError, match=r"bytes 7\.\.8 \(left_rear_m_s\)"):
+        decode_feedback(_feedback(1000, 1000, rear=(1000, 7000)))
+    state = decode_feedback(_feedback(6500, -2000, rear=(6500, -2000), incline_cdeg=-1500))
+    assert (state.right_m_s, state.left_m_s, state.incline_deg) == (6.5, -2.0, -15.0)
+    # Between frames: at most 10 m/s^2 * dt + 0.3 m/s, 5 deg/s * dt + 0.5 deg.
+    before = BeltState(3.0, 3.0, 2.0)
+    assert BERTEC_TREADMILL.change_problem(BeltState(3.29, 2.71, 2.49), before, 0.0) is None
+    assert BERTEC_TREADMILL.change_problem(BeltState(3.39, 3.0, 2.0), before, 0.01) is None
+    name, text = BERTEC_TREADMILL.change_problem(BeltState(3.41, 3.0, 2.0), before, 0.01)
+    assert name == "right_m_s" and "3.000 -> 3.410 m/s in 0.010 s" in text
+    name, _ = BERTEC_TREADMILL.change_problem(BeltState(3.0, 3.0, 2.6), before, 0.01)
+    assert name == "incline_deg"
+    assert BERTEC_TREADMILL.change_problem(BeltState(3.0, 3.0, 4.0), before, 0.31) is None
+
+
+def test_a_junk_controller_is_never_believed_nor_echoed_by_the_cli(capsys):
+    # A Bertec-speaking server that sends only random 32-byte packets (format byte 0).
+    with BertecEmulator(junk_only=True) as emu:
+        for action in (["status"], ["speed", "1"], ["stop"]):
+            assert main(["treadmill", "--bertec", emu.address, *action]) == 1
+            err = capsys.readouterr().err
+            assert "no valid state received" in err and "invalid frames, the last: Bertec feedback" in err
+        assert len(emu.junk_sent) > 100
+        assert emu.commands == [] and emu.violations == []
+
+
+def _events(inlet) -> list[dict]:
+    chunk, _ = inlet.pull_chunk(timeout=0.0)
+    return [decode(row[0]) for row in chunk]
+
+
+class _Heartbeat:
+    """The session's heartbeat at 0.1 s on a command outlet, from a thread (as session.py sends it)."""
+
+    def __init__(self, outlet) -> None:
+        self.outlet = outlet
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.wait(0.1):
+            self.outlet.push_sample([command("heartbeat", seq=seq)])
+            seq += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def test_junk_frames_are_never_echoed_and_a_run_of_them_is_a_fault(uid):
+    cmd_id = f"{uid}-commands"
+    outlet = pylsl.StreamOutlet(commands_spec(cmd_id, name=f"cmd-{uid}").to_info())
+    with BertecEmulator(incline_deg=3.0) as emu:
+        drv = _driver(emu, uid)
+        runner, thread = _run(drv, command_source_id=cmd_id)
+        try:
+            events = plain_inlet(events_source_id(uid), timeout_s=30)
+            assert outlet.wait_for_consumers(30.0)
+            with _Heartbeat(outlet):
+                outlet.push_sample([command("speed", right_m_s=1.5, left_m_s=1.5, accel_m_s2=2.0)])
+                _wait_for(lambda: emu.state()[0] == 1.5)
+                # One short of the documented count: counted, ignored, no fault.
+                bad = drv.health.frames_bad
+                emu.inject("junk", BAD_FRAMES_FOR_FAULT - 1)
+                _wait_for(lambda: drv.health.frames_bad == bad + BAD_FRAMES_FOR_FAULT - 1)
+                # Plausible speeds, impossible changes: bad too; isolated, so no fault either.
+                for fault, n_bad in (("speed_jump", BAD_FRAMES_FOR_FAULT), ("incline_jump",
+                                                                            BAD_FRAMES_FOR_FAULT + 1)):
+                    ok = drv.health.frames_ok
+                    _wait_for(lambda ok=ok: drv.health.frames_ok > ok + 3)
+                    emu.inject(fault)
+                    _wait_for(lambda n_bad=n_bad: drv.health.frames_bad == bad + n_bad)
+                outlet.push_sample([command("speed", right_m_s=1.6, left_m_s=1.6)])
+                _wait_for(lambda: emu.state()[0] == 1.6)
+                assert drv.health.extra["feedback_faults"] == 0
+                assert emu.connections == 1 and drv.health.reconnects == 0
+                # The documented count in a row: a device fault.
+                emu.inject("junk", BAD_FRAMES_FOR_FAULT)
+                _wait_for(lambda: drv.health.extra["feedback_faults"] == 1)
+                assert drv.health.frames_bad == bad + 2 * BAD_FRAMES_FOR_FAULT + 1
+                _wait_for(lambda: emu.commands[-1].speeds_mm_s == (0, 0, 0, 0))
+                assert emu.commands[-1].accels_mm_s2[0] == 1000  # the ramped stop
+                _wait_for(lambda: drv.health.reconnects == 1 and emu.connections == 2)
+                # Refused while in fault, accepted after FAULT_CLEAR_S of valid feedback.
+                rejected = drv.health.extra["commands_rejected"]
+                outlet.push_sample([command("speed", right_m_s=1.0, left_m_s=1.0)])
+                _wait_for(lambda: drv.health.extra["commands_rejected"] == rejected + 1)
+                _wait_for(lambda: drv.fault is None, timeout_s=FAULT_CLEAR_S + 10)
+                outlet.push_sample([command("speed", right_m_s=1.0, left_m_s=1.0)])
+                _wait_for(lambda: emu.commands[-1].speeds_mm_s[0] == 1000)
+                seen: list[dict] = []
+                _wait_for(lambda: (seen.extend(_events(events)),
+                                   "treadmill_feedback_restored" in [e["event"] for e in seen])[1])
+        finally:
+            runner.stop()
+            thread.join(timeout=15)
+    assert not thread.is_alive()
+    # Never echoed: every command carries the incline validly read, none from a junk frame.
+    junk_inclines = {struct.unpack(">h", j[9:11])[0] for j in emu.junk_sent} - {300}
+    assert [c.incline_cdeg for c in emu.commands] == [300] * len(emu.commands)
+    assert not junk_inclines & {c.incline_cdeg for c in emu.commands}
+    speeds = [c.speeds_mm_s[0] for c in emu.commands]
+    assert speeds.count(0) >= 1 and max(speeds) == 1600
+    assert emu.violations == []
+    kinds = [e["event"] for e in seen]
+    fault = next(e for e in seen if e["event"] == "treadmill_feedback_fault")
+    assert fault["safety_stop"] is True and fault["bad_frames"] == BAD_FRAMES_FOR_FAULT
+    assert "invalid feedback frames in a row (last: Bertec feedback bytes" in fault["detail"]
+    assert kinds.index("treadmill_feedback_fault") < kinds.index("treadmill_stop_resent") \
+        < kinds.index("treadmill_command_rejected") < kinds.index("treadmill_feedback_restored")
+    assert kinds.count("treadmill_connected") == 1  # the first one was published before we listened

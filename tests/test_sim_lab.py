@@ -126,6 +126,8 @@ def test_simulate_command_streams_are_readable_by_a_plain_pylsl_client(uid):
             ts = np.asarray(ts_list)
             spec = expected[s]
             assert np.all(np.diff(ts) > 0), f"{spec.name}: timestamps not monotonic"
+            if spec.rate_hz == 0:
+                continue  # the treadmill's events: irregular, quiet while nothing happens
             span = ts[-1] - ts[0]
             if spec.can_drop_samples:
                 # Camera: frames may drop, but the frame grid stays at the nominal rate.

@@ -22,7 +22,13 @@ import numpy as np
 
 from labsuite.drivers.base import Chunk, Driver, DriverRunner
 from labsuite.drivers.sim import gait
-from labsuite.drivers.treadmill import BeltRamp, BeltState, TreadmillDriver, TreadmillSettings
+from labsuite.drivers.treadmill import (
+    SIMULATED_TREADMILL,
+    BeltRamp,
+    BeltState,
+    TreadmillDriver,
+    TreadmillSettings,
+)
 from labsuite.errors import ConfigError
 from labsuite.realtime.geometry import lab_to_plate
 from labsuite.streams import contracts as c
@@ -357,6 +363,8 @@ class SimCamera(_GridDevice):
 
 class SimTreadmill(TreadmillDriver):
     """A treadmill whose belts ramp in software; obeys the session's commands and heartbeat."""
+
+    MODEL = SIMULATED_TREADMILL
 
     def __init__(self, settings: SimLabSettings) -> None:
         super().__init__(TreadmillSettings(source_id=settings.source_id("treadmill"),

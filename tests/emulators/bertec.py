@@ -3,18 +3,24 @@
 Independent of the driver's encoder: every byte of every command is checked here from the layout in
 issue 7 (format byte, big-endian int16 speeds/accelerations/incline, complement bytes, zero tail,
 accelerations never 0) and any violation is recorded in ``violations``. Belts ramp towards the
-commanded speeds at the commanded acceleration; 32-byte feedback packets go out at ``feedback_rate_hz``.
-Faults on demand: a malformed feedback packet, a partial packet, a dropped connection.
+commanded speeds at the commanded acceleration, the incline tilts at ``incline_rate_deg_s``;
+32-byte feedback packets go out at ``feedback_rate_hz``. Faults on demand: a malformed feedback
+packet, a partial packet, a dropped connection, junk (random packets with a valid format byte,
+as from a controller whose memory is corrupt), or a whole server that speaks only junk.
 """
 
 from __future__ import annotations
 
+import random
 import select
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass
+
+FAULTS = ("bad_format", "bad_speed", "partial_then_drop", "drop", "silence", "junk", "speed_jump",
+          "incline_jump")
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,19 @@ class BertecEmulator:
     """Run a fake Bertec controller in a thread; use as a context manager."""
 
     def __init__(self, *, incline_deg: float = 0.0, feedback_rate_hz: float = 100.0,
-                 max_speed_mm_s: int = 6500) -> None:
+                 max_speed_mm_s: int = 6500, incline_rate_deg_s: float = 2.0, junk_only: bool = False,
+                 seed: int = 11) -> None:
         self.feedback_rate_hz = feedback_rate_hz
         self.max_speed_mm_s = max_speed_mm_s
+        self.incline_rate_cdeg_s = incline_rate_deg_s * 100
+        self.junk_only = junk_only
         self.speeds_mm_s = [0.0, 0.0, 0.0, 0.0]
         self.targets_mm_s = [0.0, 0.0, 0.0, 0.0]
         self.accels_mm_s2 = [1000.0] * 4
-        self.incline_cdeg = round(incline_deg * 100)
+        self.incline = float(round(incline_deg * 100))  # 0.01 deg, ramping towards the target
+        self.target_incline_cdeg = round(incline_deg * 100)
+        self.junk_sent: list[bytes] = []
+        self._rng = random.Random(seed)
         self.commands: list[ReceivedCommand] = []
         self.violations: list[str] = []
         self.connections = 0
@@ -70,19 +82,27 @@ class BertecEmulator:
         self._thread.join(timeout=10.0)
         self._server.close()
 
-    def inject(self, fault: str) -> None:
-        """Queue a fault: 'bad_format', 'bad_speed', 'partial_then_drop', 'drop' or 'silence'.
+    def inject(self, fault: str, count: int = 1) -> None:
+        """Queue ``count`` faults, one per feedback period: any of :data:`FAULTS`.
 
         'silence' keeps the connection open but sends no feedback for 2 s (a hung controller).
+        'junk' sends a random 32-byte packet (format byte 0) instead of the feedback.
+        'speed_jump' and 'incline_jump' send a well-formed packet whose right belt is 2 m/s faster,
+        or whose incline is 6 deg steeper, than the belt (a change no treadmill makes in 10 ms).
         """
-        assert fault in ("bad_format", "bad_speed", "partial_then_drop", "drop", "silence")
+        assert fault in FAULTS, fault
         with self._lock:
-            self._faults.append(fault)
+            self._faults.extend([fault] * count)
+
+    @property
+    def incline_cdeg(self) -> int:
+        """The incline now, in 0.01 deg."""
+        return round(self.incline)
 
     def state(self) -> tuple[float, float, float]:
         """Current right, left belt speed (m/s) and incline (deg)."""
         with self._lock:
-            return self.speeds_mm_s[0] / 1000, self.speeds_mm_s[1] / 1000, self.incline_cdeg / 100
+            return self.speeds_mm_s[0] / 1000, self.speeds_mm_s[1] / 1000, round(self.incline) / 100
 
     # ---- server ------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -137,6 +157,8 @@ class BertecEmulator:
                 silent_until = now + 2.0
             if now < silent_until:
                 continue
+            if self.junk_only:
+                fault = "junk"
             try:
                 if fault == "drop":
                     return
@@ -147,24 +169,35 @@ class BertecEmulator:
                     client.sendall(b"\x07" + self._feedback()[1:])
                 elif fault == "bad_speed":
                     client.sendall(b"\x00" + struct.pack(">h", 30000) + self._feedback()[3:])
-                client.sendall(self._feedback())
+                if fault == "junk":
+                    junk = b"\x00" + bytes(self._rng.randrange(256) for _ in range(31))
+                    self.junk_sent.append(junk)
+                    client.sendall(junk)
+                elif fault == "speed_jump":
+                    client.sendall(self._feedback(right_extra_mm_s=2000))
+                elif fault == "incline_jump":
+                    client.sendall(self._feedback(incline_extra_cdeg=600))
+                else:
+                    client.sendall(self._feedback())
                 self.feedback_sent += 1
             except OSError:
                 return
 
-    def _feedback(self) -> bytes:
+    def _feedback(self, *, right_extra_mm_s: int = 0, incline_extra_cdeg: int = 0) -> bytes:
         with self._lock:
-            values = [round(v) for v in self.speeds_mm_s] + [self.incline_cdeg]
+            values = [round(v) for v in self.speeds_mm_s] + [round(self.incline)]
+        values[0] += right_extra_mm_s
+        values[4] += incline_extra_cdeg
         packet = b"\x00" + struct.pack(">5h", *values)
         return packet + bytes(32 - len(packet))
 
     def _advance(self, dt_s: float) -> None:
         with self._lock:
             for i in range(4):
-                step = self.accels_mm_s2[i] * dt_s
-                diff = self.targets_mm_s[i] - self.speeds_mm_s[i]
-                self.speeds_mm_s[i] = (self.targets_mm_s[i] if abs(diff) <= step
-                                       else self.speeds_mm_s[i] + (step if diff > 0 else -step))
+                self.speeds_mm_s[i] = _towards(self.speeds_mm_s[i], self.targets_mm_s[i],
+                                               self.accels_mm_s2[i] * dt_s)
+            self.incline = _towards(self.incline, self.target_incline_cdeg,
+                                    self.incline_rate_cdeg_s * dt_s)
 
     def _on_command(self, packet: bytes) -> None:
         """Check every byte of one command against the documented layout; apply it if valid."""
@@ -195,4 +228,10 @@ class BertecEmulator:
             self.commands.append(ReceivedCommand(tuple(speeds), tuple(accels), incline, packet))
             self.targets_mm_s = [float(v) for v in speeds]
             self.accels_mm_s2 = [float(a) for a in accels]
-            self.incline_cdeg = incline
+            self.target_incline_cdeg = incline
+
+
+def _towards(value: float, target: float, step: float) -> float:
+    if abs(target - value) <= step:
+        return float(target)
+    return value + (step if target > value else -step)
