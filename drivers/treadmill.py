@@ -141,7 +141,7 @@ class TreadmillModel:
                 return name, (f"{old:.3f} -> {value:.3f} m/s in {dt:.3f} s is faster than the "
                               f"{self.label} can change speed ({self.max_accel_m_s2:g} m/s^2, "
                               f"+{FEEDBACK_SPEED_JITTER_M_S:g} m/s jitter)")
-        allowed = FEEDBACK_INCLINE_JITTER_DEG + self.max_incline_rate_deg_s * dt
+        allowed = FEEDBACK_INCLINE_JITTER_DEG + (self.max_incline_rate_deg_s * dt if dt > 0 else 0.0)
         if abs(state.incline_deg - previous.incline_deg) > allowed:
             return "incline_deg", (f"{previous.incline_deg:.2f} -> {state.incline_deg:.2f} deg in "
                                    f"{dt:.3f} s is faster than the {self.label} can tilt "
