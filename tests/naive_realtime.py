@@ -141,10 +141,8 @@ class NaivePlate:
                 self.events.append((1.0, k, strike, k_first, unknown, self.noise_floor()))
         elif v < self.off:
             self.in_contact = False
-            stop = max(self.k_on, k - self.lookback)
-            j = k - 1
-            while j > stop and vr[j] < self.toe_n:
-                j -= 1
+            # the first fall through the toe-off threshold after the contact was detected
+            j = next(j for j in range(self.k_on, k) if j == k - 1 or vr[j + 1] < self.toe_n)
             self.events.append((2.0, k, cross(j, self.toe_n, self.t[j]), j, 0.0, 0.0))
         if self.bf_on and not math.isnan(fx):
             self._butterfly(k, fx, fy)
@@ -176,7 +174,7 @@ class NaivePlate:
 
 def contact_metrics(fz, fx, copx, copy, rate_hz, t0, strike_s, toe_off_s, impact_frac,
                     impact_min_n, impact_prom_n, need_higher_peak, cop_min_n=0.0, cop_bin_n=1,
-                    belt_speed=math.nan, foot_length=math.nan, toe_frac=0.9):
+                    belt_speed=math.nan, foot_length=math.nan, toe_frac=0.83):
     """Per-contact metrics as a dict (N, N/s, N*s, m, %), NaN where undefined."""
     nan = math.nan
     out = dict(peak=nan, impact=nan, impact_t=nan, valr=nan, vilr=nan, method=nan, brake=nan,

@@ -143,9 +143,9 @@ def _metrics(fz, fx=None, copx=None, copy=None, rate=1000.0, t0=0.0, strike=0.0,
     toe = t0 + (n - 1) / rate if toe is None else toe
     out = np.empty(K.N_METRICS)
     K._contact_metrics(fz, fx, copx, copy, rate, t0, strike, toe, frac, min_n, drop_n, higher,
-                       cop_min_n, cop_bin_n, speed, foot, 0.9, out)
+                       cop_min_n, cop_bin_n, speed, foot, 0.83, out)
     ref = naive.contact_metrics(list(fz), list(fx), list(copx), list(copy), rate, t0, strike, toe,
-                                frac, min_n, drop_n, higher, cop_min_n, cop_bin_n, speed, foot, 0.9)
+                                frac, min_n, drop_n, higher, cop_min_n, cop_bin_n, speed, foot, 0.83)
     return out, ref
 
 

@@ -67,6 +67,13 @@ def _sample_bad(raw, max_f_n, max_m_nm):
 
 
 @numba.njit(cache=True, nogil=True)
+def _bad_mask(ch, max_f_n, max_m_nm, out):
+    """``out[i]`` = :func:`_sample_bad` reason bits of row i of plate channels ``ch`` (n, 6)."""
+    for i in range(ch.shape[0]):
+        out[i] = _sample_bad(ch[i], max_f_n, max_m_nm)
+
+
+@numba.njit(cache=True, nogil=True)
 def _noise_floor(fstate):
     """Flight-noise floor so far: mean + 2 SD of the flight samples (N), NaN with fewer than 10."""
     n = fstate[F_NZ_N]
@@ -82,7 +89,8 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
     """Run a chunk of plate samples through filter, geometry, hysteresis and the COP butterfly.
 
     Contacts are detected by hysteresis (on at ``on_n``, off below ``off_n``); strike and toe-off
-    are the crossings of ``strike_n`` (<= on_n) and ``toe_n`` (off_n..on_n), interpolated between
+    are the crossings of ``strike_n`` (<= on_n; the last rise through it before the detection) and
+    ``toe_n`` (off_n..on_n; the first fall through it after the detection), interpolated between
     samples. A sample with a non-finite channel, a force beyond ``max_f_n`` or a moment beyond
     ``max_m_nm`` is bad: its force and COP are NaN, it changes no contact state, and the filter
     restarts from the steady state of the next good sample. Writes samples into the rings
@@ -210,11 +218,10 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
                 n_ev += 1
         elif v < off_n:
             istate[I_IN_CONTACT] = 0
-            # back to the last sample at or above the toe-off threshold
-            j = k - 1
-            stop = max(istate[I_K_ON], k - lookback)
-            while j > stop and ring_raw[j % cap, 0] < toe_n:
-                j -= 1
+            # the first fall through the toe-off threshold after the detection of the contact
+            j = max(istate[I_K_ON], k - cap + 1)
+            while j < k - 1 and not ring_raw[(j + 1) % cap, 0] < toe_n:
+                j += 1
             tj = ring_t[j % cap]
             toe = _crossing_or(tj, ring_raw[j % cap, 0], ring_t[(j + 1) % cap],
                                ring_raw[(j + 1) % cap, 0], toe_n, tj)

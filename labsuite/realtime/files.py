@@ -53,7 +53,11 @@ class LoadedData:
         return "single" if len(self.plates) == 1 else "split"
 
     def mean_vertical_force_n(self) -> float:
-        """Mean total vertical GRF over the file (N): body weight for steady treadmill gait."""
+        """Mean total vertical GRF over the file (N): body weight for steady treadmill gait.
+
+        Samples that cannot be real are left out: non-finite ones and those beyond 20 times the
+        median force magnitude (the processor's plausible range is 20 body weights).
+        """
         total = 0.0
         for p in self.plates:
             _, data = self.streams[p.belt]
@@ -61,9 +65,18 @@ class LoadedData:
                 vert = data[:, 2]
             else:
                 rot = plate_axes(np.asarray(p.corners_m))
-                vert = -(data[:, :3] @ rot.T)[:, 2]
-            total += float(np.mean(vert))
+                with np.errstate(invalid="ignore", over="ignore"):
+                    vert = -(data[:, :3] @ rot.T)[:, 2]
+            total += _plausible_mean(vert)
         return total
+
+
+def _plausible_mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return math.nan
+    limit = 20.0 * float(np.median(np.abs(finite)))
+    return float(np.mean(finite[np.abs(finite) <= limit]))
 
 
 def _param(params: Mapping, group: str, name: str, path: Path) -> np.ndarray:
@@ -146,8 +159,7 @@ def load_c3d(path: str | Path) -> LoadedData:
                 raise DataFileError(f"{path}: ANALOG:UNITS of moment channel {idx[j] + 1} is "
                                     f"{unit!r}; expected Nmm or Nm")
             ch[:, j] *= factor
-        if not np.isfinite(ch).all():
-            raise DataFileError(f"{path}: plate {i + 1} has non-finite analog samples")
+        # non-finite samples are not refused: the processor flags them bad (and analyze says where)
         corners = corners_all[:, :, i].T * to_m  # (4, 3) in the C3D lab frame
         origin = origin_all[:, i] * to_m
         raw_plates.append((ch, corners, origin))
@@ -174,8 +186,9 @@ def load_c3d(path: str | Path) -> LoadedData:
     for ch, corners, origin in raw_plates:
         corners_lab = corners @ to_lab.T
         rot = plate_axes(corners_lab)
-        grf_z = -(ch[:, :3] @ rot.T)[:, 2]
-        if np.mean(grf_z) < 0:  # the channels carry the reaction: flip to force on the plate
+        with np.errstate(invalid="ignore", over="ignore"):
+            grf_z = -(ch[:, :3] @ rot.T)[:, 2]
+        if _plausible_mean(grf_z) < 0:  # the channels carry the reaction: flip to force on the plate
             ch = -ch
         geoms.append((corners_lab, origin, ch))
     if len(geoms) == 1:
@@ -322,9 +335,7 @@ def load_text(path: str | Path, *, rate_hz: float, mapping: Mapping[str, str],
                           f"{1000 * len(rows) / rate_hz:.1f} ms, too short to hold one step; give "
                           "the rate the file was sampled at")
     data = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(data[:, :3]).all():
-        bad = int(np.argwhere(~np.isfinite(data[:, :3]))[0, 0])
-        raise DataFileError(f"{path} line {bad + 2}: force is not a finite number")
+    # non-finite or impossible forces are not refused: the processor flags those samples bad
     scale = _LENGTH_TO_M[length_unit]
     cop = data[:, 3:5] * scale
     cop[~(data[:, 0] > 0)] = np.nan

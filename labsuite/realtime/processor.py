@@ -165,7 +165,7 @@ class ProcessorSettings:
     cop_min_bw: float = 0.1
     cop_bin_s: float = 0.02
     foot_length_m: float | None = None
-    toe_cop_frac: float = 0.9
+    toe_cop_frac: float = 0.83
     max_force_bw: float = 20.0
     plate_rated_force_n: float | None = None
     max_lever_m: float = 3.0
@@ -494,8 +494,9 @@ class StepProcessor:
             raise ConfigError(f"belt {belt!r} grf_lab: expected shape (n, 3), got {grf.shape}")
         cop = (np.full((len(grf), 2), np.nan) if cop_lab is None
                else np.asarray(cop_lab, dtype=np.float64))
-        ch = lab_to_plate(grf, cop, np.zeros(len(grf)), np.asarray(geom.corners_m),
-                          np.asarray(geom.origin_m))
+        with np.errstate(over="ignore", invalid="ignore"):  # impossible samples get flagged
+            ch = lab_to_plate(grf, cop, np.zeros(len(grf)), np.asarray(geom.corners_m),
+                              np.asarray(geom.origin_m))
         return self.feed_plate(belt, timestamps, ch)
 
     def feed_imu(self, side: str, timestamps: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -866,14 +867,17 @@ def process_arrays(settings: ProcessorSettings,
                    plates: Mapping[str, tuple[np.ndarray, np.ndarray]],
                    imus: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
                    lab_frame: bool = False, zero_lag: bool = False, feed_s: float = 1.0,
-                   body_weight_n: float | None = None) -> np.ndarray:
+                   body_weight_n: float | None = None,
+                   bad_runs: list[BadRun] | None = None) -> np.ndarray:
     """Run the processor over whole recordings and return every step (offline path).
 
     ``plates`` maps belt → (timestamps (n,), channels (n, 6)) plate output, or with
     ``lab_frame=True`` belt → (timestamps, (n, 5) lab GRF x y z (N) and COP x y (m)).
     ``imus`` maps side → (timestamps, (n, 6)). Streams are fed interleaved in time, ``feed_s``
     seconds at a time, as they would arrive live. ``zero_lag=True`` replaces the causal low-pass by
-    the same Butterworth run forwards and backwards (``sosfiltfilt``; no delay, twice the order).
+    the same Butterworth run forwards and backwards (``sosfiltfilt``; no delay, twice the order;
+    bad samples are flagged first and the filter runs over each good stretch on its own).
+    ``bad_runs``, when given, receives the runs of samples that cannot be real.
     """
     from scipy import signal
 
@@ -890,12 +894,20 @@ def process_arrays(settings: ProcessorSettings,
                 raise ConfigError(f"belt {belt!r}: expected (n, 5) GRF x y z and COP x y, "
                                   f"got {arr.shape}")
             geom = settings.plate(belt)
-            arr = lab_to_plate(arr[:, :3], arr[:, 3:5], np.zeros(len(arr)),
-                               np.asarray(geom.corners_m), np.asarray(geom.origin_m))
+            with np.errstate(over="ignore", invalid="ignore"):  # impossible samples get flagged
+                arr = lab_to_plate(arr[:, :3], arr[:, 3:5], np.zeros(len(arr)),
+                                   np.asarray(geom.corners_m), np.asarray(geom.origin_m))
         if zero_lag and settings.lowpass_hz > 0:
             sos, _ = design_lowpass(settings)
-            if len(arr) > 3 * (2 * len(sos) + 1):
-                arr = signal.sosfiltfilt(sos, arr, axis=0)
+            arr = np.array(arr, dtype=np.float64)
+            bad = np.zeros(len(arr), dtype=np.uint8)
+            max_f = proc.max_force_n
+            K._bad_mask(arr, max_f, max_f * proc._belt(belt).lever_m, bad)
+            # each stretch of good samples on its own: bad samples stay as they are (flagged)
+            edges = np.flatnonzero(np.diff(np.concatenate([[1], bad, [1]]).astype(np.int8)))
+            for lo, hi in zip(edges[::2], edges[1::2], strict=True):
+                if hi - lo > 3 * (2 * len(sos) + 1):
+                    arr[lo:hi] = signal.sosfiltfilt(sos, arr[lo:hi], axis=0)
         streams.append(("plate", belt, ts, arr))
     for side, (ts, data) in (imus or {}).items():
         streams.append(("imu", side, np.asarray(ts, dtype=np.float64), np.asarray(data)))
@@ -915,4 +927,6 @@ def process_arrays(settings: ProcessorSettings,
                 out.append(feed(name, ts[pos[i]:stop], arr[pos[i]:stop]))
                 pos[i] = stop
     out.append(proc.flush())
+    if bad_runs is not None:
+        bad_runs.extend(proc.bad_runs)
     return _concat(out)
