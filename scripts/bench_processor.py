@@ -89,25 +89,14 @@ def baseline(settings: ProcessorSettings, plates) -> dict[str, np.ndarray]:
         ends = downs[np.minimum(np.searchsorted(downs, ups), len(downs) - 1)]
         keep = (ends > ups) & np.concatenate([[True], ups[1:] >= ends[:-1]])
         for k_on, k_end in zip(ups[keep], ends[keep], strict=True):
-            # back to the last sample below off before the onset
+            # threshold events: the interpolated crossings of the strike and toe-off thresholds
+            strike = np.interp(settings.strike_threshold_n, vz[k_on - 1:k_on + 1], t[k_on - 1:k_on + 1])
+            toe = np.interp(settings.toe_off_threshold_n, vz[k_end - 1:k_end + 1][::-1],
+                            t[k_end - 1:k_end + 1][::-1])
             k0 = k_on - 1
-            while k0 > 0 and vz[k0] >= off:
-                k0 -= 1
-            seg = vz[k0 + 1:k_end]
-            tau = t[k0 + 1:k_end] - t[k0 + 1]
-            hi = np.flatnonzero(seg >= settings.onset_fit_n)
-            m = (hi[0] + 1) if len(hi) else len(seg)
-            a, b = np.polyfit(tau[:m], np.clip(seg[:m], 0, None) ** (1 / settings.onset_power), 1)
-            strike = t[k0 + 1] - b / a
-            rev = seg[::-1]
-            hi = np.flatnonzero(rev >= settings.onset_fit_n)
-            m = (hi[0] + 1) if len(hi) else len(rev)
-            tau_r = (t[k_end - 1] - t[k0 + 1:k_end])[::-1]
-            a2, b2 = np.polyfit(tau_r[:m], np.clip(rev[:m], 0, None) ** (1 / settings.onset_power), 1)
-            toe = t[k_end - 1] + b2 / a2
             if not settings.min_contact_s <= toe - strike <= settings.max_contact_s:
                 continue
-            f = gf[k0 + 1 + d:k_end + d, 2]
+            f = gf[k0 + 1 + d:k_end + d, 2]  # samples k_on .. k_end - 1, shifted by the delay
             fx = gf[k0 + 1 + d:k_end + d, 0]
             if len(f) < 3:
                 continue
@@ -231,7 +220,7 @@ def main() -> int:
         theirs = np.argsort(ref["strike_s"], kind="stable")
         for name, key in (("strike_s", "strike_s"), ("valr_bw_per_s", "valr"),
                           ("vilr_bw_per_s", "vilr"), ("peak_vgrf_bw", "peak"),
-                          ("braking_impulse_bw_s", "brake"), ("cop_path_m", "path")):
+                          ("braking_impulse_bw_s", "brake")):
             diff = np.nanmax(np.abs(steps[name][mine] - np.asarray(ref[key])[theirs]))
             print(f"  agreement {name:22s} max |diff| {diff:.3g}")
     else:
