@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from labsuite.errors import ConfigError
+from labsuite.archive.reader import open_session
+from labsuite.errors import ConfigError, DeviceError
+from labsuite.protocol.schema import parse_protocol
+from labsuite.realtime.geometry import plate_axes
 from labsuite.report.tables import stage_table, steps_in_stage
 from labsuite.stages import EVENT_STAGE_START, StageRecord
 from labsuite.steps import STEP_DTYPE
+from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_TREADMILL, setup_floats
+from labsuite.streams.messages import decode
 
 GRAVITY_M_S2 = 9.80665
 MOVING_KINDS = ("baseline", "cadence", "retention")
@@ -135,8 +141,6 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
     end reason 'interrupted'. A file without any stage (``labsuite record``) becomes one 'recording'
     stage. ``curves=False`` skips the force curves (they read the raw force streams).
     """
-    from labsuite.archive.reader import open_session
-
     if not (isinstance(curve_points, int) and 11 <= curve_points <= 1001):
         raise ConfigError(f"curve_points: expected an integer 11..1001, got {curve_points!r}")
     p = Path(path)
@@ -247,9 +251,6 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
 
 def _decode_markers(markers: np.ndarray) -> list[tuple[float, dict[str, Any]]]:
     """Decode JSON markers (time_s, object); plain-text markers from other apps are kept as events."""
-    from labsuite.errors import DeviceError
-    from labsuite.streams.messages import decode
-
     out = []
     for m in markers:
         try:
@@ -290,8 +291,6 @@ def _stage_feedback_json(attrs: Mapping[str, Any], stage_name: str) -> str:
     Used for a stage cut short (it has no stage_end record); "{}" when the text is missing or no
     longer valid (the page then shows no feedback level rather than a guessed one).
     """
-    from labsuite.protocol.schema import parse_protocol
-
     text = str(attrs.get("protocol_text", "") or "")
     if not text:
         return "{}"
@@ -312,8 +311,6 @@ def _stage_feedback_json(attrs: Mapping[str, Any], stage_name: str) -> str:
 def _protocol_info(attrs: Mapping[str, Any], start: tuple[float, dict[str, Any]] | None
                    ) -> tuple[str, str, str, int | None]:
     """Protocol name, programme name, this session's label and the programme's session count."""
-    import yaml
-
     text = str(attrs.get("protocol_text", "") or "")
     name = programme = label = ""
     n_sessions: int | None = None
@@ -345,10 +342,6 @@ def _stream_summary(sess: Any, *, need_plates: bool
                     ) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]], float,
                                tuple[float, float]]:
     """Stream list for the page, vertical force per belt (if asked), measured belt speed, data span."""
-    from labsuite.errors import DeviceError
-    from labsuite.realtime.geometry import plate_axes
-    from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_TREADMILL, setup_floats
-
     info: list[dict[str, Any]] = []
     plates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     speeds: list[np.ndarray] = []
@@ -364,17 +357,8 @@ def _stream_summary(sess: Any, *, need_plates: bool
             data_end = float(np.nanmax([data_end, sd.timestamps[-1]]))
         if sd.spec.kind == KIND_FORCE_PLATE and need_plates and sd.n_samples:
             belt = str(sd.spec.setup.get("force_platform", {}).get("belt", "")) if sd.spec.setup else ""
-            try:
-                corners = setup_floats(sd.spec, "force_platform", "corners_m").reshape(4, 3)
-            except (ValueError, DeviceError):
-                continue  # no geometry: the page lists the stream but draws no curve from it
-            rot = plate_axes(corners)
-            labels = sd.spec.labels
-            f = np.column_stack([np.asarray(sd.data[:, labels.index(k)], dtype=np.float64)
-                                 for k in ("Fx", "Fy", "Fz")])
-            # Vertical ground reaction on the body: minus the force on the plate, lab z component.
-            vertical = -(f @ rot[2])
-            if belt:
+            vertical = _vertical_grf_n(sd.spec, sd.data)
+            if belt and vertical is not None:
                 plates[belt] = (np.asarray(sd.timestamps, dtype=np.float64), vertical)
         elif sd.spec.kind == KIND_TREADMILL and sd.n_samples:
             arr = np.asarray(sd.data, dtype=np.float64)
@@ -386,6 +370,24 @@ def _stream_summary(sess: Any, *, need_plates: bool
         if len(moving):
             measured = float(np.median(moving))
     return info, plates, measured, (data_start, data_end)
+
+
+def _vertical_grf_n(spec: Any, data: np.ndarray) -> np.ndarray | None:
+    """Vertical ground reaction on the body (N) from a force-plate stream's Fx Fy Fz.
+
+    The plate's axes come from the corners in its stream metadata (``desc/setup/force_platform/
+    corners_m``, C3D order). This is the report's one place reading plate geometry from a stream;
+    None when the stream has none (the page then lists the stream but draws no curve from it).
+    """
+    try:
+        corners = setup_floats(spec, "force_platform", "corners_m").reshape(4, 3)
+    except (ValueError, DeviceError):
+        return None
+    rot = plate_axes(corners)
+    f = np.column_stack([np.asarray(data[:, spec.labels.index(k)], dtype=np.float64)
+                         for k in ("Fx", "Fy", "Fz")])
+    # minus the force on the plate, lab z component
+    return -(f @ rot[2])
 
 
 def _force_curves(stages: Sequence[StageRecord], steps: np.ndarray,
