@@ -403,12 +403,39 @@ def test_stage_table_rejects_a_wrong_dtype():
         report.stage_table([], np.zeros(3))
 
 
-def test_nice_ticks_are_round_and_cover_the_range():
-    assert report.nice_ticks(0, 10, 5) == [0, 2, 4, 6, 8, 10]
-    assert report.nice_ticks(152.3, 187.9, 5) == [160, 170, 180]
-    assert report.nice_ticks(152.3, 187.9, 8) == [155, 160, 165, 170, 175, 180, 185]
-    ticks = report.nice_ticks(-0.013, 0.071, 4)
-    assert all(-0.013 <= t <= 0.071 for t in ticks) and len(ticks) >= 3
+def _session_figures(rep) -> dict:
+    figs = {"cadence": report.cadence_figure(rep), "valr": report.valr_figure(rep),
+            "force": report.force_curve_figure(rep)}
+    for field, label, unit in (("cadence", "Cadence", "steps/min"), ("valr_bw_per_s", "VALR", "BW/s"),
+                               ("tibial_peak_g", "Tibial peak", "g"), ("contact_s", "Contact time", "s")):
+        figs[f"box {field}"] = report.distribution_figure(rep, field, label, unit)
+    assert all(f is not None for f in figs.values()), [k for k, f in figs.items() if f is None]
+    return figs
+
+
+def _is_round_step(step: float) -> bool:
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    return any(abs(mantissa - m) < 1e-6 for m in (1, 2, 2.5, 5, 10))
+
+
+def test_chart_ticks_are_round_and_inside_the_axes(sessions):
+    rep = report.load_session_report(sessions["complete"])
+    for name, fig in _session_figures(rep).items():
+        ax = fig.axes[0]
+        axes = [("y", ax.get_yticks(), ax.get_ylim())]
+        if not name.startswith("box"):
+            axes.append(("x", ax.get_xticks(), ax.get_xlim()))
+        for which, ticks, (lo, hi) in axes:
+            shown = ticks[(ticks >= lo - 1e-9) & (ticks <= hi + 1e-9)]
+            assert len(shown) >= 3, (name, which, ticks, lo, hi)
+            steps = np.diff(shown)
+            assert np.allclose(steps, steps[0]) and _is_round_step(float(steps[0])), (name, which, shown)
+    # the time axis spans the session; the cadence range holds the target band of every stage
+    cad = _session_figures(rep)["cadence"].axes[0]
+    assert cad.get_xlim() == pytest.approx((0.0, (rep.t_end_s - rep.t0_s) / 60.0))
+    lo, hi = cad.get_ylim()
+    assert all(lo < st.band_low_spm < st.band_high_spm < hi for st in rep.stages
+               if math.isfinite(st.band_low_spm))
 
 
 # ---- rendering in a real browser --------------------------------------------------------------------
@@ -422,7 +449,8 @@ def _screenshot(html_path: Path, png: Path, tmp_path: Path, height: int = 3000) 
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           f"--screenshot={png}", f"--window-size=1000,{height}", html_path.resolve().as_uri()]
+           "--force-device-scale-factor=1", f"--screenshot={png}", f"--window-size=1000,{height}",
+           html_path.resolve().as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert png.exists(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
 
@@ -444,7 +472,10 @@ def test_html_renders_in_headless_chromium_with_plots(sessions, tmp_path):
     text = page.read_text()
     # self-contained: no external fetches of any kind
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)
-    assert text.count("<svg") >= 6
+    assert text.count("<svg") == 7  # cadence, VALR, four box plots, force curves
+    ids = re.findall(r'\bid="([^"]+)"', text)
+    assert len(ids) == len(set(ids)), "element ids repeat across the page's charts"
+    assert "<?xml" not in text and "<!DOCTYPE svg" not in text
     png = tmp_path / "report.png"
     _screenshot(page, png, tmp_path)
     rgb = _png_pixels(png).astype(float)
@@ -461,6 +492,153 @@ def test_html_renders_in_headless_chromium_with_plots(sessions, tmp_path):
     assert min(bluish, reddish, greenish) > 2e-4, (bluish, reddish, greenish)
     # the plots sit below the tables: the lower half of the page is not empty either
     assert np.mean(rgb[rgb.shape[0] // 2:].sum(axis=2) < 700) > 0.01
+
+
+def _rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+
+def _colour_near(rgb: np.ndarray, x: float, y: float, colour: np.ndarray, *, dx: int = 2, dy: int = 2,
+                 tol: float = 40.0) -> bool:
+    """Whether a pixel within (dx, dy) of page pixel (x, y) is within ``tol`` (RGB distance) of colour."""
+    h, w = rgb.shape[:2]
+    xi, yi = round(x), round(y)
+    win = rgb[max(yi - dy, 0):min(yi + dy + 1, h), max(xi - dx, 0):min(xi + dx + 1, w)]
+    return bool((np.linalg.norm(win - colour, axis=2) < tol).any())
+
+
+def _tinted(colour: str, alpha: float) -> np.ndarray:
+    """``colour`` at ``alpha`` over white, as the browser blends it."""
+    return 255.0 - alpha * (255.0 - _rgb(colour))
+
+
+def _chart_page(figs: dict, path: Path) -> tuple[dict[str, int], int]:
+    """One page with each figure at a known place (top edge in pixels, left edge 0)."""
+    parts, tops, top = [], {}, 0
+    for name, fig in figs.items():
+        parts.append(f'<div style="position:absolute;left:0;top:{top}px">{report.figure_svg(fig)}</div>')
+        tops[name] = top
+        top += round(fig.get_size_inches()[1] * 72) + 10
+    path.write_text("<!DOCTYPE html><html><head><meta charset=utf-8></head><body style='margin:0'>"
+                    + "".join(parts) + "</body></html>")
+    return tops, top
+
+
+def _to_page(fig, top: int, x: float, y: float) -> tuple[float, float]:
+    """Data (x, y) of a figure's axes to page pixels: the SVG is one CSS pixel per point at 72 dpi."""
+    assert fig.dpi == 72
+    px, py = fig.axes[0].transData.transform((x, y))
+    return float(px), top + fig.get_size_inches()[1] * 72 - float(py)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                    "(apt-get install -y chromium fonts-liberation): cannot render the charts")
+def test_charts_draw_the_tables_numbers_where_they_belong(sessions, tmp_path):
+    """Each chart rendered by Chromium shows the numbers of the table and the step file at their place."""
+    from labsuite.report import charts
+
+    rep = report.load_session_report(sessions["complete"])
+    with open_session(sessions["complete"]) as s:
+        steps = s.steps
+    figs = _session_figures(rep)
+    reports = report.load_programme([sessions["complete"], sessions["emergency"]])
+    rows = report.programme_table(reports)
+    figs["programme"] = report.programme_figure(
+        rows, (("baseline_cadence_spm", "baseline", "#555555"), ("training_cadence_spm", "training",
+                                                                  "#1f77b4")), "Cadence", "spm")
+    page = tmp_path / "charts.html"
+    tops, height = _chart_page(figs, page)
+    png = tmp_path / "charts.png"
+    _screenshot(page, png, tmp_path, height=height)
+    rgb = _png_pixels(png).astype(float)
+    by_row = {r["stage"]: r for r in rep.rows}
+    by_stage = {st.name: st for st in rep.stages}
+
+    def at(name: str, x: float, y: float) -> tuple[float, float]:
+        return _to_page(figs[name], tops[name], x, y)
+
+    def minute(t_s: float) -> float:
+        return (t_s - rep.t0_s) / 60.0
+
+    for name in ("baseline", "training", "retention"):
+        st, row = by_stage[name], by_row[name]
+        mid = minute((st.start_s + st.end_s) / 2)
+        # VALR: the stage mean line at the table's mean, and not a few pixels off
+        x, y = at("valr", mid, row["valr_mean_bw_per_s"])
+        assert _colour_near(rgb, x, y, _rgb(charts.VALR_MEAN), dx=20), name
+        assert not _colour_near(rgb, x, y - 6, _rgb(charts.VALR_MEAN), dx=20, dy=1), name
+        # cadence: the rolling-cadence line passes through the step file's values
+        mine = steps[(steps["strike_s"] >= st.start_s) & (steps["strike_s"] < st.end_s)]
+        k = len(mine) // 2
+        x, y = at("cadence", minute(mine["strike_s"][k]), mine["cadence_spm"][k])
+        assert _colour_near(rgb, x, y, _rgb(charts.CADENCE_LINE), tol=60), name
+        # box plot: the median (right of the mean dot) at numpy's median of 60 / step_s
+        i = ["baseline", "training", "retention"].index(name)
+        cad = 60.0 / mine["step_s"][np.isfinite(mine["step_s"])]
+        x, y = at("box cadence", i + 0.22, float(np.median(cad)))
+        assert _colour_near(rgb, x, y, _rgb("#111111"), dx=1, tol=60), name
+        x, y = at("box cadence", i, float(np.mean(cad)))
+        assert _colour_near(rgb, x, y, _rgb("#111111"), dx=1, tol=60), name
+        # and the box in the stage's colour, the same colour as the stage's force curve
+        q1, med, q3 = np.percentile(cad, [25, 50, 75])
+        inside = (q1 + med) / 2 if med - q1 > q3 - med else (med + q3) / 2
+        x, y = at("box cadence", i - 0.2, float(inside))
+        colour = charts.stage_colours(rep)[name]
+        assert _colour_near(rgb, x, y, _tinted(colour, 0.35), dx=1, dy=1, tol=30), name
+        if name == "training":
+            x, y = at("cadence", mid, st.target_cadence_spm)
+            assert _colour_near(rgb, x, y, _rgb(charts.TARGET_LINE), dx=12, tol=60)
+            x, y = at("cadence", mid, st.band_low_spm + 0.1 * (st.band_high_spm - st.band_low_spm))
+            g = rgb[round(y), round(x) - 20:round(x) + 20]
+            assert np.any((g[:, 1] - g[:, 0] > 15) & (g[:, 1] - g[:, 2] > 15)), "no green band"
+    # force curves: each stage's mean curve in its colour, where it is farthest from the others
+    curves = rep.curves
+    assert len(curves) >= 3
+    for curve in curves:
+        others = np.vstack([o.mean for o in curves if o is not curve])
+        gap = np.min(np.abs(others - curve.mean), axis=0)
+        k = 10 + int(np.argmax(gap[10:91]))
+        x, y = at("force", float(curve.percent[k]), float(curve.mean[k]))
+        assert _colour_near(rgb, x, y, _rgb(charts.stage_colours(rep)[curve.stage]), tol=60), curve.stage
+    # programme: one marker per session at the programme table's value
+    for n, row in enumerate(rows, start=1):
+        if math.isfinite(row["training_cadence_spm"]):
+            x, y = at("programme", n, row["training_cadence_spm"])
+            assert _colour_near(rgb, x, y, _rgb("#1f77b4"), dx=1, dy=1, tol=40), n
+
+
+def test_report_figures_are_plain_matplotlib_and_never_import_qt(sessions, tmp_path):
+    import subprocess
+    import sys
+
+    # a researcher's reuse: the page's figure saved as PNG and PDF, no pyplot needed
+    rep = report.load_session_report(sessions["complete"], curves=False)
+    fig = report.cadence_figure(rep)
+    fig.savefig(tmp_path / "cadence.png", dpi=144)
+    fig.savefig(tmp_path / "cadence.pdf")
+    img = _png_pixels(tmp_path / "cadence.png").astype(float)
+    assert img.shape[:2] == (520, 1800)
+    assert np.mean((img[:, :, 2] - img[:, :, 0] > 60) & (img[:, :, 2] - img[:, :, 1] > 20)) > 1e-3
+    assert (tmp_path / "cadence.pdf").read_bytes().startswith(b"%PDF")
+    # a headless report in a fresh interpreter: no Qt, no pyplot, the global matplotlib style untouched
+    code = (
+        "import sys, matplotlib\n"
+        "from labsuite import report\n"
+        "from labsuite.report.charts import STYLE\n"
+        # item by item: iterating rcParams would itself resolve the backend (and import pyplot)
+        "before = {k: str(matplotlib.rcParams[k]) for k in STYLE}\n"
+        f"page = report.render_session_html(report.load_session_report({str(sessions['complete'])!r}))\n"
+        "assert page.count('<svg') == 7\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('PyQt5', 'PyQt6', 'PySide6', 'pyqtgraph')"
+        " or m == 'matplotlib.pyplot')\n"
+        "changed = sorted(k for k in STYLE if str(matplotlib.rcParams[k]) != before[k])\n"
+        "print('BAD', bad, 'CHANGED', changed)\n")
+    # DISPLAY set and no MPLBACKEND: were matplotlib to pick a GUI backend, it would take Qt
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"DISPLAY": ":99"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BAD [] CHANGED []" in proc.stdout, proc.stdout
 
 
 # ---- files without a protocol ------------------------------------------------------------------------

@@ -8,12 +8,16 @@ The last box of the data flow: reads finished (or cut-short) session files throu
 
 from labsuite.report.charts import (
     STAGE_COLOURS,
-    SvgPlot,
-    nice_ticks,
+    cadence_figure,
+    distribution_figure,
+    figure_svg,
+    force_curve_figure,
     plot_cadence,
     plot_distributions,
     plot_force_curves,
     plot_valr,
+    programme_figure,
+    valr_figure,
 )
 from labsuite.report.html import render_programme_html, render_session_html
 from labsuite.report.loading import (
@@ -48,8 +52,9 @@ from labsuite.report.tables import (
 __all__ = [
     "EVENT_CHECKIN", "EVENT_CHECKIN_REQUEST", "MOVING_KINDS", "PROGRAMME_COLUMNS", "PROGRAMME_COLUMN_NAMES",
     "SAFETY_EVENTS", "SESSION_EVENTS", "STAGE_COLOURS", "STAGE_COLUMNS", "STAGE_COLUMN_NAMES", "Column",
-    "Event", "ForceCurve", "SessionReport", "SvgPlot", "feedback_on_fraction", "load_programme",
-    "load_session_report", "nice_ticks", "plot_cadence", "plot_distributions", "plot_force_curves",
-    "plot_valr", "programme_table", "render_programme_html", "render_session_html", "session_files",
-    "stage_table", "step_cadence_spm", "steps_in_stage", "table_csv",
+    "Event", "ForceCurve", "SessionReport", "cadence_figure", "distribution_figure",
+    "feedback_on_fraction", "figure_svg", "force_curve_figure", "load_programme", "load_session_report",
+    "plot_cadence", "plot_distributions", "plot_force_curves", "plot_valr", "programme_figure",
+    "programme_table", "render_programme_html", "render_session_html", "session_files", "stage_table",
+    "step_cadence_spm", "steps_in_stage", "table_csv", "valr_figure",
 ]

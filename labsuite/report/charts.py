@@ -1,181 +1,111 @@
-"""The report's charts: cadence and VALR over the session, per-stage box plots, force curves, progress.
+"""The report's charts, drawn with matplotlib: session time courses, per-stage plots, programme progress.
 
-Draws what :mod:`labsuite.report.loading` read (and the programme rows) as inline SVG for the HTML
-pages in :mod:`labsuite.report.html`.
+Draws what :mod:`labsuite.report.loading` read (and the programme rows). Each ``*_figure`` function
+returns a :class:`matplotlib.figure.Figure` a researcher can restyle or save (``fig.savefig("x.pdf")``);
+each ``plot_*`` function returns the same chart as inline SVG for the pages in
+:mod:`labsuite.report.html`. Figures are built without pyplot and rendered by the SVG canvas, so a
+report never selects a GUI backend or imports Qt.
 """
 
 from __future__ import annotations
 
-import html
-import itertools
+import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from labsuite.report.loading import MOVING_KINDS, SessionReport
 from labsuite.report.programme import session_tick
 from labsuite.report.tables import step_cadence_spm, steps_in_stage
 
-_CLIP_IDS = itertools.count(1)  # clip-path ids must be unique within a page
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 STAGE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
                  "#17becf", "#7f7f7f", "#bcbd22")
+CADENCE_DOT, CADENCE_LINE, TARGET_BAND, TARGET_LINE = "#1f77b4", "#0b3d6b", "#2ca02c", "#1a7a1a"
+VALR_DOT, VALR_MEAN, BASELINE_LINE, LIMIT_LINE = "#d62728", "#7a1010", "#555555", "#ff7f0e"
+
+# The report's look, applied while a figure is built and saved (never to the global rcParams: a
+# researcher's own figures in the same process stay as they set them). Sizes are in points, and a
+# chart is sized so that one point is one CSS pixel on the page.
+STYLE: dict[RcKeyType, Any] = {
+    "font.family": "sans-serif",
+    # Liberation Sans has Arial's and Helvetica's metrics: text is laid out as the browser draws it.
+    "font.sans-serif": ["Helvetica", "Arial", "Liberation Sans", "DejaVu Sans"],
+    "font.size": 10.0,
+    "axes.titlesize": 13.0, "axes.titleweight": "bold", "axes.titlelocation": "left",
+    "axes.titlepad": 7.0, "axes.labelsize": 11.0, "axes.labelcolor": "#333333",
+    "axes.edgecolor": "#999999", "axes.linewidth": 0.8,
+    "axes.grid": True, "axes.grid.axis": "y", "axes.axisbelow": True,
+    "grid.color": "#e4e4e4", "grid.linewidth": 0.8,
+    "xtick.labelsize": 10.5, "ytick.labelsize": 10.5, "xtick.color": "#444444",
+    "ytick.color": "#444444",
+    "legend.fontsize": 10.0, "legend.frameon": False, "legend.handlelength": 1.6,
+    # text stays text in the SVG: it prints sharply, can be searched and copied
+    "svg.fonttype": "none",
+}
+_NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
+# (top, right, bottom, left) margins in pixels around the plot area
+_MARGIN_PX = (28, 16, 42, 58)
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo] if math.isfinite(lo) else []
-    raw = (hi - lo) / max(n, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    out, v = [], first
-    while v <= hi + 1e-9 * step:
-        out.append(round(v, 10))
-        v += step
-    return out
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.rc_context(STYLE):
+        yield
 
 
-def _fmt_tick(v: float) -> str:
-    return f"{v:g}" if abs(v) >= 1e-9 else "0"
+def _figure(width_px: int, height_px: int, margin_px: tuple[int, int, int, int] = _MARGIN_PX
+            ) -> tuple[Figure, Axes]:
+    """A figure of ``width_px`` x ``height_px`` (one point per pixel) with one plot area."""
+    fig = Figure(figsize=(width_px / 72.0, height_px / 72.0), dpi=72)
+    FigureCanvasSVG(fig)
+    top, right, bottom, left = margin_px
+    fig.subplots_adjust(left=left / width_px, right=1 - right / width_px, bottom=bottom / height_px,
+                        top=1 - top / height_px)
+    ax = fig.add_subplot()
+    # round ticks: 1, 2, 2.5 or 5 times a power of ten
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+    return fig, ax
 
 
-class SvgPlot:
-    """A small x-y chart drawn as inline SVG: data coordinates in, pixels out; no dependency."""
+def figure_svg(fig: Figure, *, css_class: str = "plot") -> str:
+    """A figure as an ``<svg>`` element to inline in an HTML page (one point = one CSS pixel).
 
-    def __init__(self, width: int, height: int, x_range: tuple[float, float],
-                 y_range: tuple[float, float], *, title: str = "", x_label: str = "",
-                 y_label: str = "", margin: tuple[int, int, int, int] = (28, 16, 42, 58)) -> None:
-        self.w, self.h = width, height
-        self.top, self.right, self.bottom, self.left = margin
-        x0, x1 = x_range
-        y0, y1 = y_range
-        if not (math.isfinite(x0) and math.isfinite(x1) and x1 > x0):
-            x0, x1 = (x0, x0 + 1.0) if math.isfinite(x0) else (0.0, 1.0)
-        if not (math.isfinite(y0) and math.isfinite(y1) and y1 > y0):
-            y0, y1 = (y0 - 1.0, y0 + 1.0) if math.isfinite(y0) else (0.0, 1.0)
-        self.x0, self.x1, self.y0, self.y1 = x0, x1, y0, y1
-        self.title, self.x_label, self.y_label = title, x_label, y_label
-        self.back: list[str] = []
-        self.front: list[str] = []
-        self.outside: list[str] = []  # drawn without the plot-area clip (axis labels)
-
-    def px(self, x: Any) -> Any:
-        """Data x to pixels."""
-        return self.left + (np.asarray(x, dtype=float) - self.x0) / (self.x1 - self.x0) * (
-            self.w - self.left - self.right)
-
-    def py(self, y: Any) -> Any:
-        """Data y to pixels (clipped to the plot area so outliers sit on its edge)."""
-        yc = np.clip(np.asarray(y, dtype=float), self.y0, self.y1)
-        return self.h - self.bottom - (yc - self.y0) / (self.y1 - self.y0) * (
-            self.h - self.top - self.bottom)
-
-    def band(self, x0: float, x1: float, y0: float | None, y1: float | None, fill: str,
-             opacity: float = 1.0, *, back: bool = True) -> None:
-        """A filled rectangle; ``y0``/``y1`` None span the whole height."""
-        xa, xb = float(self.px(max(x0, self.x0))), float(self.px(min(x1, self.x1)))
-        ya = float(self.py(self.y1 if y1 is None else y1))
-        yb = float(self.py(self.y0 if y0 is None else y0))
-        if xb <= xa or yb <= ya:
-            return
-        (self.back if back else self.front).append(
-            f'<rect x="{xa:.1f}" y="{ya:.1f}" width="{xb - xa:.1f}" height="{yb - ya:.1f}" '
-            f'fill="{fill}" fill-opacity="{opacity:g}"/>')
-
-    def line(self, xs: Any, ys: Any, colour: str, width: float = 1.5, dash: str = "",
-             opacity: float = 1.0) -> None:
-        """A polyline; NaN values break it."""
-        xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-        ok = np.isfinite(xs) & np.isfinite(ys)
-        if not ok.any():
-            return
-        px, py = self.px(xs), self.py(ys)
-        parts, pen = [], False
-        for i in range(len(xs)):
-            if ok[i]:
-                parts.append(f"{'L' if pen else 'M'}{px[i]:.1f} {py[i]:.1f}")
-                pen = True
-            else:
-                pen = False
-        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-        self.front.append(f'<path d="{"".join(parts)}" fill="none" stroke="{colour}" '
-                          f'stroke-width="{width:g}" stroke-opacity="{opacity:g}"{dash_attr}/>')
-
-    def area(self, xs: Any, lo: Any, hi: Any, colour: str, opacity: float = 0.15) -> None:
-        """A filled area between two curves (e.g. mean ± SD)."""
-        xs, lo, hi = (np.asarray(v, dtype=float) for v in (xs, lo, hi))
-        ok = np.isfinite(xs) & np.isfinite(lo) & np.isfinite(hi)
-        if ok.sum() < 2:
-            return
-        xs, lo, hi = xs[ok], lo[ok], hi[ok]
-        pts = [f"{a:.1f},{b:.1f}" for a, b in zip(self.px(xs), self.py(hi), strict=True)]
-        pts += [f"{a:.1f},{b:.1f}" for a, b in zip(self.px(xs[::-1]), self.py(lo[::-1]), strict=True)]
-        self.back.append(f'<polygon points="{" ".join(pts)}" fill="{colour}" '
-                         f'fill-opacity="{opacity:g}" stroke="none"/>')
-
-    def dots(self, xs: Any, ys: Any, colour: str, size: float = 3.0, opacity: float = 0.6) -> None:
-        """Many points as one path of zero-length round-capped segments (compact for 1000s)."""
-        xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-        ok = np.isfinite(xs) & np.isfinite(ys)
-        if not ok.any():
-            return
-        d = "".join(f"M{a:.1f} {b:.1f}h0" for a, b in zip(self.px(xs[ok]), self.py(ys[ok]), strict=True))
-        self.front.append(f'<path d="{d}" stroke="{colour}" stroke-width="{size:g}" '
-                          f'stroke-linecap="round" stroke-opacity="{opacity:g}" fill="none"/>')
-
-    def text(self, x: float, y: float, s: str, *, anchor: str = "start", size: int = 11,
-             colour: str = "#333", data: bool = True, dy: float = 0.0, clip: bool = True) -> None:
-        """Text at data (or pixel, ``data=False``) coordinates, shifted down by ``dy`` pixels."""
-        px = float(self.px(x)) if data else x
-        py = (float(self.py(y)) if data else y) + dy
-        (self.front if clip else self.outside).append(
-            f'<text x="{px:.1f}" y="{py:.1f}" font-size="{size}" fill="{colour}" '
-            f'text-anchor="{anchor}">{html.escape(s)}</text>')
-
-    def render(self, *, css_class: str = "plot", x_ticks: bool = True) -> str:
-        """The finished ``<svg>`` element with axes, ticks and labels."""
-        w, h = self.w, self.h
-        x_a, x_b = self.left, w - self.right
-        y_a, y_b = self.top, h - self.bottom
-        axes = [f'<rect x="{x_a}" y="{y_a}" width="{x_b - x_a}" height="{y_b - y_a}" fill="none" '
-                'stroke="#999" stroke-width="1"/>']
-        for v in nice_ticks(self.x0, self.x1, 8) if x_ticks else []:
-            p = float(self.px(v))
-            axes.append(f'<line x1="{p:.1f}" y1="{y_b}" x2="{p:.1f}" y2="{y_b + 4}" stroke="#666"/>'
-                        f'<text x="{p:.1f}" y="{y_b + 16}" font-size="10" text-anchor="middle" '
-                        f'fill="#444">{_fmt_tick(v)}</text>')
-        for v in nice_ticks(self.y0, self.y1, 5):
-            p = float(self.py(v))
-            axes.append(f'<line x1="{x_a}" y1="{p:.1f}" x2="{x_b}" y2="{p:.1f}" stroke="#e4e4e4"/>'
-                        f'<text x="{x_a - 5}" y="{p + 3.5:.1f}" font-size="10" text-anchor="end" '
-                        f'fill="#444">{_fmt_tick(v)}</text>')
-        labels = []
-        if self.title:
-            labels.append(f'<text x="{x_a}" y="{self.top - 10}" font-size="13" font-weight="bold" '
-                          f'fill="#222">{html.escape(self.title)}</text>')
-        if self.x_label:
-            labels.append(f'<text x="{(x_a + x_b) / 2:.1f}" y="{h - 8}" font-size="11" '
-                          f'text-anchor="middle" fill="#333">{html.escape(self.x_label)}</text>')
-        if self.y_label:
-            cy = (y_a + y_b) / 2
-            labels.append(f'<text x="14" y="{cy:.1f}" font-size="11" text-anchor="middle" fill="#333" '
-                          f'transform="rotate(-90 14 {cy:.1f})">{html.escape(self.y_label)}</text>')
-        clip = f"clip{next(_CLIP_IDS)}"
-        return (f'<svg class="{css_class}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-                f'viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif">'
-                f'<defs><clipPath id="{clip}"><rect x="{x_a}" y="{y_a - 14}" width="{x_b - x_a}" '
-                f'height="{y_b - y_a + 14}"/></clipPath></defs>'
-                f'<g clip-path="url(#{clip})">{"".join(self.back)}</g>{"".join(axes[1:])}'
-                f'<g clip-path="url(#{clip})">{"".join(self.front)}</g>{axes[0]}{"".join(labels)}'
-                f'{"".join(self.outside)}</svg>')
+    Element ids (clip paths, markers) are salted with the figure's title, so several charts on one
+    page never share an id and the same file gives the same page.
+    """
+    title = " ".join(ax.get_title(loc="left") for ax in fig.axes)
+    buf = io.StringIO()
+    # the style again: the SVG writer takes the font fallback list from rcParams as it writes
+    with matplotlib.rc_context({**STYLE, "svg.hashsalt": f"labsuite:{title}"}):
+        fig.savefig(buf, format="svg", metadata=_NO_METADATA)
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]  # the XML declaration and DOCTYPE do not belong inside HTML
+    # group ids (figure_1, axes_1 ...) repeat in every chart of a page; nothing refers to them
+    text = re.sub(r'<g id="[^"]*"', "<g", text)
+    text = re.sub(r"\n\s+", "\n", text)
+    return re.sub(r'<svg ([^>]*?)width="([\d.]+)pt" height="([\d.]+)pt"',
+                  rf'<svg class="{css_class}" \1width="\2" height="\3"', text.strip(), count=1)
 
 
 def _robust_range(values: Iterable[np.ndarray], extra: Iterable[float] = (), pad: float = 0.08
                   ) -> tuple[float, float]:
+    """A y range holding 99 % of the values (all of them when fewer than 20) and every ``extra``."""
     vals = [np.asarray(v, dtype=float).ravel() for v in values]
     allv = np.concatenate(vals) if vals else np.empty(0)
     allv = allv[np.isfinite(allv)]
@@ -195,48 +125,61 @@ def _robust_range(values: Iterable[np.ndarray], extra: Iterable[float] = (), pad
     return lo - pad * span, hi + pad * span
 
 
-def _stage_backdrop(plot: SvgPlot, rep: SessionReport, *, label: bool = True) -> None:
+def _dots(ax: Axes, xs: Any, ys: Any, colour: str, size_pt: float, alpha: float) -> None:
+    """Per-step values as dots; values outside the y range sit on its edge, so none disappears."""
+    y0, y1 = ax.get_ylim()
+    ax.plot(xs, np.clip(np.asarray(ys, dtype=float), y0, y1), linestyle="none", marker="o",
+            markersize=size_pt, markeredgewidth=0, color=colour, alpha=alpha, zorder=3)
+
+
+def _minutes(rep: SessionReport, t_s: Any) -> Any:
+    return (np.asarray(t_s, dtype=float) - rep.t0_s) / 60.0
+
+
+def _session_axes(rep: SessionReport, ax: Axes, y_range: tuple[float, float]) -> None:
+    """Time axis in minutes over the whole session, stages as alternating grey bands with names."""
+    x1 = max((rep.t_end_s - rep.t0_s) / 60.0, 1e-3)
+    ax.set_xlim(0.0, x1)
+    ax.set_ylim(*y_range)
+    ax.set_xlabel("time (min)")
     for i, st in enumerate(rep.stages):
-        a, b = (st.start_s - rep.t0_s) / 60.0, (st.end_s - rep.t0_s) / 60.0
-        plot.band(a, b, None, None, "#f2f2f2" if i % 2 == 0 else "#fafafa")
-        if label and b - a > 0.04 * (plot.x1 - plot.x0):
-            plot.text((a + b) / 2, plot.y1, st.name, anchor="middle", size=10, colour="#555", dy=12)
+        a, b = _minutes(rep, st.start_s), _minutes(rep, st.end_s)
+        ax.axvspan(a, b, color="#f2f2f2" if i % 2 == 0 else "#fafafa", linewidth=0, zorder=0)
+        if b - a > 0.04 * x1:
+            ax.text((a + b) / 2, 0.985, st.name, transform=ax.get_xaxis_transform(), ha="center",
+                    va="top", fontsize=9.5, color="#555555", clip_on=True, zorder=4)
 
 
-def plot_cadence(rep: SessionReport, width: int = 900, height: int = 260) -> str:
+def cadence_figure(rep: SessionReport, width_px: int = 900, height_px: int = 260) -> Figure:
     """Cadence over the session: per-step dots, rolling cadence, stage bands, targets and bands."""
     steps = rep.steps
-    t_min = (steps["strike_s"] - rep.t0_s) / 60.0
+    t_min = _minutes(rep, steps["strike_s"])
     cad = step_cadence_spm(steps)
     targets = [v for st in rep.stages for v in (st.band_low_spm, st.band_high_spm, st.target_cadence_spm)]
     moving = np.zeros(len(steps), dtype=bool)
     for st in rep.stages:
         if st.kind in (*MOVING_KINDS, "recording"):
             moving |= (steps["strike_s"] >= st.start_s) & (steps["strike_s"] < st.end_s)
-    y = _robust_range([cad[moving] if moving.any() else cad], targets)
-    x = (0.0, max((rep.t_end_s - rep.t0_s) / 60.0, 1e-3))
-    plot = SvgPlot(width, height, x, y, title="Cadence", x_label="time (min)",
-                   y_label="cadence (steps/min)")
-    _stage_backdrop(plot, rep)
-    for st in rep.stages:
-        a, b = (st.start_s - rep.t0_s) / 60.0, (st.end_s - rep.t0_s) / 60.0
-        if math.isfinite(st.band_low_spm) and math.isfinite(st.band_high_spm):
-            plot.band(a, b, st.band_low_spm, st.band_high_spm, "#2ca02c", 0.18)
-        if math.isfinite(st.target_cadence_spm):
-            plot.line([a, b], [st.target_cadence_spm] * 2, "#1a7a1a", 1.5, "6 3")
-    plot.dots(t_min, cad, "#1f77b4", 2.5, 0.45)
-    plot.line(t_min, steps["cadence_spm"], "#0b3d6b", 1.2)
-    return plot.render()
+    with _style():
+        fig, ax = _figure(width_px, height_px)
+        _session_axes(rep, ax, _robust_range([cad[moving] if moving.any() else cad], targets))
+        ax.set_title("Cadence")
+        ax.set_ylabel("cadence (steps/min)")
+        for st in rep.stages:
+            a, b = _minutes(rep, st.start_s), _minutes(rep, st.end_s)
+            if math.isfinite(st.band_low_spm) and math.isfinite(st.band_high_spm):
+                ax.fill_between([a, b], st.band_low_spm, st.band_high_spm, color=TARGET_BAND,
+                                alpha=0.18, linewidth=0, zorder=1)
+            if math.isfinite(st.target_cadence_spm):
+                ax.plot([a, b], [st.target_cadence_spm] * 2, color=TARGET_LINE, linewidth=1.5,
+                        linestyle=(0, (4, 2)), zorder=2)
+        _dots(ax, t_min, cad, CADENCE_DOT, 2.5, 0.45)
+        ax.plot(t_min, steps["cadence_spm"], color=CADENCE_LINE, linewidth=1.2, zorder=4)
+    return fig
 
 
-def plot_valr(rep: SessionReport, width: int = 900, height: int = 260) -> str:
-    """VALR over the session: per-step dots, stage means, baseline and the loading-rate cue limit."""
-    steps = rep.steps[~(rep.steps["crossover"] >= 1)]
-    t_min = (steps["strike_s"] - rep.t0_s) / 60.0
-    valr = steps["valr_bw_per_s"]
-    base = rep.baseline_valr_bw_per_s
-    if not math.isfinite(base):
-        base = next((r["valr_mean_bw_per_s"] for r in rep.rows if r["kind"] == "baseline"), math.nan)
+def _loading_rate_limits(rep: SessionReport, base: float) -> list[tuple[Any, float]]:
+    """(stage, VALR limit in BW/s) of the stages whose loading-rate cue has a limit."""
     limits = []
     for st in rep.stages:
         try:
@@ -245,88 +188,153 @@ def plot_valr(rep: SessionReport, width: int = 900, height: int = 260) -> str:
             cue = None
         if isinstance(cue, dict) and cue.get("max_percent_of_baseline") and math.isfinite(base):
             limits.append((st, base * float(cue["max_percent_of_baseline"]) / 100.0))
-    y = _robust_range([valr], [base, *(v for _, v in limits)])
-    x = (0.0, max((rep.t_end_s - rep.t0_s) / 60.0, 1e-3))
-    plot = SvgPlot(width, height, x, y, title="Vertical average loading rate (VALR)",
-                   x_label="time (min)", y_label="VALR (BW/s)")
-    _stage_backdrop(plot, rep)
-    plot.dots(t_min, valr, "#d62728", 2.5, 0.4)
-    for st, row in zip(rep.stages, rep.rows, strict=True):
-        a, b = (st.start_s - rep.t0_s) / 60.0, (st.end_s - rep.t0_s) / 60.0
-        plot.line([a, b], [row["valr_mean_bw_per_s"]] * 2, "#7a1010", 2.0)
-    if math.isfinite(base):
-        plot.line([x[0], x[1]], [base, base], "#555", 1.0, "4 3")
-    for st, lim in limits:
-        a, b = (st.start_s - rep.t0_s) / 60.0, (st.end_s - rep.t0_s) / 60.0
-        plot.line([a, b], [lim, lim], "#ff7f0e", 1.8, "6 3")
-    return plot.render()
+    return limits
 
 
-def plot_distributions(rep: SessionReport, field_name: str, label: str, unit: str,
-                       width: int = 440, height: int = 240) -> str:
-    """Per-stage box plots of one step field (box: quartiles, line: median, whiskers: 5-95 %)."""
+def valr_figure(rep: SessionReport, width_px: int = 900, height_px: int = 260) -> Figure:
+    """VALR over the session: per-step dots, stage means, baseline and the loading-rate cue limit."""
+    steps = rep.steps[~(rep.steps["crossover"] >= 1)]
+    valr = steps["valr_bw_per_s"]
+    base = rep.baseline_valr_bw_per_s
+    if not math.isfinite(base):
+        base = next((r["valr_mean_bw_per_s"] for r in rep.rows if r["kind"] == "baseline"), math.nan)
+    limits = _loading_rate_limits(rep, base)
+    with _style():
+        fig, ax = _figure(width_px, height_px)
+        _session_axes(rep, ax, _robust_range([valr], [base, *(v for _, v in limits)]))
+        ax.set_title("Vertical average loading rate (VALR)")
+        ax.set_ylabel("VALR (BW/s)")
+        _dots(ax, _minutes(rep, steps["strike_s"]), valr, VALR_DOT, 2.5, 0.4)
+        for st, row in zip(rep.stages, rep.rows, strict=True):
+            ax.plot(_minutes(rep, [st.start_s, st.end_s]), [row["valr_mean_bw_per_s"]] * 2,
+                    color=VALR_MEAN, linewidth=2.0, zorder=4)
+        if math.isfinite(base):
+            ax.axhline(base, color=BASELINE_LINE, linewidth=1.0, linestyle=(0, (4, 3)), zorder=4)
+        for st, lim in limits:
+            ax.plot(_minutes(rep, [st.start_s, st.end_s]), [lim, lim], color=LIMIT_LINE,
+                    linewidth=1.8, linestyle=(0, (3.3, 1.7)), zorder=5)
+    return fig
+
+
+def stage_colours(rep: SessionReport) -> dict[str, str]:
+    """One colour per stage with steps, in stage order, the same in every per-stage chart."""
+    names = [st.name for st in rep.stages if len(steps_in_stage(rep.steps, st))]
+    return {name: STAGE_COLOURS[i % len(STAGE_COLOURS)] for i, name in enumerate(names)}
+
+
+def distribution_figure(rep: SessionReport, field_name: str, label: str, unit: str,
+                        width_px: int = 440, height_px: int = 240) -> Figure | None:
+    """Per-stage box plots of one step field; None when no stage has 3 values.
+
+    Box: quartiles, line: median, dot: mean, whiskers: 5th-95th percentile. ``field_name`` 'cadence'
+    is per-step cadence, anything else a step-table field (cross-over steps left out).
+    """
     groups = []
     for st in rep.stages:
         mine = steps_in_stage(rep.steps, st)
-        if field_name == "cadence":
-            vals = step_cadence_spm(mine)
-        else:
-            vals = mine[~(mine["crossover"] >= 1)][field_name]
+        vals = step_cadence_spm(mine) if field_name == "cadence" else (
+            mine[~(mine["crossover"] >= 1)][field_name])
         vals = vals[np.isfinite(vals)]
         if len(vals) >= 3:
             groups.append((st.name, vals))
     if not groups:
-        return ""
-    y = _robust_range([g[1] for g in groups])
-    plot = SvgPlot(width, height, (0.0, float(len(groups))), y, title=f"{label} per stage",
-                   y_label=f"{label} ({unit})", margin=(28, 12, 46, 58))
-    for i, (name, vals) in enumerate(groups):
-        q05, q25, q50, q75, q95 = np.percentile(vals, [5, 25, 50, 75, 95])
-        colour = STAGE_COLOURS[i % len(STAGE_COLOURS)]
-        plot.line([i + 0.5, i + 0.5], [q05, q25], "#555", 1.0)
-        plot.line([i + 0.5, i + 0.5], [q75, q95], "#555", 1.0)
-        plot.band(i + 0.2, i + 0.8, q25, q75, colour, 0.35, back=False)
-        plot.line([i + 0.2, i + 0.8], [q50, q50], "#111", 2.0)
-        plot.dots([i + 0.5], [float(np.mean(vals))], "#111", 5.0, 1.0)
-        plot.text(i + 0.5, plot.y0, name[:16], anchor="middle", size=10, dy=15, clip=False)
-    return plot.render(x_ticks=False)
+        return None
+    colours = stage_colours(rep)
+    rotate = len(groups) > 4
+    with _style():
+        fig, ax = _figure(width_px, height_px, (28, 12, 62 if rotate else 46, 58))
+        ax.set_ylim(*_robust_range([g[1] for g in groups]))
+        # Drawn from patches and lines rather than Axes.bxp: bxp reads every rcParam, which makes
+        # matplotlib resolve its GUI backend (pyplot, and Qt on a desktop) in a headless report.
+        for i, (name, vals) in enumerate(groups):
+            q05, q25, q50, q75, q95 = np.percentile(vals, [5, 25, 50, 75, 95])
+            colour = colours[name]
+            ax.vlines([i, i], [q05, q75], [q25, q95], colors="#555555", linewidth=1.0, zorder=2)
+            ax.hlines([q05, q95], i - 0.12, i + 0.12, colors="#555555", linewidth=1.0, zorder=2)
+            ax.add_patch(Rectangle((i - 0.3, q25), 0.6, q75 - q25, facecolor=to_rgba(colour, 0.35),
+                                   edgecolor=to_rgba(colour, 0.9), linewidth=1.0, zorder=3))
+            ax.hlines(q50, i - 0.3, i + 0.3, colors="#111111", linewidth=2.0, zorder=4)
+            ax.plot([i], [float(np.mean(vals))], marker="o", markersize=5, markeredgewidth=0,
+                    color="#111111", zorder=5)
+        ax.set_xticks(range(len(groups)), [name[:16] for name, _ in groups])
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        if rotate:
+            ax.tick_params(axis="x", labelrotation=30)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
+        ax.tick_params(axis="x", length=0)
+        ax.set_title(f"{label} per stage")
+        ax.set_ylabel(f"{label} ({unit})")
+    return fig
 
 
-def plot_force_curves(rep: SessionReport, width: int = 440, height: int = 260) -> str:
-    """Mean vertical force over stance (0-100 %) per stage, mean ± SD shaded."""
+def force_curve_figure(rep: SessionReport, width_px: int = 440, height_px: int = 260) -> Figure | None:
+    """Mean vertical force over stance (0-100 %) per stage, mean ± SD shaded; None without curves."""
     if not rep.curves:
-        return ""
+        return None
     unit = rep.curves[0].unit
+    colours = stage_colours(rep)
     y = _robust_range([c.mean + c.sd for c in rep.curves] + [c.mean - c.sd for c in rep.curves],
                       [0.0], pad=0.04)
-    plot = SvgPlot(width, height, (0.0, 100.0), (min(0.0, y[0]), y[1]),
-                   title="Mean vertical force over stance", x_label="stance (%)",
-                   y_label=f"vertical force ({unit})")
-    for i, c in enumerate(rep.curves):
-        colour = STAGE_COLOURS[i % len(STAGE_COLOURS)]
-        plot.area(c.percent, c.mean - c.sd, c.mean + c.sd, colour, 0.10)
-        plot.line(c.percent, c.mean, colour, 2.0)
-        plot.text(plot.w - plot.right - 6, plot.top + 14 + 14 * i, f"{c.stage} (n={c.n_steps})",
-                  anchor="end", size=10, colour=colour, data=False)
-    return plot.render()
+    with _style():
+        fig, ax = _figure(width_px, height_px)
+        ax.set_xlim(0.0, 100.0)
+        ax.set_ylim(min(0.0, y[0]), y[1])
+        for i, c in enumerate(rep.curves):
+            colour = colours.get(c.stage, STAGE_COLOURS[i % len(STAGE_COLOURS)])
+            ax.fill_between(c.percent, c.mean - c.sd, c.mean + c.sd, color=colour, alpha=0.10,
+                            linewidth=0)
+            ax.plot(c.percent, c.mean, color=colour, linewidth=2.0, label=f"{c.stage} (n={c.n_steps})")
+        ax.legend(loc="upper right")
+        ax.set_title("Mean vertical force over stance")
+        ax.set_xlabel("stance (%)")
+        ax.set_ylabel(f"vertical force ({unit})")
+    return fig
 
 
-
-def programme_plot(rows: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str, str]],
-                    title: str, y_label: str, extra: Sequence[float] = ()) -> str:
+def programme_figure(rows: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str, str]],
+                     title: str, y_label: str, extra: Sequence[float] = ()) -> Figure:
     """One value per session for each (row key, label, colour) of ``keys``, sessions along x."""
     xs = np.arange(1, len(rows) + 1, dtype=float)
     series = [np.array([r[k] for r in rows], dtype=float) for k, _, _ in keys]
-    y = _robust_range(series, extra)
-    plot = SvgPlot(440, 250, (0.5, len(rows) + 0.5), y, title=title, x_label="session",
-                   y_label=y_label)
-    for (_, _label, colour), ys in zip(keys, series, strict=True):
-        plot.line(xs, ys, colour, 1.8)
-        plot.dots(xs, ys, colour, 7.0, 1.0)
-    for i, (_, label, colour) in enumerate(keys):
-        plot.text(plot.w - plot.right - 6, plot.top + 14 + 13 * i, label, anchor="end", size=10,
-                  colour=colour, data=False)
-    return plot.render(x_ticks=False).replace("</svg>", "".join(
-        f'<text x="{float(plot.px(x)):.1f}" y="{plot.h - plot.bottom + 16}" font-size="10" '
-        f'text-anchor="middle" fill="#444">{html.escape(session_tick(r, i))}</text>'
-        for i, (x, r) in enumerate(zip(xs, rows, strict=True))) + "</svg>")
+    with _style():
+        fig, ax = _figure(440, 250)
+        ax.set_xlim(0.5, len(rows) + 0.5)
+        ax.set_ylim(*_robust_range(series, extra))
+        for (_, label, colour), ys in zip(keys, series, strict=True):
+            ax.plot(xs, ys, color=colour, linewidth=1.8, marker="o", markersize=7, markeredgewidth=0,
+                    label=label)
+        ax.set_xticks(xs, [session_tick(r, i) for i, r in enumerate(rows)])
+        ax.legend(loc="best")
+        ax.set_title(title)
+        ax.set_xlabel("session")
+        ax.set_ylabel(y_label)
+    return fig
+
+
+def plot_cadence(rep: SessionReport) -> str:
+    """:func:`cadence_figure` as inline SVG."""
+    return figure_svg(cadence_figure(rep))
+
+
+def plot_valr(rep: SessionReport) -> str:
+    """:func:`valr_figure` as inline SVG."""
+    return figure_svg(valr_figure(rep))
+
+
+def plot_distributions(rep: SessionReport, field_name: str, label: str, unit: str) -> str:
+    """:func:`distribution_figure` as inline SVG ("" when there is nothing to show)."""
+    fig = distribution_figure(rep, field_name, label, unit)
+    return figure_svg(fig) if fig is not None else ""
+
+
+def plot_force_curves(rep: SessionReport) -> str:
+    """:func:`force_curve_figure` as inline SVG ("" when there are no curves)."""
+    fig = force_curve_figure(rep)
+    return figure_svg(fig) if fig is not None else ""
+
+
+def programme_plot(rows: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str, str]],
+                   title: str, y_label: str, extra: Sequence[float] = ()) -> str:
+    """:func:`programme_figure` as inline SVG."""
+    return figure_svg(programme_figure(rows, keys, title, y_label, extra))
