@@ -443,13 +443,14 @@ def test_chart_ticks_are_round_and_inside_the_axes(sessions):
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _screenshot(html_path: Path, png: Path, tmp_path: Path, height: int = 3000) -> None:
+def _screenshot(html_path: Path, png: Path, tmp_path: Path, height: int = 3000, scale: int = 1) -> None:
+    """Chromium's screenshot of a page 1000 CSS pixels wide, ``scale`` device pixels per CSS pixel."""
     import subprocess
 
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           "--force-device-scale-factor=1", f"--screenshot={png}", f"--window-size=1000,{height}",
+           f"--force-device-scale-factor={scale}", f"--screenshot={png}", f"--window-size=1000,{height}",
            html_path.resolve().as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert png.exists(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
@@ -498,12 +499,19 @@ def _rgb(colour: str) -> np.ndarray:
     return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
 
 
-def _colour_near(rgb: np.ndarray, x: float, y: float, colour: np.ndarray, *, dx: int = 2, dy: int = 2,
+# The charts' screenshot has 2 device pixels per CSS pixel: a line 1.2 px wide then fully covers at
+# least one device pixel wherever it falls, so its pure colour is there to find (antialiasing at 1x
+# blends a line that straddles two pixel rows into both).
+SCALE = 2
+
+
+def _colour_near(rgb: np.ndarray, x: float, y: float, colour: np.ndarray, *, dx: float = 2, dy: float = 2,
                  tol: float = 40.0) -> bool:
-    """Whether a pixel within (dx, dy) of page pixel (x, y) is within ``tol`` (RGB distance) of colour."""
+    """Whether a pixel within (dx, dy) CSS pixels of (x, y) is within ``tol`` (RGB distance) of colour."""
     h, w = rgb.shape[:2]
-    xi, yi = round(x), round(y)
-    win = rgb[max(yi - dy, 0):min(yi + dy + 1, h), max(xi - dx, 0):min(xi + dx + 1, w)]
+    xi, yi = round(x * SCALE), round(y * SCALE)
+    rx, ry = round(dx * SCALE), round(dy * SCALE)
+    win = rgb[max(yi - ry, 0):min(yi + ry + 1, h), max(xi - rx, 0):min(xi + rx + 1, w)].astype(float)
     return bool((np.linalg.norm(win - colour, axis=2) < tol).any())
 
 
@@ -549,8 +557,9 @@ def test_charts_draw_the_tables_numbers_where_they_belong(sessions, tmp_path):
     page = tmp_path / "charts.html"
     tops, height = _chart_page(figs, page)
     png = tmp_path / "charts.png"
-    _screenshot(page, png, tmp_path, height=height)
-    rgb = _png_pixels(png).astype(float)
+    _screenshot(page, png, tmp_path, height=height, scale=SCALE)
+    rgb = _png_pixels(png)
+    assert rgb.shape[:2] == (height * SCALE, 1000 * SCALE)
     by_row = {r["stage"]: r for r in rep.rows}
     by_stage = {st.name: st for st in rep.stages}
 
@@ -571,14 +580,14 @@ def test_charts_draw_the_tables_numbers_where_they_belong(sessions, tmp_path):
         mine = steps[(steps["strike_s"] >= st.start_s) & (steps["strike_s"] < st.end_s)]
         k = len(mine) // 2
         x, y = at("cadence", minute(mine["strike_s"][k]), mine["cadence_spm"][k])
-        assert _colour_near(rgb, x, y, _rgb(charts.CADENCE_LINE), tol=60), name
+        assert _colour_near(rgb, x, y, _rgb(charts.CADENCE_LINE), tol=40), name
         # box plot: the median (right of the mean dot) at numpy's median of 60 / step_s
         i = ["baseline", "training", "retention"].index(name)
         cad = 60.0 / mine["step_s"][np.isfinite(mine["step_s"])]
         x, y = at("box cadence", i + 0.22, float(np.median(cad)))
-        assert _colour_near(rgb, x, y, _rgb("#111111"), dx=1, tol=60), name
+        assert _colour_near(rgb, x, y, _rgb("#111111"), dx=1, tol=40), name
         x, y = at("box cadence", i, float(np.mean(cad)))
-        assert _colour_near(rgb, x, y, _rgb("#111111"), dx=1, tol=60), name
+        assert _colour_near(rgb, x, y, _rgb("#111111"), dx=1, tol=40), name
         # and the box in the stage's colour, the same colour as the stage's force curve
         q1, med, q3 = np.percentile(cad, [25, 50, 75])
         inside = (q1 + med) / 2 if med - q1 > q3 - med else (med + q3) / 2
@@ -587,9 +596,9 @@ def test_charts_draw_the_tables_numbers_where_they_belong(sessions, tmp_path):
         assert _colour_near(rgb, x, y, _tinted(colour, 0.35), dx=1, dy=1, tol=30), name
         if name == "training":
             x, y = at("cadence", mid, st.target_cadence_spm)
-            assert _colour_near(rgb, x, y, _rgb(charts.TARGET_LINE), dx=12, tol=60)
+            assert _colour_near(rgb, x, y, _rgb(charts.TARGET_LINE), dx=12, tol=40)
             x, y = at("cadence", mid, st.band_low_spm + 0.1 * (st.band_high_spm - st.band_low_spm))
-            g = rgb[round(y), round(x) - 20:round(x) + 20]
+            g = rgb[round(y * SCALE), round((x - 20) * SCALE):round((x + 20) * SCALE)].astype(float)
             assert np.any((g[:, 1] - g[:, 0] > 15) & (g[:, 1] - g[:, 2] > 15)), "no green band"
     # force curves: each stage's mean curve in its colour, where it is farthest from the others
     curves = rep.curves
@@ -599,7 +608,7 @@ def test_charts_draw_the_tables_numbers_where_they_belong(sessions, tmp_path):
         gap = np.min(np.abs(others - curve.mean), axis=0)
         k = 10 + int(np.argmax(gap[10:91]))
         x, y = at("force", float(curve.percent[k]), float(curve.mean[k]))
-        assert _colour_near(rgb, x, y, _rgb(charts.stage_colours(rep)[curve.stage]), tol=60), curve.stage
+        assert _colour_near(rgb, x, y, _rgb(charts.stage_colours(rep)[curve.stage]), tol=40), curve.stage
     # programme: one marker per session at the programme table's value
     for n, row in enumerate(rows, start=1):
         if math.isfinite(row["training_cadence_spm"]):
