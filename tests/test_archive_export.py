@@ -118,7 +118,8 @@ def test_c3d_export_gives_back_the_recorded_forces_cop_and_events(session_file, 
     assert np.allclose([t for t, _ in offs], [t + 0.24 for t, _ in expect], atol=1e-5)
 
 
-def test_many_events_spill_into_times2(tmp_path, uid):
+def test_beyond_255_events_every_reader_sees_the_first_255_and_contact_channels_hold_all(tmp_path, uid):
+    """C3D caps each parameter array at 255 (docs/archive.md): EVENT keeps 255, channels keep all."""
     path = tmp_path / "many.h5"
     with SessionWriter(path, participant_id="P9") as w:
         spec = force_plate_spec(uid, belt="single", corners_m=_corners(-0.25, 0.5), origin_m=ORIGIN,
@@ -128,16 +129,34 @@ def test_many_events_spill_into_times2(tmp_path, uid):
         w.append(h, t, np.tile([0.0, 0.0, 700.0, 0.0, 0.0, 0.0], (len(t), 1)))
         steps = empty_steps(300)
         steps["foot"] = np.arange(300) % 2
-        steps["strike_s"] = np.arange(300) * 0.6
+        steps["strike_s"] = 0.05 + np.arange(300) * 0.6
+        steps["toe_off_s"] = steps["strike_s"] + 0.25
         w.append_steps(steps)
     with open_session(path) as s:
         rep = export_c3d(s, tmp_path / "many.c3d")
-    assert rep.n_events == 300
-    c = ezc3d.c3d(str(tmp_path / "many.c3d"))
-    assert int(c["parameters"]["EVENT"]["USED"]["value"][0]) == 300
+    assert rep.n_events == 600 and any("LeftContact" in n for n in rep.notes)
+    c = ezc3d.c3d(str(tmp_path / "many.c3d"))  # reads back: no parameter wider than 255
+    ev = c["parameters"]["EVENT"]
+    assert int(ev["USED"]["value"][0]) == 255 and np.asarray(ev["TIMES"]["value"]).shape == (2, 255)
+    assert not any(k.startswith(("TIMES2", "LABELS2")) for k in ev)
+    assert int(c["parameters"]["LABSUITE"]["EVENTS_TOTAL"]["value"][0]) == 600
     assert c["header"]["points"]["last_frame"] + 1 <= 65535
     events = read_c3d_events(tmp_path / "many.c3d")
-    assert np.allclose([e[0] for e in events], steps["strike_s"], atol=1e-4)
+    every = sorted([(float(x), "Foot Strike") for x in steps["strike_s"]] +
+                   [(float(x), "Foot Off") for x in steps["toe_off_s"]])
+    assert [e[2] for e in events] == [lbl for _, lbl in every[:255]]
+    assert np.allclose([e[0] for e in events], [t for t, _ in every[:255]], atol=1e-4)
+    labels = [str(x).strip() for x in c["parameters"]["ANALOG"]["LABELS"]["value"]]
+    rate = float(c["parameters"]["ANALOG"]["RATE"]["value"][0])
+    for foot, name in ((0, "LeftContact"), (1, "RightContact")):
+        x = c["data"]["analogs"][0, labels.index(name)]
+        edges = np.diff(np.r_[0.0, x])
+        mine = steps[steps["foot"] == foot]
+        # every strike and toe-off of the file, to one analog sample (start_s is the grid start)
+        on = np.flatnonzero(edges > 0.5) / rate + rep.start_s
+        off = np.flatnonzero(edges < -0.5) / rate + rep.start_s
+        assert np.allclose(on, mine["strike_s"], atol=1.01 / rate)
+        assert np.allclose(off, mine["toe_off_s"], atol=1.01 / rate)
 
 
 def test_export_without_plates_is_a_clear_error(tmp_path, uid):

@@ -23,6 +23,7 @@ from labsuite.streams.contracts import KIND_FORCE_PLATE, setup_floats
 
 C3D_MAX_FRAMES = 65535  # the C3D header stores frame numbers in 16 bits
 C3D_MAX_ARRAY = 255  # a C3D parameter dimension is one byte
+CONTACT_LABELS = {FOOT_LEFT: "LeftContact", FOOT_RIGHT: "RightContact"}
 POINT_RATE_TARGET_HZ = 100.0
 
 
@@ -78,7 +79,9 @@ def export_c3d(session: Session, out: str | Path, *, start_s: float | None = Non
     n = frames * ratio
     grid = t0 + np.arange(n) / rate
 
-    analogs = np.zeros((6 * len(plates), n))
+    events = _foot_events(session, t0, float(grid[-1]))
+    contacts = len(events) > C3D_MAX_ARRAY
+    analogs = np.zeros((6 * len(plates) + (2 if contacts else 0), n))
     labels: list[str] = []
     units: list[str] = []
     corners_all = np.zeros((3, 4, len(plates)))
@@ -94,6 +97,20 @@ def export_c3d(session: Session, out: str | Path, *, start_s: float | None = Non
         corners_all[:, :, i] = corners.T * 1000.0
         origin_all[:, i] = origin * 1000.0
         channel[:, i] = np.arange(6 * i + 1, 6 * i + 7)
+    descriptions = [f"{p.spec.source_id} {lbl}" for p in plates for lbl in p.spec.labels]
+    if contacts:
+        # C3D caps every parameter array at 255 entries and no common reader continues EVENT in
+        # TIMES2... (docs/archive.md): beyond 255 events, every contact also goes into one analog
+        # channel per foot (1 in stance), which every C3D reader reads.
+        for j, foot in enumerate((FOOT_LEFT, FOOT_RIGHT)):
+            analogs[6 * len(plates) + j] = _contact_channel(session.steps, foot, grid)
+            labels.append(CONTACT_LABELS[foot])
+            units.append("")
+            descriptions.append(f"{CONTACT_LABELS[foot]}: 1 from Foot Strike to Foot Off (labsuite steps)")
+        report.notes.append(f"{len(events)} foot events: C3D's EVENT parameters hold at most "
+                            f"{C3D_MAX_ARRAY}, so EVENT has the first {C3D_MAX_ARRAY} (up to "
+                            f"{events[C3D_MAX_ARRAY - 1][0]:.2f} s) and every contact is in the analog "
+                            "channels LeftContact and RightContact (1 from strike to toe-off)")
 
     c = ezc3d.c3d()
     params = c["parameters"]
@@ -101,8 +118,7 @@ def export_c3d(session: Session, out: str | Path, *, start_s: float | None = Non
     params["POINT"]["UNITS"]["value"] = ["mm"]
     params["ANALOG"]["RATE"]["value"] = [rate]
     params["ANALOG"]["LABELS"]["value"] = labels
-    params["ANALOG"]["DESCRIPTIONS"]["value"] = [f"{p.spec.source_id} {lbl}" for p in plates
-                                                 for lbl in p.spec.labels]
+    params["ANALOG"]["DESCRIPTIONS"]["value"] = descriptions
     params["ANALOG"]["UNITS"]["value"] = units
     c["data"]["points"] = np.zeros((4, 0, frames))
     c["data"]["analogs"] = analogs[None, :, :]
@@ -113,7 +129,10 @@ def export_c3d(session: Session, out: str | Path, *, start_s: float | None = Non
     fp["CORNERS"]["value"] = corners_all
     fp["ORIGIN"]["value"] = origin_all
     fp["CHANNEL"]["value"] = channel
-    report.n_events = _add_events(c, session, t0, grid[-1])
+    report.n_events = len(events)
+    _add_events(c, events[:C3D_MAX_ARRAY])
+    if contacts:
+        c.add_parameter("LABSUITE", "EVENTS_TOTAL", [len(events)])
     a = session.attrs
     c.add_parameter("SUBJECTS", "NAMES", [str(a.get("participant_id", ""))])
     c.add_parameter("LABSUITE", "SESSION", [str(session.path.name)])
@@ -153,10 +172,10 @@ def resample_plate(p: StreamData, grid: np.ndarray, notes: list[str] | None = No
     return out
 
 
-def _add_events(c: Any, session: Session, t0: float, t_end: float) -> int:
-    steps = session.steps
+def _foot_events(session: Session, t0: float, t_end: float) -> list[tuple[float, str, str]]:
+    """(time from t0 s, context, label) of every Foot Strike and Foot Off in [t0, t_end], in time order."""
     events: list[tuple[float, str, str]] = []
-    for rec in steps:
+    for rec in session.steps:
         foot = rec["foot"]
         if not math.isfinite(foot):
             continue
@@ -166,44 +185,44 @@ def _add_events(c: Any, session: Session, t0: float, t_end: float) -> int:
             if math.isfinite(t) and t0 <= t <= t_end:
                 events.append((t - t0, context, label))
     events.sort()
+    return events
+
+
+def _contact_channel(steps: np.ndarray, foot: int, grid: np.ndarray) -> np.ndarray:
+    """1 on the grid samples from each of ``foot``'s strikes to its toe-off, 0 elsewhere."""
+    out = np.zeros(len(grid))
+    mine = steps[steps["foot"] == foot]
+    for strike, toe in zip(mine["strike_s"], mine["toe_off_s"], strict=True):
+        if math.isfinite(strike) and math.isfinite(toe):
+            out[(grid >= strike) & (grid < toe)] = 1.0
+    return out
+
+
+def _add_events(c: Any, events: list[tuple[float, str, str]]) -> None:
+    """Write at most 255 events as EVENT:USED/TIMES/CONTEXTS/LABELS/DESCRIPTIONS."""
     if not events:
-        return 0
+        return
     c.add_parameter("EVENT", "USED", [len(events)])
-    # C3D arrays hold at most 255 entries: further events go to TIMES2, LABELS2... (the
-    # convention of POINT:LABELS2).
-    for k in range(0, len(events), C3D_MAX_ARRAY):
-        part = events[k:k + C3D_MAX_ARRAY]
-        suffix = "" if k == 0 else str(k // C3D_MAX_ARRAY + 1)
-        minutes = [float(math.floor(t / 60.0)) for t, _, _ in part]
-        seconds = [t - 60.0 * m for (t, _, _), m in zip(part, minutes, strict=True)]
-        c.add_parameter("EVENT", f"TIMES{suffix}", np.array([minutes, seconds], dtype=float))
-        c.add_parameter("EVENT", f"CONTEXTS{suffix}", [ctx for _, ctx, _ in part])
-        c.add_parameter("EVENT", f"LABELS{suffix}", [lbl for _, _, lbl in part])
-        c.add_parameter("EVENT", f"DESCRIPTIONS{suffix}", ["labsuite step table" for _ in part])
-    return len(events)
+    minutes = [float(math.floor(t / 60.0)) for t, _, _ in events]
+    seconds = [t - 60.0 * m for (t, _, _), m in zip(events, minutes, strict=True)]
+    c.add_parameter("EVENT", "TIMES", np.array([minutes, seconds], dtype=float))
+    c.add_parameter("EVENT", "CONTEXTS", [ctx for _, ctx, _ in events])
+    c.add_parameter("EVENT", "LABELS", [lbl for _, _, lbl in events])
+    c.add_parameter("EVENT", "DESCRIPTIONS", ["labsuite step table" for _ in events])
 
 
 def read_c3d_events(path: str | Path) -> list[tuple[float, str, str]]:
-    """Read (time_s, context, label) events back from a C3D file (EVENT, TIMES2... included)."""
+    """Read (time_s, context, label) events back from a C3D file's EVENT parameters."""
     import ezc3d
 
     params = ezc3d.c3d(str(path), extract_forceplat_data=False)["parameters"]
-    if "EVENT" not in params:
+    if "EVENT" not in params or "TIMES" not in params["EVENT"]:
         return []
     ev = params["EVENT"]
-    out: list[tuple[float, str, str]] = []
-    k = 1
-    while True:
-        suffix = "" if k == 1 else str(k)
-        if f"TIMES{suffix}" not in ev:
-            break
-        times = np.asarray(ev[f"TIMES{suffix}"]["value"], dtype=float).reshape(2, -1)
-        ctx = ev[f"CONTEXTS{suffix}"]["value"]
-        lbl = ev[f"LABELS{suffix}"]["value"]
-        out += [(float(60.0 * times[0, i] + times[1, i]), str(ctx[i]).strip(), str(lbl[i]).strip())
-                for i in range(times.shape[1])]
-        k += 1
-    return out
+    times = np.asarray(ev["TIMES"]["value"], dtype=float).reshape(2, -1)
+    ctx, lbl = ev["CONTEXTS"]["value"], ev["LABELS"]["value"]
+    return [(float(60.0 * times[0, i] + times[1, i]), str(ctx[i]).strip(), str(lbl[i]).strip())
+            for i in range(times.shape[1])]
 
 
 def export_csv(session: Session, out_dir: str | Path) -> list[Path]:
