@@ -219,6 +219,10 @@ def test_recover_copies_every_consistent_row_and_report_and_exports_work(origina
         assert len(s.steps) == len(damaged.steps) and len(s.stages) == len(damaged.stages)
         assert [e["kind"] for e in s.events] == [e["kind"] for e in damaged.events]
     assert _labsuite("report", fixed, "--out", tmp_path / "r.html").returncode == 0
+    from labsuite.report import load_session_report
+
+    warnings = load_session_report(fixed, curves=False).warnings()
+    assert any("labsuite recover" in w and "had lost" in w for w in warnings)
     res = _labsuite("export", fixed, "--c3d", tmp_path / "f.c3d", "--xdf", tmp_path / "f.xdf")
     assert res.returncode == 0, res.stderr
     res = _labsuite("recover", cut, "--out", fixed)

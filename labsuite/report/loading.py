@@ -153,6 +153,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         recorded_stages = list(sess.stages)
         rec_events = tuple(sess.events)
         complete = sess.complete
+        file_notes = sess.notes  # e.g. a copy made by `labsuite recover`, and what it lost
         participant = str(attrs.get("participant_id", ""))
         mass_kg = float(attrs.get("mass_kg", math.nan))
         stream_info, plates, treadmill, (data_start, data_end) = _stream_summary(
@@ -161,7 +162,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
     decoded = _decode_markers(markers)
     start = next((m for m in decoded if m[1].get("event") == "session_start"), None)
     end = next((m for m in reversed(decoded) if m[1].get("event") == "session_end"), None)
-    notes: list[str] = []
+    notes: list[str] = [f"Session file: {n}." for n in file_notes]
     t_candidates = [t for t in (data_end, float(np.nanmax(steps["toe_off_s"])) if len(steps) and
                                 np.isfinite(steps["toe_off_s"]).any() else math.nan,
                                 decoded[-1][0] if decoded else math.nan) if math.isfinite(t)]
