@@ -240,8 +240,8 @@ def commands_for(case: dict[str, Any], out: Path, n: int) -> list[list[str]]:
         shutil.copy(p, prog / Path(p).name)
         return [["inspect", "--json", p], ["report", p, "--out", str(out / f"r{n}.html")],
                 ["report", "--programme", str(prog), "--out", str(out / f"p{n}.html")],
-                ["export", p, "--c3d", str(out / f"e{n}.c3d"), "--csv", str(out / f"csv{n}"),
-                 "--xdf", str(out / f"e{n}.xdf")],
+                ["export", p, "--c3d", str(out / f"e{n}.c3d")], ["export", p, "--csv", str(out / f"csv{n}")],
+                ["export", p, "--xdf", str(out / f"e{n}.xdf")],
                 ["replay", p, "--speed", "100", "--lead-s", "0", "--quiet",
                  "--source-prefix", f"fuzz{os.getpid()}-{n}-"]]
     if kind == "c3d":
@@ -370,11 +370,16 @@ def _summary_key(stdout: str) -> Any:
     return s
 
 
+def _label(argv: list[str]) -> str:
+    """A command's name and its first option: ``export --csv``, ``report --programme``."""
+    return " ".join([argv[0], *[a for a in argv[1:] if a.startswith("--")][:1]])
+
+
 def judge(case: dict[str, Any], results: list[dict[str, Any]], baseline: Any) -> dict[str, Any]:
     """Classify one case's command results."""
     verdict = {"tracebacks": [], "hangs": [], "fine_but_damaged": [], "value_only": False, "refused": 0}
     for r in results:
-        cmd = " ".join(r["argv"][:2])
+        cmd = _label(r["argv"])
         if r.get("hang"):
             verdict["hangs"].append(cmd)
         elif r["traceback"] or "Traceback (most recent call last)" in r["stderr"]:
@@ -385,7 +390,7 @@ def judge(case: dict[str, Any], results: list[dict[str, Any]], baseline: Any) ->
     for r in results:
         if r.get("hang") or r["traceback"]:
             continue
-        cmd = " ".join(r["argv"][:2])
+        cmd = _label(r["argv"])
         accepted = r["rc"] == 0
         if case["truth"] == DAMAGED and accepted:
             verdict["fine_but_damaged"].append(cmd)
@@ -437,7 +442,7 @@ def main() -> int:
         totals["value_only"] += int(v["value_only"])
         for r in results:
             if r["s"] > slowest[0]:
-                slowest = (r["s"], f"{' '.join(r['argv'][:2])} on {case['name']}")
+                slowest = (r["s"], f"{_label(r['argv'])} on {case['name']}")
         bad = v["tracebacks"] + v["hangs"] + [f"accepted: {c}" for c in v["fine_but_damaged"]]
         if bad:
             print(f"  {case['name']}: " + "; ".join(bad), flush=True)
