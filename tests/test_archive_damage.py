@@ -154,6 +154,11 @@ def test_broken_counts_and_timestamps_keep_the_consistent_prefix(original, tmp_p
     p = tmp_path / "broken.h5"
     p.write_bytes(original.read_bytes())
     with h5py.File(p, "r+") as f:
+        # as in a format-1 file (no checksums): the structure checks alone must find these
+        f.attrs["format_version"] = 1
+        for g in f["streams"].values():
+            if "checksums" in g:
+                del g["checksums"]
         f["streams/fuzz-fp-left/committed"][0] = 10**12
         f["streams/fuzz-imu-left/time_stamps"][7000] = np.nan
         f["streams/fuzz-imu-right/time_stamps"][9000] = 1.0
@@ -168,6 +173,24 @@ def test_broken_counts_and_timestamps_keep_the_consistent_prefix(original, tmp_p
         assert s.streams["fuzz-imu-left"].n_samples == 7000
         assert s.streams["fuzz-imu-right"].n_samples == 9000
         assert s.streams["fuzz-fp-left"].n_samples == 20000
+
+
+def test_changed_sample_values_and_attributes_are_caught_by_the_checksums(original, tmp_path):
+    p = tmp_path / "changed.h5"
+    p.write_bytes(original.read_bytes())
+    with h5py.File(p, "r+") as f:
+        x = f["streams/fuzz-fp-right/time_series"][15000]
+        f["streams/fuzz-fp-right/time_series"][15000] = x + 0.5  # one value, 0.5 N
+        f["markers/text_data"][0:1] = [ord("X")] if len(f["markers/text_data"]) else []
+        f.attrs["mass_kg"] = 71.0
+    with open_session(p, allow_damaged=True) as s:
+        text = "\n".join(s.problems)
+        assert s.status == "damaged"
+        assert "rows 14336..15359 do not match their checksum" in text  # blocks of 1024 rows
+        assert s.streams["fuzz-fp-right"].n_samples == 14336 and s.streams["fuzz-fp-left"].n_samples == 20000
+        assert "root attributes: they do not match their SHA-256" in text
+    with open_session(original) as s:
+        assert s.status == "complete" and not s.notes  # format 2: nothing to say
 
 
 def test_flipped_bytes_never_hang_or_crash_a_reader(original, tmp_path):
@@ -194,8 +217,11 @@ def test_steps_written_before_new_columns_read_as_nan(original, tmp_path):
             old[n] = rows[n]
         del f["steps/table"]
         f["steps"].create_dataset("table", data=old, maxshape=(None,), chunks=(256,))
+        del f["steps/checksums"]  # as a format-1 file, which had neither checksums nor the columns
+        f.attrs["format_version"] = 1
     with open_session(p) as s:
         assert s.steps.dtype == STEP_DTYPE and s.status == "complete"
+        assert any("format 1" in n for n in s.notes)
         assert np.isnan(s.steps["strike_index_pct"]).all() and np.isnan(s.steps["invalid"]).all()
         assert np.array_equal(s.steps["strike_s"], rows["strike_s"])
 

@@ -1,4 +1,4 @@
-"""The session file layout (format version 1): names, attribute keys and small helpers.
+"""The session file layout (format version 2): names, attribute keys and small helpers.
 
 Shared by the writer (labsuite.archive.writer) and the reader (labsuite.archive.reader) so both
 agree on every name; docs/archive.md documents the same layout for readers without labsuite.
@@ -6,8 +6,10 @@ agree on every name; docs/archive.md documents the same layout for readers witho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +19,9 @@ from labsuite.errors import ConfigError
 from labsuite.streams.contracts import Channel, StreamSpec
 
 FORMAT_NAME = "labsuite-session"
-FORMAT_VERSION = 1
+# 1: the first layout. 2: adds a ``checksums`` dataset to every growing group and the root
+# attribute ``header_sha256``; readers of 2 read 1 (nothing to verify there).
+FORMAT_VERSION = 2
 
 STREAMS = "streams"
 STEPS = "steps"
@@ -33,6 +37,12 @@ CLOCK_OFFSETS = "clock_offsets"  # (k, 2) float64: local LSL time of the measure
 TEXT_DATA = "text_data"  # uint8 UTF-8 bytes of every text sample, back to back
 TEXT_END = "text_end"  # int64 end offset (exclusive) of sample i in text_data
 COMMITTED = "committed"  # (1,) int64: rows complete on disk; rows beyond it are not trusted
+CHECKSUMS = "checksums"  # (k, 2) int64, format 2: [rows so far, CRC-32 of the rows since the last]
+CRC_BLOCK_ROWS = 1024  # a flush's rows get one checksum per block of at most this many
+HEADER_SHA256 = "header_sha256"  # format 2: SHA-256 of the root attributes written at the start
+# Root attributes written after the start (at the close, or by `labsuite recover`): not hashed.
+UNHASHED_ATTRS = ("complete", "end_lsl_s", HEADER_SHA256, "recovered_from", "recovered_utc",
+                  "recovered_by", "recovery_lost")
 LATE_SPEC = "spec"  # late slots: a text log holding the stream description as JSON
 
 LATE_PREFIX = "late_"
@@ -100,6 +110,34 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value)
     return np.asarray(value, dtype=float).tolist()
+
+
+# The order in which a flush's new rows enter its CRC (writer and reader must agree).
+CRC_ORDER = (TIME_STAMPS, TIME_SERIES, TEXT_END, TEXT_DATA, "table")
+
+
+def row_crc32(parts: Mapping[str, np.ndarray]) -> int:
+    """CRC-32 of a flush's new rows: each dataset's bytes (C order, file dtype) in ``CRC_ORDER``."""
+    crc = 0
+    for name in CRC_ORDER:
+        if name in parts:
+            crc = zlib.crc32(np.ascontiguousarray(parts[name]).tobytes(), crc)
+    return crc
+
+
+def header_digest(attrs: Mapping[str, Any]) -> str:
+    """SHA-256 of the root attributes outside ``UNHASHED_ATTRS``, as sorted canonical JSON."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return v.decode("utf-8", errors="replace")
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        return v
+
+    doc = {k: plain(v) for k, v in attrs.items() if k not in UNHASHED_ATTRS}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def decode_text_log(data: np.ndarray, end: np.ndarray) -> list[str]:

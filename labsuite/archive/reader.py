@@ -166,6 +166,14 @@ class Session:
             raise ArchiveError(f"{self.path}: written by labsuite {by} in session format {version}; this "
                                f"is labsuite {__version__}, which reads formats 1..{L.FORMAT_VERSION}: "
                                "upgrade labsuite to read it")
+        self._version = int(version)
+        self._header_problems: list[str] = []
+        if self._version >= 2:
+            stored = _text(self._attrs.get(L.HEADER_SHA256))
+            if stored != L.header_digest(attrs):
+                self._header_problems.append(
+                    "root attributes: they do not match their SHA-256 (header_sha256): an attribute "
+                    "such as the participant id, mass, protocol or start time was changed or damaged")
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -200,14 +208,17 @@ class Session:
         writer could not write space it had allocated) keeps every committed row and is only
         cut short (see :attr:`notes`).
         """
-        if self._problems or bool(self._attrs.get("complete", False)):
-            return self._fixed_problems + self._problems
+        if self._problems or self._header_problems or bool(self._attrs.get("complete", False)):
+            return self._header_problems + self._fixed_problems + self._problems
         return []
 
     @property
     def notes(self) -> list[str]:
         """Facts about the file that are not damage: a tail its writer never filled, a recovery."""
         out = [] if self.problems else list(self._fixed_problems)
+        if self._version < 2:
+            out.append("session format 1: sample values carry no checksums, so changed bytes in "
+                       "them cannot be detected")
         if self._attrs.get("recovered_from"):
             try:
                 lost = json.loads(str(self._attrs.get("recovery_lost", "[]")))
@@ -425,25 +436,27 @@ class Session:
         n = self._on_disk(where, n, ts_ds)
         raw, n = self._read_rows(where, ts_ds, n)
         raw = np.asarray(raw, dtype=np.float64)
-        # Samples of a regular stream are stamped in order; irregular streams need not be (the
-        # steps of two belts are published as each belt's step completes, stamped at its strike).
-        n = self._check_times(where, raw[:n], n, ordered=spec.rate_hz > 0)
         if spec.dtype == "string":
-            texts = self._read_texts(where, g, "text", n)
-            n = min(n, len(texts))
-            data: Any = texts[:n]
+            ends, text = self._read_text_raw(where, g, "text", n)
+            n = self._verify(where, g, min(n, len(ends)), {L.TIME_STAMPS: (raw, 1)}, (ends, text))
+            data: Any = L.decode_text_log(text, ends[:n])
         elif late:
             assert data_ds is not None
             c = spec.channel_count
             n = self._on_disk(where, n, data_ds, per_row=c)
             flat, got = self._read_rows(where, data_ds, n * c)
-            n = got // c
+            n = self._verify(where, g, got // c, {L.TIME_STAMPS: (raw, 1), L.TIME_SERIES: (flat, c)})
             data = np.asarray(flat[: n * c]).reshape(n, c).astype(spec.numpy_dtype)
         else:
             assert data_ds is not None
             n = self._on_disk(where, n, data_ds)
             data, n = self._read_rows(where, data_ds, n)
-            data = data[:n]
+            n = self._verify(where, g, n, {L.TIME_STAMPS: (raw, 1), L.TIME_SERIES: (data, 1)})
+            self._check_description(where, g, spec)
+        # Samples of a regular stream are stamped in order; irregular streams need not be (the
+        # steps of two belts are published as each belt's step completes, stamped at its strike).
+        n = self._check_times(where, raw[:n], n, ordered=spec.rate_hz > 0)
+        data = data[:n]
         raw = raw[:n]
         co = self._read_clock(where, g)
         return StreamData(key, spec, corrected_times(raw, co), raw, data, co, late)
@@ -529,6 +542,12 @@ class Session:
         return k
 
     def _read_texts(self, where: str, g: Any, prefix: str, n: int | None) -> list[str]:
+        ends, raw = self._read_text_raw(where, g, prefix, n)
+        return L.decode_text_log(raw, ends)
+
+    def _read_text_raw(self, where: str, g: Any, prefix: str, n: int | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(end offsets, bytes) of up to ``n`` text entries whose bytes are all there."""
         data_ds = _dataset(g, f"{prefix}_data", 1)
         end_ds = _dataset(g, f"{prefix}_end", 1)
         count = end_ds.shape[0] if n is None else min(n, end_ds.shape[0])
@@ -548,17 +567,18 @@ class Session:
         used = int(ends[-1]) if len(ends) else 0
         raw, got = self._read_rows(where, data_ds, used)
         keep = int(np.searchsorted(ends, got, side="right"))
-        return L.decode_text_log(raw, ends[:keep])
+        return ends[:keep], np.asarray(raw, dtype=np.uint8)
 
     def _read_log(self, name: str, g: Any) -> tuple[np.ndarray, list[str]]:
         ts_ds = _dataset(g, L.TIME_STAMPS, 1)
         n = self._trusted(name, g, min(ts_ds.shape[0], _dataset(g, L.TEXT_END, 1).shape[0]))
         n = self._on_disk(name, n, ts_ds)
         ts, n = self._read_rows(name, ts_ds, n)
-        n = self._check_times(name, np.asarray(ts[:n], dtype=np.float64), n, ordered=False)
-        texts = self._read_texts(name, g, "text", n)
-        n = min(n, len(texts))
-        return np.asarray(ts[:n], dtype=np.float64), texts[:n]
+        ts = np.asarray(ts, dtype=np.float64)
+        ends, text = self._read_text_raw(name, g, "text", n)
+        n = self._verify(name, g, min(n, len(ends)), {L.TIME_STAMPS: (ts, 1)}, (ends, text))
+        n = self._check_times(name, ts[:n], n, ordered=False)
+        return ts[:n], L.decode_text_log(text, ends[:n])
 
     def _read_steps(self, g: Any) -> np.ndarray:
         table = _dataset(g, "table", 1)
@@ -568,11 +588,63 @@ class Session:
         n = self._trusted(L.STEPS, g, table.shape[0])
         n = self._on_disk(L.STEPS, n, table)
         rows, n = self._read_rows(L.STEPS, table, n)
+        n = self._verify(L.STEPS, g, n, {"table": (rows, 1)})
         out = empty_steps(n)
         for name in STEP_DTYPE.names or ():
             if name in names:  # a column the file predates stays NaN
                 out[name] = rows[name][:n]
         return out
+
+    def _verify(self, where: str, g: Any, n: int, rows: dict[str, tuple[np.ndarray, int]],
+                text: tuple[np.ndarray, np.ndarray] | None = None) -> int:
+        """Check the first ``n`` rows against the writer's per-flush CRC-32s; return the rows kept.
+
+        Rows before the first mismatch are kept. ``rows``: dataset name -> (array, values per row).
+        """
+        if L.CHECKSUMS not in g:
+            if self._version >= 2:
+                self._problem(where, "has no checksums (format 2 writes them); its rows cannot be "
+                              "verified")
+            return n
+        ck, k = self._read_rows(where, _dataset(g, L.CHECKSUMS, 2), _dataset(g, L.CHECKSUMS, 2).shape[0])
+        ck = np.asarray(ck[:k], dtype=np.int64)
+        start = 0
+        for end, crc in ck:
+            end = int(end)
+            if end > n:
+                break  # rows the writer had not confirmed, or already left out
+            if end <= start:
+                self._problem(where, f"the checksum table is damaged (row count {end} after {start}); "
+                              f"rows {start}.. left out")
+                return start
+            parts = {name: arr[start * per:end * per] for name, (arr, per) in rows.items()}
+            if text is not None:
+                ends, raw = text
+                b0 = int(ends[start - 1]) if start else 0
+                parts[L.TEXT_END] = ends[start:end]
+                parts[L.TEXT_DATA] = raw[b0:int(ends[end - 1])]
+            if L.row_crc32(parts) != int(crc) & 0xFFFFFFFF:
+                self._problem(where, f"rows {start}..{end - 1} do not match their checksum (bytes "
+                              f"changed after they were written): rows {start}.. left out, {start} "
+                              f"of {n} rows read")
+                return start
+            start = end
+        if start < n and not self.probe.open_for_write and len(ck):
+            self._problem(where, f"rows {start}..{n - 1} have no checksum: left out")
+            return start
+        return n
+
+    def _check_description(self, where: str, g: Any, spec: StreamSpec) -> None:
+        """The stream's description is stored twice (attributes and spec_json): they must agree."""
+        got = {"name": spec.name, "kind": spec.kind, "source_id": spec.source_id, "dtype": spec.dtype,
+               "channel_labels": json.dumps(list(spec.labels))}
+        for key, value in got.items():
+            if key in g.attrs and _text(g.attrs[key]) != value:
+                self._problem(where, f"attribute {key!r} is {_text(g.attrs[key])!r} but the stored "
+                              f"description says {value!r}: the description is damaged")
+        if "rate_hz" in g.attrs and float(g.attrs["rate_hz"]) != float(spec.rate_hz):
+            self._problem(where, f"attribute 'rate_hz' is {float(g.attrs['rate_hz'])} but the stored "
+                          f"description says {spec.rate_hz}: the description is damaged")
 
     def _read_clock(self, where: str, g: Any) -> np.ndarray:
         if L.CLOCK_OFFSETS not in g:

@@ -18,13 +18,14 @@ from pathlib import Path
 import h5py
 
 from labsuite import __version__
+from labsuite.archive import layout as L
 from labsuite.archive.reader import STATUS_DAMAGED, open_session
 from labsuite.archive.writer import SessionWriter, WriterSettings
 from labsuite.errors import ArchiveError
 
 _CHUNK_ROWS = 65536
 # Root attributes the new file's writer owns: the format it wrote, and how it was closed.
-_WRITER_OWNED = {"format", "format_version", "complete", "end_lsl_s", "flush_interval_s"}
+_WRITER_OWNED = {"format", "format_version", "complete", "end_lsl_s", "flush_interval_s", L.HEADER_SHA256}
 
 
 @dataclass
@@ -98,6 +99,7 @@ def recover(source: str | Path, out: str | Path) -> RecoveryReport:
         f.attrs["recovered_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         f.attrs["recovered_by"] = f"labsuite {__version__}"
         f.attrs["recovery_lost"] = json.dumps(report.lost)
+        f.attrs[L.HEADER_SHA256] = L.header_digest(dict(f.attrs.items()))
     return report
 
 

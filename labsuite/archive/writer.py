@@ -238,9 +238,11 @@ class SessionWriter:
         a["end_lsl_s"] = math.nan
         a["flush_interval_s"] = self.settings.flush_interval_s
         for key, value in extra.items():
-            if key in a:
+            if key in a or key in L.UNHASHED_ATTRS:
                 raise ConfigError(f"session attribute {key!r}: reserved by the file format")
             a[key] = value
+        # HDF5 does not checksum attribute values (they sit in an unchecked heap): this does.
+        a[L.HEADER_SHA256] = L.header_digest(dict(a.items()))
 
     def _create_fixed_groups(self) -> None:
         f = self._file
@@ -252,6 +254,7 @@ class SessionWriter:
         ds.attrs["descriptions"] = json.dumps({sf.name: sf.description for sf in STEP_FIELDS})
         self._targets["/steps"] = _Target(table=ds)
         self._targets["/steps"].committed = _committed(steps)
+        self._targets["/steps"].checksums = _checksums(steps)
         for name, doc in ((L.MARKERS, "markers appended by the session process itself (LSL local clock)"),
                           (L.STAGES, "one JSON StageRecord per finished stage (from stage_end markers)"),
                           (L.CALIBRATION, "one JSON calibration record per call"),
@@ -285,6 +288,7 @@ class SessionWriter:
             tgt.ts = g.create_dataset(L.TIME_STAMPS, (0,), maxshape=(None,), chunks=(1024,), dtype="f8",
                                       fillvalue=np.nan, **self._compression())
             tgt.committed = _committed(g)
+            tgt.checksums = _checksums(g)
         tgt.text = g.create_dataset(f"{prefix}_data", (0,), maxshape=(None,), chunks=(16384,),
                                     dtype="u1", **self._compression())
         tgt.text_end = g.create_dataset(f"{prefix}_end", (0,), maxshape=(None,), chunks=(1024,),
@@ -488,6 +492,7 @@ class SessionWriter:
         tgt.ts = g.create_dataset(L.TIME_STAMPS, (0,), maxshape=(None,), chunks=(rows,), dtype="f8",
                                   fillvalue=np.nan, **self._compression())
         tgt.committed = _committed(g)
+        tgt.checksums = _checksums(g)
         if spec.dtype == "string":
             tgt.text = g.create_dataset("text_data", (0,), maxshape=(None,), chunks=(16384,), dtype="u1",
                                         **self._compression())
@@ -650,6 +655,7 @@ class _Target:
         self.clock_rows: list[tuple[float, float]] = []
         self.pending_n = 0
         self.committed: h5py.Dataset | None = None
+        self.checksums: h5py.Dataset | None = None
         self.rows = 0
         self._committed_rows = 0
 
@@ -684,29 +690,42 @@ class _Target:
         if n == 0:
             return 0
         # Samples go before timestamps, so a reader that sees a timestamp also sees its sample.
+        # Every flush also appends [rows so far, CRC-32 of the new rows] (layout.row_crc32):
+        # sample values have no checksum of their own in HDF5, so a reader can find changed bytes.
+        parts: dict[str, Any] = {}
         if self.data_parts:
             arr = np.concatenate(self.data_parts)
             if self.data is not None:
+                parts[L.TIME_SERIES] = arr = np.ascontiguousarray(arr, dtype=self.data.dtype)
                 _append(self.data, arr)
             elif self.flat is not None:
-                _append(self.flat, arr.astype(np.float64).reshape(-1))
+                parts[L.TIME_SERIES] = flat = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+                _append(self.flat, flat)
             self.data_parts.clear()
         if self.text_parts:
             assert self.text is not None and self.text_end is not None
             encoded = [t.encode("utf-8") for t in self.text_parts]
             base = int(self.text_end[-1]) if self.text_end.shape[0] else 0
             ends = base + np.cumsum([len(b) for b in encoded], dtype=np.int64)
-            _append(self.text, np.frombuffer(b"".join(encoded), dtype=np.uint8))
+            raw = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            parts[L.TEXT_END], parts[L.TEXT_DATA] = ends, raw
+            _append(self.text, raw)
             _append(self.text_end, ends)
             self.text_parts.clear()
         if self.table_parts:
             assert self.table is not None
-            _append(self.table, np.concatenate(self.table_parts))
+            rows = np.ascontiguousarray(np.concatenate(self.table_parts), dtype=self.table.dtype)
+            parts["table"] = rows
+            _append(self.table, rows)
             self.table_parts.clear()
         if self.ts_parts:
             assert self.ts is not None
-            _append(self.ts, np.concatenate(self.ts_parts))
+            parts[L.TIME_STAMPS] = ts = np.ascontiguousarray(np.concatenate(self.ts_parts), dtype=np.float64)
+            _append(self.ts, ts)
             self.ts_parts.clear()
+        if self.checksums is not None:
+            text0 = int(parts[L.TEXT_END][-1]) - len(parts[L.TEXT_DATA]) if L.TEXT_END in parts else 0
+            _append(self.checksums, _block_checksums(parts, self.rows, n, text0))
         self.pending_n = 0
         self.rows += n
         return n
@@ -715,6 +734,30 @@ class _Target:
 def _committed(g: h5py.Group) -> h5py.Dataset:
     """The row count a reader may trust (written after the rows themselves reached the disk)."""
     return g.create_dataset(L.COMMITTED, data=np.zeros(1, dtype=np.int64), maxshape=(1,), chunks=(1,))
+
+
+def _block_checksums(parts: dict[str, Any], rows0: int, n: int, text0: int) -> np.ndarray:
+    """[rows so far, CRC-32] for each block of at most ``L.CRC_BLOCK_ROWS`` of a flush's ``n`` rows.
+
+    Blocks keep a damaged byte from costing more than one block plus what follows it.
+    ``text0`` is the byte offset of the flush's first text byte (text logs).
+    """
+    per = {k: (len(v) // n if n and k not in (L.TEXT_DATA, L.TEXT_END) else 1) for k, v in parts.items()}
+    out = []
+    for a in range(0, n, L.CRC_BLOCK_ROWS):
+        b = min(n, a + L.CRC_BLOCK_ROWS)
+        block = {k: v[a * per[k]:b * per[k]] for k, v in parts.items() if k != L.TEXT_DATA}
+        if L.TEXT_DATA in parts:
+            ends = parts[L.TEXT_END]
+            lo = (int(ends[a - 1]) if a else text0) - text0
+            block[L.TEXT_DATA] = parts[L.TEXT_DATA][lo:int(ends[b - 1]) - text0]
+        out.append((rows0 + b, L.row_crc32(block)))
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _checksums(g: h5py.Group) -> h5py.Dataset:
+    """One row per flush: [rows complete after it, CRC-32 of the rows it added] (format 2)."""
+    return g.create_dataset(L.CHECKSUMS, (0, 2), maxshape=(None, 2), chunks=(256, 2), dtype="i8")
 
 
 def _append(ds: h5py.Dataset, arr: np.ndarray) -> None:
