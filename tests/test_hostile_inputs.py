@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 RBDS008_MAP = ["--map", "fz=Fy,fx=Fx,fy=-Fz,copx=COPx,copy=-COPz", "--length-unit", "mm"]
@@ -81,3 +82,24 @@ def test_record_with_nothing_recorded_exits_4(tmp_path, uid):
     assert res.returncode == 4, res.stderr
     assert "nothing recorded" in res.stderr
     assert len(list(tmp_path.glob("P1_*.h5"))) == 1  # the (empty) file is kept and named
+
+
+def test_a_c3d_that_crashes_or_hangs_ezc3d_is_refused_in_bounded_time(tmp_path, shared_data):
+    """Seeded flips in the header/parameter blocks that made ezc3d segfault or spin (fuzz_inputs)."""
+    src = (shared_data / "rbds" / "RBDS001runT35.c3d").read_bytes()
+    rng = np.random.default_rng(3)
+    outcomes = []
+    for r in range(22):
+        buf = bytearray(src)
+        region = 512 * 12 if r % 2 else len(src)
+        for pos in rng.choice(region, size=20, replace=False):
+            buf[pos] ^= int(rng.integers(1, 256))
+        if r not in (1, 3, 21):  # the cases found: 1 crashed ezc3d (SIGSEGV), 3 and 21 hung it
+            continue
+        p = tmp_path / f"f{r}.c3d"
+        p.write_bytes(bytes(buf))
+        res = _labsuite("analyze", p, "--mass-kg", 62, timeout=60)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        outcomes.append(res.stderr)
+    assert any("crashed reading" in o for o in outcomes), outcomes
+    assert any("did not finish reading" in o for o in outcomes), outcomes

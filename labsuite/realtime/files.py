@@ -94,15 +94,14 @@ def load_c3d(path: str | Path) -> LoadedData:
     force on the plate or its reaction (ANALOG:SCALE sign); the sign that makes the vertical GRF
     positive in stance is taken (COP does not depend on it).
     """
-    import ezc3d
+    from labsuite.realtime.c3dsafe import read_c3d
 
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: no such file")
-    try:
-        c3d = ezc3d.c3d(str(path))
-    except (RuntimeError, ValueError, IndexError, OSError) as exc:  # ezc3d's malformed-file errors
-        raise DataFileError(f"{path}: not a readable C3D file ({exc})") from None
+    # In a child process: ezc3d crashes or hangs on some damaged headers (labsuite/realtime/c3dsafe.py).
+    raw = read_c3d(path)
+    c3d = {"parameters": raw["parameters"], "data": {"analogs": raw["analogs"]}}
     params = c3d["parameters"]
     if "FORCE_PLATFORM" not in params:
         raise DataFileError(f"{path}: C3D has no FORCE_PLATFORM parameters (no force plates)")
