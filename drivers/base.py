@@ -1,9 +1,10 @@
 """The driver contract: every device (simulated or real) implements :class:`Driver`.
 
 A driver describes its streams, opens its device, hands back time-stamped chunks and closes.
-:class:`DriverRunner` does the LSL side for all of them: one outlet per stream, the read/push loop,
-optional commands from the session (JSON strings, see ``labsuite.streams.messages``), reconnect
-after a device error with the gap left visible, and a clean shutdown.
+:class:`DriverRunner` does the LSL side for all of them: one outlet per stream (re-created while
+liblsl placed it outside the port range discovery asks, see ``labsuite.lslconfig``), the read/push
+loop, optional commands from the session (JSON strings, see ``labsuite.streams.messages``),
+reconnect after a device error with the gap left visible, and a clean shutdown.
 """
 
 from __future__ import annotations
@@ -96,16 +97,20 @@ class DriverRunner:
         command_source_id: str | None = None,
         read_timeout_s: float = 0.02,
         reconnect_delay_s: float = 0.5,
+        outlet_retry_s: float = 2.0,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.driver = driver
         self.command_source_id = command_source_id
         self.read_timeout_s = read_timeout_s
         self.reconnect_delay_s = reconnect_delay_s
+        self.outlet_retry_s = outlet_retry_s
         self._stop = threading.Event()
-        self._on_event = on_event or (lambda kind, text: log.info("%s: %s", kind, text))
+        self._on_event = on_event or (lambda kind, text: log.warning("%s: %s", kind, text))
         self.outlets: list[Any] = []
         self.samples_pushed: list[int] = []
+        self.misplaced: set[int] = set()  # outlets liblsl put outside the port range
+        self._retry_at = 0.0
 
     def stop(self) -> None:
         """Ask the loop to end; ``run`` returns after closing the device."""
@@ -123,6 +128,7 @@ class DriverRunner:
         specs = self.driver.stream_specs()
         self.outlets = [pylsl.StreamOutlet(s.to_info(), 0, 360) for s in specs]
         self.samples_pushed = [0] * len(specs)
+        self._check_outlets(specs)
         commands = _CommandListener(self.command_source_id) if self.command_source_id else None
         deadline = None if duration_s is None else time.monotonic() + duration_s
         is_open = False
@@ -130,6 +136,8 @@ class DriverRunner:
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if self.misplaced and time.monotonic() >= self._retry_at:
+                    self._replace_misplaced(specs)
                 if not is_open:
                     is_open = self._try_open()
                     if not is_open:
@@ -155,6 +163,47 @@ class DriverRunner:
                 commands.close()
             self.driver.close()
             self.outlets = []  # outlets are destroyed with their last reference
+
+    def _check_outlets(self, specs: list[StreamSpec]) -> None:
+        """Note every outlet whose discovery port lies outside the configured range, and say so.
+
+        liblsl gives an outlet a random port once every port of the range is taken (other LSL
+        programs on this machine); resolvers that ask known peers never look there, so the stream
+        would stay invisible, and a session would wait for it in vain.
+        """
+        from labsuite.lslconfig import outlet_service_port, port_range
+
+        ports = port_range()
+        for i, (spec, outlet) in enumerate(zip(specs, self.outlets, strict=True)):
+            port = outlet_service_port(outlet)
+            if port is not None and not ports.contains(port):
+                self.misplaced.add(i)
+                self._on_event("lsl_port_outside_range",
+                               f"stream {spec.name!r} ({spec.source_id}) got discovery port {port}, "
+                               f"outside the LSL port range {ports}: other programs hold the range, "
+                               "so it cannot be found on this machine; retrying every "
+                               f"{self.outlet_retry_s:g} s (widen [ports] PortRange or close them)")
+        self._retry_at = time.monotonic() + self.outlet_retry_s
+
+    def _replace_misplaced(self, specs: list[StreamSpec]) -> None:
+        """Create the misplaced outlets again; keep a new one that lands inside the range."""
+        import pylsl
+
+        from labsuite.lslconfig import outlet_service_port, port_range
+
+        ports = port_range()
+        for i in sorted(self.misplaced):
+            if self.outlets[i].have_consumers():
+                self.misplaced.discard(i)  # found after all (multicast): keep it
+                continue
+            fresh = pylsl.StreamOutlet(specs[i].to_info(), 0, 360)
+            port = outlet_service_port(fresh)
+            if port is not None and ports.contains(port):
+                self.outlets[i] = fresh
+                self.misplaced.discard(i)
+                self._on_event("lsl_port_in_range", f"stream {specs[i].name!r} ({specs[i].source_id}) "
+                               f"now on discovery port {port}, inside {ports}")
+        self._retry_at = time.monotonic() + self.outlet_retry_s
 
     def _try_open(self) -> bool:
         try:

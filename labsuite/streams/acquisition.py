@@ -189,13 +189,16 @@ class StreamReader:
         # A continuous resolver, not repeated one-shot resolves: in a process that owns an outlet,
         # short one-shot resolves missed a newly started stream about half the time (measured with
         # liblsl 1.18), while the continuous resolver found it within 0.5 s every time.
-        resolver = pylsl.ContinuousResolver(pred=self.query.predicate(), forget_after=2.0)
+        resolver: Any = None
         lost_at: float | None = None
         dead: set[str] = set()  # instances that were lost: a restarted driver is a new instance
         retry_at: dict[str, float] = {}  # instances whose opening timed out (a loaded machine)
         failures: dict[str, int] = {}
-        renew_at = time.monotonic() + 3.0
+        renew_at = 0.0
         while not self._stop.is_set():
+            if resolver is None:
+                resolver = pylsl.ContinuousResolver(pred=self.query.predicate(), forget_after=2.0)
+                renew_at = time.monotonic() + 3.0
             # Newest first; skip an instance we already lost (the resolver keeps listing a dead
             # instance until it forgets it) and one whose last attempt timed out a moment ago.
             now = time.monotonic()
@@ -238,6 +241,10 @@ class StreamReader:
                 self._reconnects += 1
                 self._event(EVENT_RECONNECTED, f"{spec.name} back after {time.monotonic() - lost_at:.2f} s")
             self._connected_once.set()
+            # Let the resolver go while connected: each one holds four UDP ports of LSL's port
+            # range, and with one per reader a single session filled the 256-port range (measured
+            # 184 ports), so another lab's new outlets got ports outside it and could not be found.
+            resolver = None
             try:
                 self._pull_loop(inlet, spec)
             except pylsl.util.LostError:
