@@ -6,7 +6,9 @@ strings. On connect the server sends the command "QTM RT Interface connected"; i
 ``Version``, ``QTMVersion``, ``ByteOrder``, ``GetState``, ``GetParameters Force`` (XML) and
 ``StreamFrames AllFrames|Frequency:n Force`` / ``StreamFrames Stop``. Data packets hold a force
 component (type 4): plate count, then per plate id, force count, force number and force count × 9
-float32 (force N, moment N·m, application point m) at ``frame_rate_hz`` frames per second.
+float32 (force N, moment N·m, application point m) at ``frame_rate_hz`` frames per second. Plates
+carry static loads (``set_channels``) or measure a :class:`~emulators.gait_scene.GaitScene`'s
+participant (``play``), force and moment in the plate's frame about its origin, as QTM streams them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import threading
 import time
 
 import numpy as np
+
+from emulators.gait_scene import GaitScene, plate_channels
 
 PACKET_ERROR, PACKET_COMMAND, PACKET_XML, PACKET_DATA, PACKET_NO_MORE_DATA, PACKET_EVENT = 0, 1, 2, 3, 4, 6
 COMPONENT_FORCE = 4
@@ -42,6 +46,8 @@ class QTMEmulator:
         self.frame_rate_hz = frame_rate_hz
         self.per_frame = round(force_rate_hz / frame_rate_hz)
         self.channels = {pid: np.zeros(6) for pid in plate_ids}
+        self._scene: GaitScene | None = None
+        self._geometry: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
         self.commands: list[str] = []
         self.connections = 0
         self.frames_sent = 0
@@ -69,6 +75,11 @@ class QTMEmulator:
         """Set the static output Fx..Mz (N, N·m) of a plate."""
         with self._lock:
             self.channels[plate_id] = np.asarray(channels, float)
+
+    def play(self, scene: GaitScene, plates: dict[int, tuple[str, np.ndarray, np.ndarray]]) -> None:
+        """Measure ``scene``'s participant: ``plates`` maps plate id to (belt, corners_m, origin_m)."""
+        with self._lock:
+            self._scene, self._geometry = scene, dict(plates)
 
     def inject(self, fault: str) -> None:
         """'truncated' (force count larger than the data), 'unknown_plate', 'nan', 'skip' or 'drop'."""
@@ -177,9 +188,16 @@ class QTMEmulator:
         plates = b""
         with self._lock:
             chans = {pid: self.channels[pid].copy() for pid in self.plate_ids}
+            scene, geometry = self._scene, dict(self._geometry)
+        n = self.per_frame
+        t = t0 + (force_number + np.arange(n)) / self.force_rate_hz
         for pid in self.plate_ids:
-            n = self.per_frame
-            rows = chans[pid] + self.rng.normal(0, 0.5, (n, 6))
+            if scene is not None and pid in geometry:
+                belt, corners, origin = geometry[pid]
+                rows = plate_channels(*scene.plate(belt, t), corners, origin)
+            else:
+                rows = np.tile(chans[pid], (n, 1))
+            rows = rows + self.rng.normal(0, 0.5, (n, 6))
             if fault == "nan":
                 rows[n // 2] = np.nan
             forces = b"".join(struct.pack("<9f", *row, 0.0, 0.0, 0.0) for row in rows)

@@ -1,9 +1,11 @@
 """A serial force-plate amplifier speaking LSFP (drivers/serial_plate.py docstring) on a pty.
 
-The plate's physics is computed here on its own terms: a static mass at a lab point pushes on the
-plate, the moments about the sensor origin are r × F, and the amplifier outputs the ADC counts
-that the plate's *true* matrix maps to those channels, plus a zero offset and noise. The CRC is a
-bitwise implementation of CRC-16/CCITT-FALSE, independent of the driver's.
+The plate's physics is computed here on its own terms (``emulators.gait_scene.plate_channels``): a
+static mass at a lab point, or the participant of a :class:`~emulators.gait_scene.GaitScene`
+running on the belt, pushes on the plate, the moments about the sensor origin are r × F (plus the
+free moment), and the amplifier outputs the ADC counts that the plate's *true* matrix maps to
+those channels, plus a zero offset and noise. The CRC is a bitwise implementation of
+CRC-16/CCITT-FALSE, independent of the driver's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emulators.gait_scene import GaitScene, plate_channels
 from emulators.pty_device import PtyDevice
 
 G = 9.80665
@@ -33,20 +36,8 @@ def crc16_ccitt_false(data: bytes) -> int:
 def point_load_channels(mass_kg: float, point_m: tuple[float, float], corners_m: np.ndarray,
                         origin_m: np.ndarray) -> np.ndarray:
     """Fx..Mz (plate frame, about the sensor origin) of a mass resting at a lab point on the plate."""
-    corners = np.asarray(corners_m, float)
-    ex = corners[0] - corners[1]
-    ex /= np.linalg.norm(ex)
-    ey = corners[0] - corners[3]
-    ey -= ex * (ey @ ex)
-    ey /= np.linalg.norm(ey)
-    ez = np.cross(ex, ey)
-    to_plate = np.vstack([ex, ey, ez])  # rows: plate axes in lab coordinates
-    centre = corners.mean(axis=0)
-    force_on_plate_lab = np.array([0.0, 0.0, -mass_kg * G])
-    point_lab = np.array([point_m[0], point_m[1], centre[2]])
-    r = np.asarray(origin_m, float) + to_plate @ (point_lab - centre)
-    f = to_plate @ force_on_plate_lab
-    return np.concatenate([f, np.cross(r, f)])
+    return plate_channels(np.array([[0.0, 0.0, mass_kg * G]]), np.array([point_m]), np.zeros(1),
+                          corners_m, origin_m)[0]
 
 
 class SerialPlateEmulator:
@@ -67,6 +58,9 @@ class SerialPlateEmulator:
         self.counter = 0
         self.frames_sent = 0
         self._channels = np.zeros(6)
+        self._scene: GaitScene | None = None
+        self._belt = ""
+        self._pinv = np.linalg.pinv(self.matrix)
         self._faults: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,6 +89,11 @@ class SerialPlateEmulator:
         with self._lock:
             self._channels = np.zeros(6)
 
+    def play(self, scene: GaitScene, belt: str) -> None:
+        """Measure ``scene``'s participant on ``belt`` (left, right, single) from now on."""
+        with self._lock:
+            self._scene, self._belt = scene, belt
+
     def inject(self, fault: str) -> None:
         """'bad_crc', 'bad_count', 'truncated', 'garbage', 'skip5' or 'unplug'."""
         assert fault in ("bad_crc", "bad_count", "truncated", "garbage", "skip5", "unplug")
@@ -106,12 +105,18 @@ class SerialPlateEmulator:
                            *[int(v) for v in counts])
         return b"\xa5\x5a" + body + struct.pack("<H", crc16_ccitt_false(body))
 
-    def _counts(self) -> np.ndarray:
+    def _counts(self, t_s: np.ndarray) -> np.ndarray:
+        """Raw counts (n, channels) of frames taken at monotonic times ``t_s``."""
         with self._lock:
-            ch = self._channels
+            ch, scene, belt = self._channels, self._scene, self._belt
+        if scene is not None:
+            grf, cop, tz = scene.plate(belt, t_s)
+            chans = plate_channels(grf, cop, tz, self.corners_m, self.origin_m)
+        else:
+            chans = np.tile(ch, (len(t_s), 1))
         # A 6x8 matrix has many raw solutions; the least-squares one is a valid plate state.
-        raw = np.linalg.lstsq(self.matrix, ch, rcond=None)[0]
-        return np.round(raw + self.zero + self.rng.normal(0, self.noise, self.n))
+        raw = chans @ self._pinv.T
+        return np.round(raw + self.zero + self.rng.normal(0, self.noise, (len(t_s), self.n)))
 
     def _run(self) -> None:
         t0 = time.monotonic()
@@ -122,10 +127,13 @@ class SerialPlateEmulator:
             if due - k > 5 * self.rate_hz:  # fell far behind (suspended): skip, as a device would
                 k = due - 1
             out = bytearray()
+            batch = self._counts(t0 + np.arange(k, due) / self.rate_hz) if due > k else None
+            first = k
             while k < due:
                 with self._lock:
                     fault = self._faults.pop(0) if self._faults else None
-                counts = self._counts()
+                assert batch is not None
+                counts = batch[k - first]
                 frame = self.frame(self.counter, counts)
                 if fault == "unplug":
                     self.device.unplug()

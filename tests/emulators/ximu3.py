@@ -3,6 +3,8 @@
 Written from the x-IMU3 communication protocol: ASCII ``I,<us>,gx,gy,gz,ax,ay,az`` lines (deg/s, g,
 four decimals) or binary 0xC9 + uint64 + 6 float32 little-endian with 0x0A/0xDB stuffing, each
 message ended by 0x0A. The sensor clock counts microseconds from power-on; a replug restarts it.
+The sensor holds still (``set_motion``) or rides on the tibia of a GaitScene's participant
+(``play``; sensor axes = tibia axes).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from emulators.gait_scene import G, GaitScene
 from emulators.pty_device import PtyDevice
 
 
@@ -47,6 +52,8 @@ class XIMU3Emulator:
         self.acc_g = (1.0, 0.0, 0.0)  # standing still, x up the tibia
         self.pings = 0
         self.sent = 0
+        self._scene: GaitScene | None = None
+        self._side = ""
         self._faults: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -69,16 +76,34 @@ class XIMU3Emulator:
         with self._lock:
             self.gyro_dps, self.acc_g = tuple(gyro_dps), tuple(acc_g)
 
+    def play(self, scene: GaitScene, side: str) -> None:
+        """Ride on the ``side`` tibia of ``scene``'s participant from now on."""
+        with self._lock:
+            self._scene, self._side = scene, side
+
     def inject(self, fault: str) -> None:
         """'bad_ascii', 'bad_escape', 'short_binary', 'other', 'skip4' or 'unplug'."""
         assert fault in ("bad_ascii", "bad_escape", "short_binary", "other", "skip4", "unplug")
         with self._lock:
             self._faults.append(fault)
 
-    def _message(self, ts_us: int) -> bytes:
-        with self._lock:
-            g, a = self.gyro_dps, self.acc_g
+    def _message(self, ts_us: int, motion: tuple | None = None) -> bytes:
+        if motion is None:
+            with self._lock:
+                motion = (self.gyro_dps, self.acc_g)
+        g, a = motion
         return binary_inertial(ts_us, g, a) if self.binary else ascii_inertial(ts_us, g, a)
+
+    def _motions(self, t_s: np.ndarray) -> list[tuple] | None:
+        """(gyro deg/s, acc g) of messages taken at monotonic times ``t_s``; None while still."""
+        with self._lock:
+            scene, side = self._scene, self._side
+        if scene is None or not len(t_s):
+            return None
+        imu = scene.imu(side, t_s)
+        acc_g = imu[:, :3] / G
+        gyro_dps = np.degrees(imu[:, 3:])
+        return [(tuple(gv), tuple(av)) for gv, av in zip(gyro_dps, acc_g, strict=True)]
 
     def _run(self) -> None:
         t0 = time.monotonic()
@@ -96,11 +121,13 @@ class XIMU3Emulator:
                                       b'"serialNumber":"EMU-0001"}}\n')
             due = int((time.monotonic() - t0) * self.rate_hz)
             out = bytearray()
+            first = k
+            motions = self._motions(t0 + np.arange(k, max(k, due)) / self.rate_hz)
             while k < due:
                 with self._lock:
                     fault = self._faults.pop(0) if self._faults else None
                 ts_us = k * period_us
-                msg = self._message(ts_us)
+                msg = self._message(ts_us, None if motions is None else motions[k - first])
                 if fault == "unplug":
                     self.device.unplug()
                     time.sleep(0.3)
