@@ -49,8 +49,9 @@ MASS_KG = 70.0
 
 def test_emulator_plate_physics_agree_with_labsuite_geometry():
     """The emulators' own plate physics and labsuite's COP/free-moment maths are inverse of each other."""
-    from labsuite.calibration import load_calibration
     from emulators.lab import CAL_LEFT
+
+    from labsuite.calibration import load_calibration
 
     cal = load_calibration(CAL_LEFT)
     rng = np.random.default_rng(4)

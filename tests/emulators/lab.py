@@ -23,7 +23,6 @@ from emulators.gait_scene import GaitScene
 from emulators.qtm import QTMEmulator
 from emulators.serial_plate import SerialPlateEmulator
 from emulators.ximu3 import XIMU3Emulator
-
 from labsuite.calibration import load_calibration
 from labsuite.drivers.sim import gait
 
