@@ -16,7 +16,7 @@ from typing import Any
 from labsuite.errors import DataFileError
 
 # Reading takes ezc3d well under a second per 10 MB; this leaves room for a loaded machine.
-BASE_TIMEOUT_S = 6.0
+BASE_TIMEOUT_S = 4.0
 TIMEOUT_S_PER_MB = 1.0
 
 
