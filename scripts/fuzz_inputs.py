@@ -431,6 +431,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds allowed per command (10)")
     ap.add_argument("--work", type=Path, default=None, help="keep the mutated files here")
     ap.add_argument("--json", type=Path, default=None, help="write every case's outcome here")
+    ap.add_argument("--only", default=None, metavar="KIND",
+                    help="only cases of one kind: session, c3d, text, protocol, lab, calibration")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -445,6 +447,8 @@ def main() -> int:
     src = make_session(work / "FUZZ1_original.h5")
     cases = session_cases(src, work, rng, args.quick) + file_cases(work, rng, args.quick) + \
         yaml_cases(work, rng, args.quick)
+    if args.only:
+        cases = [c for c in cases if c["name"].split()[0] == args.only]
     totals = {"cases": 0, "tracebacks": 0, "hangs": 0, "fine_but_damaged": 0, "value_only": 0,
               "refused": 0, "commands": 0}
     slowest = (0.0, "")

@@ -10,6 +10,7 @@ an ezc3d error becomes a DataFileError naming the file.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ def read_c3d(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     size_mb = path.stat().st_size / 1e6
     timeout_s = BASE_TIMEOUT_S + TIMEOUT_S_PER_MB * size_mb
-    ctx = mp.get_context("spawn")
+    import ezc3d  # noqa: F401  (loaded before a fork, so the child starts reading at once)
+
+    # Fork is safe from a single-threaded process and costs milliseconds; otherwise spawn (a fresh
+    # interpreter, a second or more on a loaded machine).
+    method = "fork" if threading.active_count() == 1 and "fork" in mp.get_all_start_methods() else "spawn"
+    ctx: Any = mp.get_context(method)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(str(path), child), daemon=True)
     proc.start()
