@@ -75,8 +75,11 @@ class Driver(abc.ABC):
     def close(self) -> None:
         """Release the device. Must be safe to call twice and after a failed ``open``."""
 
-    def handle_command(self, command: dict[str, Any]) -> None:
-        """React to a session command (treadmill speed, stop, heartbeat...). Default: ignore."""
+    def handle_command(self, command: dict[str, Any], stamp_s: float | None = None) -> None:
+        """React to a session command (treadmill speed, stop, heartbeat...). Default: ignore.
+
+        ``stamp_s`` is when the session sent it, on this machine's LSL clock (None: unknown).
+        """
 
     def on_idle(self, now_s: float) -> None:
         """Run timers (watchdogs, ramps): called every loop turn with the LSL clock."""
@@ -143,9 +146,6 @@ class DriverRunner:
                     if not is_open:
                         self._stop.wait(self.reconnect_delay_s)
                         continue
-                if commands is not None:
-                    for cmd in commands.poll():
-                        self.driver.handle_command(cmd)
                 try:
                     chunks = self.driver.read(self.read_timeout_s)
                 except DeviceError as exc:
@@ -157,6 +157,11 @@ class DriverRunner:
                     continue
                 for chunk in chunks:
                     self._push(specs[chunk.stream], chunk)
+                # Commands are drained right before the watchdogs look, so a loop that was held up
+                # (a loaded machine) judges on every heartbeat that arrived meanwhile.
+                if commands is not None:
+                    for stamp, cmd in commands.poll():
+                        self.driver.handle_command(cmd, stamp)
                 self.driver.on_idle(pylsl.local_clock())
         finally:
             if commands is not None:
@@ -237,18 +242,20 @@ class _CommandListener:
     def __init__(self, source_id: str) -> None:
         from labsuite.streams.acquisition import StreamQuery, StreamReader
 
-        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
         self._reader = StreamReader(StreamQuery(source_id=source_id), on_chunk=self._on_chunk,
                                     buffer_s=5.0).start()
 
     def _on_chunk(self, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
-        for row in data:
+        for t, row in zip(ts, data, strict=True):
             try:
-                self._queue.put(decode(str(row[0])))
+                # the sample's time stamp is its send time, mapped onto this machine's clock
+                self._queue.put((float(t) + reader.offset_s, decode(str(row[0]))))
             except DeviceError as exc:
                 log.warning("ignored command: %s", exc)
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> list[tuple[float, dict[str, Any]]]:
+        """The commands that arrived since the last call: (send time on this clock, command)."""
         out = []
         while True:
             try:

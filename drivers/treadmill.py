@@ -292,9 +292,9 @@ class TreadmillDriver(Driver):
       sent, a ``treadmill_feedback_fault`` event is published, the connection is renewed and
       speed commands are refused until the feedback has been valid for :data:`FAULT_CLEAR_S`;
     * nothing is sent before a valid state (and so the current incline) has been read;
-    * once a heartbeat has been seen, a silence of ``heartbeat_timeout_s`` stops the belt (ramped,
-      published, counted in ``health.extra['watchdog_stops']``); speed commands are refused until
-      heartbeats resume.
+    * once a heartbeat has been seen, none sent for ``heartbeat_timeout_s`` (judged on send times,
+      see :meth:`on_idle`) stops the belt (ramped, published, counted in
+      ``health.extra['watchdog_stops']``); speed commands are refused until heartbeats resume.
     """
 
     MODEL: ClassVar[TreadmillModel]
@@ -314,7 +314,8 @@ class TreadmillDriver(Driver):
         self.events: deque[tuple[float, str, str]] = deque(maxlen=1000)
         self._outbox: deque[tuple[float, str]] = deque(maxlen=1000)
         self._last_event_lsl = -math.inf
-        self._last_heartbeat_s: float | None = None
+        self._last_heartbeat_s: float | None = None  # send time of the newest heartbeat
+        self._heartbeat_seq: int | None = None
         self._watchdog_tripped = False
         self._stop_pending = False
         self._lost: str | None = None
@@ -328,7 +329,7 @@ class TreadmillDriver(Driver):
         self._bad_logged_s = -math.inf
         self._bad_unlogged = 0
         for key in ("commands", "commands_rejected", "watchdog_stops", "emergency_stops",
-                    "feedback_faults", "feedback_fault_active"):
+                    "feedback_faults", "feedback_fault_active", "heartbeats", "heartbeats_missed"):
             self.health.extra[key] = 0.0
 
     # ---- hardware: implemented by subclasses ---------------------------------------------
@@ -454,21 +455,17 @@ class TreadmillDriver(Driver):
         self._outbox.clear()
         return out
 
-    def handle_command(self, command: dict[str, Any]) -> None:
+    def handle_command(self, command: dict[str, Any], stamp_s: float | None = None) -> None:
         """Apply a session command: speed, stop, emergency_stop, incline, heartbeat.
 
-        Bad commands are logged and counted, never raised: a typo in a session must not kill the
-        driver that keeps the belt safe.
+        ``stamp_s`` is the command's send time on this machine's LSL clock (the sample's corrected
+        time stamp); a heartbeat without one counts as sent now. Bad commands are logged and
+        counted, never raised: a typo in a session must not kill the driver that keeps the belt safe.
         """
-        import pylsl
-
         name = command.get("cmd")
         try:
             if name == CMD_HEARTBEAT:
-                self._last_heartbeat_s = pylsl.local_clock()
-                if self._watchdog_tripped:
-                    self._watchdog_tripped = False
-                    self._event(EVENT_HEARTBEAT_RESUMED, "session heartbeat is back")
+                self._on_heartbeat(command, stamp_s)
                 return
             self.health.extra["commands"] += 1
             if name == CMD_SPEED:
@@ -491,17 +488,42 @@ class TreadmillDriver(Driver):
             self._event(EVENT_COMMAND_REJECTED, f"{exc} (command {command!r})")
 
     def on_idle(self, now_s: float) -> None:
-        """Heartbeat watchdog: once heartbeats were seen, silence for the timeout stops the belt."""
+        """Heartbeat watchdog: once heartbeats were seen, none *sent* for the timeout stops the belt.
+
+        Judged on the newest heartbeat's send time, after the runner drained what has arrived: a
+        driver held up by a loaded machine finds the heartbeats sent meanwhile and does not stop
+        the belt; a session that stopped sending (killed, frozen) is caught within the timeout of
+        its last heartbeat plus one loop turn.
+        """
         last = self._last_heartbeat_s
         if last is None or self._watchdog_tripped:
             return
         if now_s - last > self.settings.heartbeat_timeout_s:
             self._watchdog_tripped = True
             self.health.extra["watchdog_stops"] += 1
-            self._event(EVENT_WATCHDOG_STOP, f"no session heartbeat for {now_s - last:.2f} s "
-                        f"(limit {self.settings.heartbeat_timeout_s} s); ramped stop",
-                        safety_stop=True, silence_s=round(now_s - last, 3))
+            self._event(EVENT_WATCHDOG_STOP, f"no session heartbeat sent for {now_s - last:.2f} s "
+                        f"(limit {self.settings.heartbeat_timeout_s} s; last seq "
+                        f"{self._heartbeat_seq}); ramped stop",
+                        safety_stop=True, silence_s=round(now_s - last, 3), seq=self._heartbeat_seq)
             self._command(0.0, 0.0, self.settings.stop_decel_m_s2, None, "watchdog stop")
+
+    def _on_heartbeat(self, command: dict[str, Any], stamp_s: float | None) -> None:
+        import pylsl
+
+        now = pylsl.local_clock()
+        sent = now if stamp_s is None or not math.isfinite(stamp_s) else min(stamp_s, now)
+        seq = command.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            last_seq = self._heartbeat_seq
+            if last_seq is not None and seq > last_seq + 1:
+                self.health.extra["heartbeats_missed"] += seq - last_seq - 1
+            self._heartbeat_seq = seq  # a restarted session starts again from 1
+        if self._last_heartbeat_s is None or sent > self._last_heartbeat_s:
+            self._last_heartbeat_s = sent
+        self.health.extra["heartbeats"] += 1
+        if self._watchdog_tripped and now - sent <= self.settings.heartbeat_timeout_s:
+            self._watchdog_tripped = False
+            self._event(EVENT_HEARTBEAT_RESUMED, "session heartbeat is back")
 
     def poll_state(self, timeout_s: float) -> BeltState | None:
         """Read the device for up to ``timeout_s`` and return the latest valid state (one-shot tools)."""

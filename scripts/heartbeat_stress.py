@@ -9,8 +9,9 @@ Meanwhile this script listens, as any LSL client could, to
   gap between two heartbeats says whether the session really fell silent;
 * the treadmill driver's events stream (``treadmill_watchdog_stop``, ``drivers/treadmill.py``).
 
-A watchdog stop is *false* when the heartbeats sent in the watchdog's window before it show no gap
-of the watchdog's timeout (0.5 s): the session was sending, the driver judged wrongly. Prints one
+A watchdog stop while the session ran is *false* when the heartbeats sent in the watchdog's window
+before it show no gap of the watchdog's timeout (0.5 s): the session was sending, the driver judged
+wrongly. A stop after the session's last heartbeat (it closed and fell silent) is counted apart. Prints one
 line per session and a summary: session time covered, load average (min/mean/max, sampled every
 5 s), heartbeats, largest gap between heartbeats sent, watchdog stops, false ones.
 
@@ -117,8 +118,11 @@ def run_session(run_s: float, folder: Path, n: int) -> dict:
     listener.stop()
     hb = np.sort(np.asarray(listener.heartbeats))
     stops = [(t, e) for t, e in listener.events if e.get("event") == "treadmill_watchdog_stop"]
+    # A stop after the session's last heartbeat is the session closing (it stops sending): true.
+    during = [(t, e) for t, e in stops if len(hb) and t < hb[-1]]
     false = 0
-    for t, _ in stops:
+    for t, _ in during:
+        # false: every heartbeat gap in the watchdog's window before the stop is below its timeout
         window = hb[(hb > t - TIMEOUT_S - 1.0) & (hb <= t)]
         edges = np.concatenate([window, [t]])
         if len(window) and np.max(np.diff(edges)) < TIMEOUT_S:
@@ -129,7 +133,8 @@ def run_session(run_s: float, folder: Path, n: int) -> dict:
             "wall_s": wall, "heartbeats": len(hb),
             "max_gap_s": float(np.max(np.diff(hb))) if len(hb) > 1 else float("nan"),
             "span_s": float(hb[-1] - hb[0]) if len(hb) > 1 else 0.0,
-            "stops": len(stops), "false": false, "logged_stops": logged,
+            "stops": len(during), "at_close": len(stops) - len(during), "false": false,
+            "logged_stops": logged,
             "tail": (proc.stdout + proc.stderr)[-1500:]}
 
 
@@ -164,8 +169,9 @@ def main() -> int:
                 rows.append(row)
                 print(f"session {n}: {row['outcome']:<22} exit {row['code']}  {row['span_s']:6.0f} s of "
                       f"heartbeats ({row['heartbeats']}), largest gap sent {row['max_gap_s']:.3f} s, "
-                      f"watchdog stops {row['stops']} (false {row['false']}, in the log "
-                      f"{row['logged_stops']}), load now {os.getloadavg()[0]:.1f}", flush=True)
+                      f"watchdog stops while it ran {row['stops']} (false {row['false']}), after it "
+                      f"closed {row['at_close']}, in the log {row['logged_stops']}; load now "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
                 if row["code"] not in (0, 3) or row["heartbeats"] == 0:
                     print(row["tail"], flush=True)
     finally:

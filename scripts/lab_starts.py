@@ -76,6 +76,7 @@ def one_start(args: argparse.Namespace, folder: Path, n: int) -> dict:
         code = proc.wait(timeout=600)
     finally:
         if lab is not None:
+            lines.append(f"emulated lab: {lab.describe()}")
             lab.__exit__(None, None, None)
     text = "\n".join(lines)
     end = re.search(r"session ended: (\S+)", text)

@@ -1,6 +1,8 @@
-"""LSL helpers shared by the tests: find a stream with plain pylsl, as an outside client would."""
+"""LSL helpers shared by the tests: find a stream with plain pylsl as an outside client would; a heartbeat."""
 
 from __future__ import annotations
+
+import threading
 
 import pylsl
 
@@ -28,3 +30,32 @@ def plain_inlet(source_id: str, timeout_s: float = 60.0):
             return inlet
         time.sleep(0.1)
     raise AssertionError(f"stream {source_id} not found in {timeout_s} s")
+
+
+class HeartbeatSender:
+    """The session's heartbeat (every 0.1 s, with a sequence number) on ``outlet``, from a thread.
+
+    A context manager, as session.py sends it; for driver tests that need a live session.
+    """
+
+    def __init__(self, outlet, period_s: float = 0.1) -> None:
+        self.outlet = outlet
+        self.period_s = period_s
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from labsuite.streams.messages import command
+
+        while not self._stop.wait(self.period_s):
+            self.sent += 1
+            self.outlet.push_sample([command("heartbeat", seq=self.sent)])
+
+    def __enter__(self) -> HeartbeatSender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -15,7 +15,7 @@ import pylsl
 import pytest
 from driver_contract import check_driver_contract
 from emulators.bertec import BertecEmulator
-from lsl_helpers import plain_inlet
+from lsl_helpers import HeartbeatSender, plain_inlet
 
 from labsuite.cli import main
 from labsuite.drivers.base import DriverRunner
@@ -327,29 +327,6 @@ def _events(inlet) -> list[dict]:
     return [decode(row[0]) for row in chunk]
 
 
-class _Heartbeat:
-    """The session's heartbeat at 0.1 s on a command outlet, from a thread (as session.py sends it)."""
-
-    def __init__(self, outlet) -> None:
-        self.outlet = outlet
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        seq = 0
-        while not self._stop.wait(0.1):
-            self.outlet.push_sample([command("heartbeat", seq=seq)])
-            seq += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def test_junk_frames_are_never_echoed_and_a_run_of_them_is_a_fault(uid):
     cmd_id = f"{uid}-commands"
     outlet = pylsl.StreamOutlet(commands_spec(cmd_id, name=f"cmd-{uid}").to_info())
@@ -359,7 +336,7 @@ def test_junk_frames_are_never_echoed_and_a_run_of_them_is_a_fault(uid):
         try:
             events = plain_inlet(events_source_id(uid), timeout_s=30)
             assert outlet.wait_for_consumers(30.0)
-            with _Heartbeat(outlet):
+            with HeartbeatSender(outlet):
                 outlet.push_sample([command("speed", right_m_s=1.5, left_m_s=1.5, accel_m_s2=2.0)])
                 _wait_for(lambda: emu.state()[0] == 1.5)
                 # One short of the documented count: counted, ignored, no fault.

@@ -31,6 +31,7 @@ class ReceivedCommand:
     accels_mm_s2: tuple[int, int, int, int]
     incline_cdeg: int
     raw: bytes
+    at_s: float = 0.0  # time.monotonic() when it arrived (the LSL clock on Linux)
 
 
 class BertecEmulator:
@@ -225,7 +226,8 @@ class BertecEmulator:
             self.violations.extend(problems)
             return
         with self._lock:
-            self.commands.append(ReceivedCommand(tuple(speeds), tuple(accels), incline, packet))
+            self.commands.append(ReceivedCommand(tuple(speeds), tuple(accels), incline, packet,
+                                                 time.monotonic()))
             self.targets_mm_s = [float(v) for v in speeds]
             self.accels_mm_s2 = [float(a) for a in accels]
             self.target_incline_cdeg = incline

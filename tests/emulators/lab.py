@@ -106,7 +106,8 @@ devices:
                 f"belt commands {[c.speeds_mm_s[0] for c in self.treadmill.commands]} mm/s, belt "
                 f"now {self.treadmill.state()}, treadmill connections {self.treadmill.connections}, "
                 f"frames sent: fp-left {self.plate_left.frames_sent} "
-                f"({self.plate_left.device.bytes_dropped} bytes dropped), QTM {self.qtm.frames_sent} "
+                f"({self.plate_left.device.bytes_dropped} bytes dropped, up to "
+                f"{self.plate_left.max_lag_s:.3f} s late), QTM {self.qtm.frames_sent} "
                 f"(connections {self.qtm.connections}), IMUs "
                 f"{[imu.sent for imu in self.imus.values()]}")
 

@@ -57,6 +57,7 @@ class SerialPlateEmulator:
         self.device = PtyDevice(link)
         self.counter = 0
         self.frames_sent = 0
+        self.max_lag_s = 0.0
         self._channels = np.zeros(6)
         self._scene: GaitScene | None = None
         self._belt = ""
@@ -123,7 +124,10 @@ class SerialPlateEmulator:
         k = 0
         drop = 0
         while not self._stop.wait(0.004):
-            due = int((time.monotonic() - t0) * self.rate_hz)
+            now = time.monotonic()
+            due = int((now - t0) * self.rate_hz)
+            if due > k:  # how late the oldest frame of this batch goes out (the machine's load)
+                self.max_lag_s = max(self.max_lag_s, now - (t0 + k / self.rate_hz))
             if due - k > 5 * self.rate_hz:  # fell far behind (suspended): skip, as a device would
                 k = due - 1
             out = bytearray()
