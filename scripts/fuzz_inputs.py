@@ -287,7 +287,11 @@ def run_case(case: dict[str, Any], out: Path, n: int, timeout_s: float) -> list[
     """Run a case's commands in a child process; return one result per command."""
     argvs = commands_for(case, out, n)
     child = [sys.executable, __file__, "--child", json.dumps(argvs), "--timeout", str(timeout_s)]
-    proc = subprocess.run(child, capture_output=True, text=True, timeout=timeout_s * len(argvs) + 60)
+    try:
+        proc = subprocess.run(child, capture_output=True, text=True, timeout=timeout_s * len(argvs) + 60)
+    except subprocess.TimeoutExpired as exc:  # the child (or something it left behind) kept running
+        return [{"argv": argvs[-1], "rc": None, "s": timeout_s, "hang": True, "traceback": "",
+                 "stderr": str(exc)[-400:], "stdout": ""}]
     results, started = [], None
     for line in proc.stdout.splitlines():
         if not line.startswith("{"):

@@ -9,7 +9,10 @@ an ezc3d error becomes a DataFileError naming the file.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ def read_c3d(path: str | Path) -> dict[str, Any]:
     method = "fork" if threading.active_count() == 1 and "fork" in mp.get_all_start_methods() else "spawn"
     ctx: Any = mp.get_context(method)
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(str(path), child), daemon=True)
+    proc = ctx.Process(target=_child, args=(str(path), child, os.getpid()), daemon=True)
     proc.start()
     child.close()
     try:
@@ -56,7 +59,19 @@ def read_c3d(path: str | Path) -> dict[str, Any]:
     return dict(payload)
 
 
-def _child(path: str, conn: Any) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills this child when its parent dies (a killed analyze leaves no reader)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
+def _child(path: str, conn: Any, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     try:
         import ezc3d
         import numpy as np
