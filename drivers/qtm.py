@@ -108,6 +108,7 @@ class QTMPlateDriver(Driver):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connection: Any = None
+        self._transport: Any = None
         self._lost: str | None = None
         self._next_number: int | None = None
         self._sample_index = 0
@@ -133,10 +134,11 @@ class QTMPlateDriver(Driver):
         self._loop = loop
         self._thread = threading.Thread(target=loop.run_forever, name="qtm-rt", daemon=True)
         self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), loop)
         try:
-            fut = asyncio.run_coroutine_threadsafe(self._start(), loop)
             fut.result(timeout=self.settings.connect_timeout_s * 3)
         except (DeviceError, TimeoutError) as exc:
+            fut.cancel()
             self.close()
             if isinstance(exc, DeviceError):
                 raise
@@ -149,11 +151,7 @@ class QTMPlateDriver(Driver):
         import qtm_rt
 
         s = self.settings
-        conn = await qtm_rt.connect(s.host, port=s.port, version=s.protocol_version,
-                                    on_disconnect=self._on_disconnect, timeout=s.connect_timeout_s)
-        if conn is None:
-            raise DeviceError(f"QTM at {s.host}:{s.port}: cannot connect (is QTM running with the "
-                              "real-time server enabled, and is this its little-endian port?)")
+        conn = await self._connect_qtm()
         self._connection = conn
         try:
             xml = await conn.get_parameters(parameters=["force"])
@@ -165,6 +163,37 @@ class QTMPlateDriver(Driver):
             await conn.stream_frames(frames="allframes", components=["force"], on_packet=self._on_packet)
         except (TimeoutError, qtm_rt.QRTCommandException) as exc:
             raise DeviceError(f"QTM at {s.host}:{s.port}: StreamFrames failed ({exc})") from None
+
+    async def _connect_qtm(self) -> Any:
+        """``qtm_rt.connect`` with every wait bounded and the socket closed on any failure.
+
+        qtm_rt's own connect waits for the Version answer without a limit and, when it fails,
+        leaves its connection open: a QTM that accepted but did not answer kept one socket per
+        attempt, and a server that serves one client at a time never saw the next attempt.
+        """
+        import qtm_rt
+        from qtm_rt.protocol import QTMProtocol
+        from qtm_rt.qrt import QRTConnection
+
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        where = f"QTM at {s.host}:{s.port}"
+        try:
+            transport, protocol = await asyncio.wait_for(loop.create_connection(
+                lambda: QTMProtocol(loop=loop, on_disconnect=self._on_disconnect), s.host, s.port),
+                s.connect_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise DeviceError(f"{where}: cannot connect ({exc or 'no answer'}; is QTM running with "
+                              "the real-time server enabled, and is this its little-endian port?)"
+                              ) from None
+        self._transport = transport
+        try:
+            await asyncio.wait_for(protocol.set_version(s.protocol_version), s.connect_timeout_s)
+        except (TimeoutError, qtm_rt.QRTCommandException) as exc:
+            raise DeviceError(f"{where}: connected, but no answer to 'Version "
+                              f"{s.protocol_version}' within {s.connect_timeout_s:g} s ({exc or 'timeout'})"
+                              ) from None
+        return QRTConnection(protocol, timeout=s.connect_timeout_s)
 
     def _check_parameters(self, xml: str) -> None:
         s = self.settings
@@ -190,11 +219,15 @@ class QTMPlateDriver(Driver):
         """Stop streaming, disconnect, stop the event loop thread (safe to call twice)."""
         loop, self._loop = self._loop, None
         conn, self._connection = self._connection, None
+        transport, self._transport = self._transport, None
         if loop is not None:
-            if conn is not None and conn.has_transport():
+            if transport is not None:
+                import qtm_rt
+
                 try:
-                    asyncio.run_coroutine_threadsafe(_stop_and_disconnect(conn), loop).result(timeout=3.0)
-                except (TimeoutError, OSError, RuntimeError) as exc:
+                    asyncio.run_coroutine_threadsafe(_stop_and_disconnect(conn, transport),
+                                                     loop).result(timeout=3.0)
+                except (TimeoutError, OSError, RuntimeError, qtm_rt.QRTCommandException) as exc:
                     log.info("QTM: closing after a lost connection (%s)", exc)
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
@@ -283,6 +316,12 @@ class QTMPlateDriver(Driver):
         return chunks
 
 
-async def _stop_and_disconnect(conn: Any) -> None:
-    await conn.stream_frames_stop()
-    conn.disconnect()
+async def _stop_and_disconnect(conn: Any, transport: Any) -> None:
+    """Stop streaming (if connected), close the socket, and let the loop finish closing it."""
+    try:
+        if conn is not None and conn.has_transport():
+            await conn.stream_frames_stop()
+    finally:
+        transport.close()
+        for _ in range(3):  # the socket itself is closed in a callback of a later loop turn
+            await asyncio.sleep(0)

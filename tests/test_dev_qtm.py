@@ -110,3 +110,24 @@ def test_malformed_frames_skipped_disconnect_recovered_and_known_load(cal, uid):
     result = verify_known_load(data, cal, 40.0, (0.2, -0.1))
     assert result.passed, result
     assert result.force_n == pytest.approx(40 * G, abs=1.0)
+
+
+def test_a_connection_that_timed_out_is_closed_before_the_next_attempt(cal, uid):
+    """A QTM that accepts but never answers: the failed attempt must not leave its socket open."""
+    with QTMEmulator() as emu:
+        emu.inject("mute")
+        drv = QTMPlateDriver(_settings(emu, uid, cal, connect_timeout_s=0.5))
+        with pytest.raises(DeviceError):
+            drv.open()
+        drv.close()
+        deadline = time.monotonic() + 5.0
+        while emu.mute_closed == 0:
+            assert time.monotonic() < deadline, "the timed-out connection was left open"
+            time.sleep(0.05)
+        drv.open()  # the emulator serves the next client: the driver connects
+        try:
+            deadline = time.monotonic() + 10.0
+            while not drv.read(0.1):
+                assert time.monotonic() < deadline
+        finally:
+            drv.close()

@@ -50,6 +50,7 @@ class QTMEmulator:
         self._geometry: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
         self.commands: list[str] = []
         self.connections = 0
+        self.mute_closed = 0
         self.frames_sent = 0
         self._faults: list[str] = []
         self._lock = threading.Lock()
@@ -82,8 +83,13 @@ class QTMEmulator:
             self._scene, self._geometry = scene, dict(plates)
 
     def inject(self, fault: str) -> None:
-        """'truncated' (force count larger than the data), 'unknown_plate', 'nan', 'skip' or 'drop'."""
-        assert fault in ("truncated", "unknown_plate", "nan", "skip", "drop")
+        """'truncated' (force count larger than the data), 'unknown_plate', 'nan', 'skip', 'drop'.
+
+        Or 'mute': the next connection is accepted and never answered (a QTM busy elsewhere); the
+        server serves one client at a time, so the next client is only served once the mute one
+        has been closed (``mute_closed`` counts those).
+        """
+        assert fault in ("truncated", "unknown_plate", "nan", "skip", "drop", "mute")
         with self._lock:
             self._faults.append(fault)
 
@@ -106,6 +112,17 @@ class QTMEmulator:
                 client.close()
 
     def _session(self, client: socket.socket) -> None:
+        with self._lock:
+            mute = bool(self._faults) and self._faults[0] == "mute"
+            if mute:
+                self._faults.pop(0)
+        if mute:  # a QTM that accepted but never answers: swallow everything until the client goes
+            while not self._stop.is_set():
+                ready, _, _ = select.select([client], [], [], 0.05)
+                if ready and not client.recv(4096):
+                    self.mute_closed += 1
+                    return
+            return
         client.sendall(text_packet(PACKET_COMMAND, "QTM RT Interface connected"))
         buf = b""
         streaming = False
