@@ -12,7 +12,21 @@ file offline.
 COP columns use only samples whose vertical force is at least ``cop_min_bw`` body weights (0.1 BW
 by default, ProcessorSettings): below that the COP of a treadmill plate is dominated by noise.
 Readers of older files get NaN for columns added later (``strike_index_pct``, ``strike_pattern``,
-``invalid``): every column here defaults to NaN.
+``invalid``, ``record_kind``, ``step_id``): every column here defaults to NaN.
+
+Record kinds (``record_kind``; docs/processing.md, "Record kinds"): live, a contact may be published
+more than once, every time under the same ``step_id``:
+
+* ``full`` (0; NaN in files from before record kinds): the step, at toe-off. The only kind that
+  counts as a step; offline analysis gives only these.
+* ``early`` (1): at the end of the impact window, while the foot is still on the ground: step id,
+  foot, strike time, impact peak, VALR, VILR, loading-rate method and tibial peak so far; NaN
+  elsewhere (``crossover`` NaN: not known yet). Steps without an impact peak get their loading
+  rates (13 % of stance) only with the full record. The full record supersedes it.
+* ``correction`` (2): a full record sent again because a cross-over was found after it went out;
+  replaces the record with the same ``step_id``.
+* ``withdrawn`` (3): the contact of an early record turned out not to be a step (too short or too
+  long, or the recording ended inside it): forget that early record.
 """
 
 from __future__ import annotations
@@ -28,6 +42,12 @@ FOOT_NAMES = ("L", "R")
 METHOD_IMPACT_PEAK = 0
 METHOD_STANCE_13PCT = 1
 METHOD_NAMES = ("impact_peak", "stance_13pct")
+
+RECORD_FULL = 0
+RECORD_EARLY = 1
+RECORD_CORRECTION = 2
+RECORD_WITHDRAWN = 3
+RECORD_KIND_NAMES = ("full", "early", "correction", "withdrawn")
 
 PATTERN_REARFOOT = 0
 PATTERN_MIDFOOT = 1
@@ -95,6 +115,11 @@ STEP_FIELDS: tuple[StepField, ...] = (
     StepField("strike_pattern", "code", "0 rearfoot (< 33 %), 1 midfoot, 2 forefoot (>= 67 %)"),
     StepField("invalid", "flag", "1 when the contact overlaps force samples that cannot be real "
               "(non-finite, beyond the plausible range); metrics NaN, left out of means"),
+    # added with record kinds (issue 15): NaN in older files, where every row is a full record
+    StepField("record_kind", "code", "0 full, 1 early (end of the impact window), 2 correction "
+              "(replaces the record with this step_id), 3 withdrawn (that early record was no step)"),
+    StepField("step_id", "id", "number of the contact, the same in all its records: per belt in "
+              "order, left 0, 2, 4, ..., right 1, 3, 5, ... (a single plate 0, 1, 2, ...)"),
 )
 
 STEP_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in STEP_FIELDS)
@@ -107,6 +132,31 @@ def empty_steps(n: int = 0) -> np.ndarray:
     for name in STEP_FIELD_NAMES:
         out[name] = np.nan
     return out
+
+
+def is_full(steps: np.ndarray) -> np.ndarray:
+    """Mask of the records that are steps: kind ``full`` (or NaN: written before record kinds)."""
+    kind = steps["record_kind"]
+    return (kind == RECORD_FULL) | np.isnan(kind)
+
+
+def apply_records(steps: np.ndarray) -> np.ndarray:
+    """The steps a sequence of records amounts to: full records, corrections applied in place.
+
+    Early and withdrawn records are dropped; a correction replaces the record with its step id
+    (a correction of a step not in ``steps`` is ignored). Order: as the full records came.
+    """
+    kind = steps["record_kind"]
+    full = steps[(kind == RECORD_FULL) | np.isnan(kind)].copy()
+    fixes = steps[kind == RECORD_CORRECTION]
+    if len(fixes):
+        where = {float(sid): i for i, sid in enumerate(full["step_id"]) if sid == sid}
+        for fix in fixes:
+            i = where.get(float(fix["step_id"]))
+            if i is not None:
+                full[i] = fix
+                full["record_kind"][i] = RECORD_FULL
+    return full
 
 
 def steps_to_rows(steps: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ class NaivePlate:
     """One plate: bad-sample check, low-pass, geometry, hysteresis, threshold events, butterfly."""
 
     def __init__(self, rot, centre, origin, sos, zi_unit, on_n, off_n, lookback, bf_on, bf_h,
-                 strike_n=None, toe_n=None, max_f_n=math.inf, max_m_nm=math.inf):
+                 strike_n=None, toe_n=None, max_f_n=math.inf, max_m_nm=math.inf, early=None):
         self.rot = [[float(v) for v in row] for row in rot]
         self.centre = [float(v) for v in centre]
         self.origin = [float(v) for v in origin]
@@ -40,6 +40,12 @@ class NaivePlate:
         self.lo = self.hi = None
         self.ext = None
         self.events = []
+        # early decision (dict: delay, dt, frac, min_n, prom_n, higher, min_contact, max_contact)
+        self.early = early
+        self.expected = math.nan  # contact time of the last accepted contact
+        self.open_strike = math.nan
+        self.k_first = 0
+        self.early_pending = False
 
     def _filter(self, x):
         if not self.sos:
@@ -139,11 +145,31 @@ class NaivePlate:
                         unknown = 0.0
                         strike = cross(k - 1, self.on, t)
                 self.events.append((1.0, k, strike, k_first, unknown, self.noise_floor()))
+                self.k_first = k_first
+                self.open_strike = math.nan if unknown else strike
+                self.early_pending = (self.early is not None and not unknown
+                                      and not math.isnan(self.expected))
         elif v < self.off:
             self.in_contact = False
             # the first fall through the toe-off threshold after the contact was detected
             j = next(j for j in range(self.k_on, k) if j == k - 1 or vr[j + 1] < self.toe_n)
-            self.events.append((2.0, k, cross(j, self.toe_n, self.t[j]), j, 0.0, 0.0))
+            toe = cross(j, self.toe_n, self.t[j])
+            self.events.append((2.0, k, toe, j, 0.0, 0.0))
+            self.early_pending = False
+            if self.early is not None and (self.early["min_contact"] <= toe - self.open_strike
+                                           <= self.early["max_contact"]):
+                self.expected = toe - self.open_strike
+        if self.early_pending:
+            e = self.early
+            base = self.k_first + e["delay"]
+            if k - base >= 2:
+                fz = [self.filt[base + j][2] for j in range(k - base + 1)]
+                status, j = early_decision(fz, self.t[self.k_first], e["dt"], self.open_strike,
+                                           self.expected, e["frac"], e["min_n"], e["prom_n"],
+                                           e["higher"])
+                if status:
+                    self.events.append((6.0, k, t, float(status), float(j), self.expected))
+                    self.early_pending = False
         if self.bf_on and not math.isnan(fx):
             self._butterfly(k, fx, fy)
 
@@ -170,6 +196,118 @@ class NaivePlate:
             elif x <= self.ext[0] - h:
                 self.events.append((4.0, self.ext[1], 0.0, self.ext[0], self.ext[2], k))
                 self.bf_dir, self.ext = -1, (x, k, y)
+
+
+def early_decision(fz, t0, dt, strike, expected, frac, min_n, prom_n, higher):
+    """(status, j) of the impact window from the samples known so far (1 peak at j, 2 none, 0 wait).
+
+    The impact-peak rule of :func:`contact_metrics` with the stance assumed to last ``expected``,
+    re-examined from the first sample every time: a candidate decides only when no later sample
+    can change whether it is the first prominent peak before the stance maximum.
+    """
+    m = len(fz) - 1
+    for j in range(1, m):
+        if (t0 + j * dt - strike) / expected > frac:
+            return 2, -1
+        if not (fz[j] > fz[j - 1] and fz[j] >= fz[j + 1] and fz[j] >= min_n):
+            continue
+        later = fz[j + 1:]
+        above = next((q for q, v in enumerate(later) if v > fz[j]), None)
+        run = later if above is None else later[:above]
+        prominence = fz[j] - min([fz[j], *run])
+        if above is None:  # nothing above it yet: still open, unless prominence alone decides
+            return (1, j) if not higher and prominence >= prom_n else (0, -1)
+        if prominence < prom_n:
+            continue
+        if not higher or max(later) > max(fz[:j + 1]):
+            return 1, j
+        return 0, -1
+    return 0, -1
+
+
+def finalize_rows(contacts, cadence_n, symmetry_n, max_step_s, cutoffs):
+    """Full step records (dicts) of finalized contacts in order, from the step-record definitions.
+
+    ``contacts``: dicts with foot, strike, toe, crossover, invalid, cop_x, cop_y, metrics (dict of
+    :func:`contact_metrics` values in N units), bw, tibial, belt_speed (NaN unknown), step_id.
+    """
+    nan = math.nan
+    last = {}
+    step_times = []
+    sym = {0: {}, 1: {}}
+    names = ("contact_s", "step_s", "peak_vgrf_bw", "valr_bw_per_s", "vilr_bw_per_s",
+             "tibial_peak_g")
+    out = []
+    for c in contacts:
+        r = {"foot": float(c["foot"]) if c["foot"] >= 0 else nan, "strike_s": c["strike"],
+             "toe_off_s": c["toe"], "contact_s": c["toe"] - c["strike"],
+             "crossover": 1.0 if c["crossover"] else 0.0, "invalid": 1.0 if c["invalid"] else 0.0,
+             "cop_strike_x_m": c["cop_x"], "cop_strike_y_m": c["cop_y"], "record_kind": 0.0,
+             "step_id": c["step_id"]}
+        out.append(r)
+        foot = c["foot"]
+        if c["crossover"] or foot < 0 or c["invalid"]:
+            if c["invalid"] and not c["crossover"] and foot >= 0:
+                last[foot] = c["strike"]
+            continue
+        m, bw = c["metrics"], c["bw"]
+        r.update(peak_vgrf_bw=m["peak"] / bw, impact_peak_bw=m["impact"] / bw,
+                 impact_peak_s=m["impact_t"], valr_bw_per_s=m["valr"] / bw,
+                 vilr_bw_per_s=m["vilr"] / bw, loading_rate_method=m["method"],
+                 braking_impulse_bw_s=m["brake"] / bw, propulsive_impulse_bw_s=m["prop"] / bw,
+                 cop_path_m=m["path"], strike_index_pct=m["si"], tibial_peak_g=c["tibial"])
+        si = m["si"]
+        r["strike_pattern"] = nan if math.isnan(si) else float(sum(si >= x for x in cutoffs))
+        if foot ^ 1 in last and 0 < c["strike"] - last[foot ^ 1] <= max_step_s:
+            r["step_s"] = c["strike"] - last[foot ^ 1]
+            step_times = ([*step_times, r["step_s"]])[-cadence_n:]
+        if foot in last and 0 < c["strike"] - last[foot] <= 2 * max_step_s:
+            r["stride_s"] = c["strike"] - last[foot]
+        last[foot] = c["strike"]
+        if step_times:
+            r["cadence_spm"] = 60.0 * len(step_times) / sum(step_times)
+        if not math.isnan(c["belt_speed"]) and math.isfinite(r.get("step_s", nan)):
+            r["step_length_m"] = c["belt_speed"] * r["step_s"]
+        for name in names:
+            v = r.get(name, nan)
+            if math.isfinite(v):
+                sym[foot][name] = ([*sym[foot].get(name, []), v])[-symmetry_n:]
+        for name, si_name in zip(names, ("si_contact_pct", "si_step_pct", "si_peak_vgrf_pct",
+                                         "si_valr_pct", "si_vilr_pct", "si_tibial_peak_pct"),
+                                 strict=True):
+            left, right = sym[0].get(name), sym[1].get(name)
+            if left and right:
+                lm, rm = sum(left) / len(left), sum(right) / len(right)
+                if lm + rm != 0:
+                    r[si_name] = 100.0 * (lm - rm) / (0.5 * (lm + rm))
+    return out
+
+
+def fused_floor(ch, rot, sos, zi_unit, on_n, off_n):
+    """Filtered vertical force of every sample and the number of contacts (benchmark floor)."""
+    zi = None
+    fz, contacts, loaded = [], 0, False
+    for row in ch:
+        x = [float(v) for v in row]
+        if zi is None:
+            zi = [[[u[0] * x[j], u[1] * x[j]] for j in range(6)] for u in zi_unit]
+        filt = []
+        for j in range(6):
+            v = x[j]
+            for s, (b0, b1, b2, _a0, a1, a2) in enumerate(sos):
+                z = zi[s][j]
+                y = b0 * v + z[0]
+                z[0] = b1 * v - a1 * y + z[1]
+                z[1] = b2 * v - a2 * y
+                v = y
+            filt.append(v)
+        fz.append(-(rot[2][0] * filt[0] + rot[2][1] * filt[1] + rot[2][2] * filt[2]))
+        vz = -(rot[2][0] * x[0] + rot[2][1] * x[1] + rot[2][2] * x[2])
+        if not loaded and vz >= on_n:
+            loaded, contacts = True, contacts + 1
+        elif loaded and vz < off_n:
+            loaded = False
+    return fz, contacts
 
 
 def contact_metrics(fz, fx, copx, copy, rate_hz, t0, strike_s, toe_off_s, impact_frac,

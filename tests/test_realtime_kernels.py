@@ -24,7 +24,8 @@ def _plate(corners=None):
 
 
 def _run_kernel(ts, ch, rot, centre, origin, sos, on_n=50.0, off_n=25.0, lookback=50, bf_on=False,
-                bf_h=0.03, chunk=97, strike_n=None, toe_n=None, max_f=np.inf, max_m=np.inf):
+                bf_h=0.03, chunk=97, strike_n=None, toe_n=None, max_f=np.inf, max_m=np.inf,
+                eparams=None):
     n = len(ts)
     nsec = sos.shape[0]
     zi = np.zeros((max(nsec, 1), 6, 2))
@@ -43,7 +44,8 @@ def _run_kernel(ts, ch, rot, centre, origin, sos, on_n=50.0, off_n=25.0, lookbac
         m = K._plate_chunk(ts[start:start + chunk], ch[start:start + chunk], rot, centre,
                            np.asarray(origin, float), sos, zi, zi_unit, nsec > 0, istate, fstate,
                            ring_t, ring_raw, ring_filt, on_n, off_n, strike_n, toe_n, max_f, max_m,
-                           lookback, bf_on, bf_h, buf)
+                           lookback, bf_on, bf_h,
+                           np.zeros(K.N_EPARAMS) if eparams is None else eparams, buf)
         events.extend(tuple(r) for r in buf[:m])
     return ring_t, ring_raw, ring_filt, events
 

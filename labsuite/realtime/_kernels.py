@@ -17,19 +17,32 @@ EV_END = 2.0  # contact off: k_end, toe-off time, k_last, -, -
 EV_MIN = 3.0  # butterfly AP minimum (strike): k, -, copx, copy, k where it was confirmed
 EV_MAX = 4.0  # butterfly AP maximum (toe-off): k, -, copx, copy, k where it was confirmed
 EV_BAD = 5.0  # a run of bad samples ended: k of its last sample, its time, k of its first, reason bits, -
+EV_EARLY = 6.0  # impact window of the open contact decided: k, its time, status (EARLY_*), j, expected
 EVENT_COLS = 6
+
+# status of an early decision (EV_EARLY column 3)
+EARLY_UNDECIDED = 0
+EARLY_PEAK = 1  # impact peak at window index j
+EARLY_NO_PEAK = 2  # the impact window of the expected stance passed without one
+
+# eparams slots (early decision settings, see _plate_chunk)
+(E_ON, E_DELAY, E_DT, E_FRAC, E_MIN_N, E_PROM_N, E_HIGHER, E_MIN_CONTACT, E_MAX_CONTACT) = range(9)
+N_EPARAMS = 9
 
 # reason bits of a bad sample (EV_BAD column 4)
 BAD_NONFINITE = 1
 BAD_RANGE = 2
 
-# istate slots
-I_SEEN, I_IN_CONTACT, I_K_ON, I_INIT, I_BF_DIR, I_BF_K, I_BAD_K0, I_BAD_WHY = range(8)
-# fstate slots (F_NZ_*: running mean and M2 of flight samples, Welford)
+# istate slots (I_K_FIRST: first sample of the open contact; I_EARLY: 1 while its early decision is
+# pending; I_EJ: window index the decision resumes from)
+(I_SEEN, I_IN_CONTACT, I_K_ON, I_INIT, I_BF_DIR, I_BF_K, I_BAD_K0, I_BAD_WHY, I_K_FIRST, I_EARLY,
+ I_EJ) = range(11)
+# fstate slots (F_NZ_*: running mean and M2 of flight samples, Welford; F_STRIKE: strike of the open
+# contact; F_EXPECT: contact time of the last accepted contact (s); F_EPRE: max force before I_EJ)
 (F_BF_EXT, F_BF_Y, F_BF_LO, F_BF_HI, F_BF_LO_K, F_BF_HI_K, F_BF_LO_Y, F_BF_HI_Y, F_BF_X,
- F_NZ_N, F_NZ_MEAN, F_NZ_M2) = range(12)
-N_ISTATE = 8
-N_FSTATE = 12
+ F_NZ_N, F_NZ_MEAN, F_NZ_M2, F_STRIKE, F_EXPECT, F_EPRE) = range(15)
+N_ISTATE = 11
+N_FSTATE = 15
 
 # ring_raw columns: raw vertical GRF (N), raw COP x, y (m, NaN below the on threshold), bad-sample
 # reason bits (0 for a good sample; a bad sample's force and COP are NaN)
@@ -83,9 +96,62 @@ def _noise_floor(fstate):
 
 
 @numba.njit(cache=True, nogil=True)
+def _impact_decision(ring_filt, base, m, j0, pre, t0, dt, strike, expected, frac_max, min_n,
+                     prom_n, need_higher):
+    """Decide the impact peak of an open contact from its first ``m + 1`` filtered samples.
+
+    Window sample j is ``ring_filt[(base + j) % cap, 2]`` at time ``t0 + j * dt``. Applies the rule
+    of :func:`_contact_metrics` (first local maximum >= ``min_n``, ``prom_n`` prominent, before the
+    stance maximum when ``need_higher``) with the stance assumed to last ``expected`` seconds, and
+    answers only once no later sample can change the answer. Candidates before ``j0`` are already
+    rejected for good and ``pre`` is the maximum of the samples before ``j0``. Returns (status,
+    j, j0, pre): EARLY_PEAK with the window index of the peak, EARLY_NO_PEAK when the window
+    passed without one, or EARLY_UNDECIDED with where to resume.
+    """
+    cap = ring_filt.shape[0]
+    for j in range(max(j0, 1), m):
+        f_prev = ring_filt[(base + j - 1) % cap, 2]
+        if f_prev > pre:
+            pre = f_prev
+        if (t0 + j * dt - strike) / expected > frac_max:
+            return EARLY_NO_PEAK, -1, j, pre
+        f = ring_filt[(base + j) % cap, 2]
+        if not (f > f_prev and f >= ring_filt[(base + j + 1) % cap, 2] and f >= min_n):
+            continue
+        valley = f
+        k = j + 1
+        v = f
+        while k <= m:
+            v = ring_filt[(base + k) % cap, 2]
+            if v > f:
+                break
+            if v < valley:
+                valley = v
+            k += 1
+        if k > m:
+            # the force has not climbed above the candidate yet
+            if not need_higher and f - valley >= prom_n:
+                return EARLY_PEAK, j, j, pre
+            return EARLY_UNDECIDED, -1, j, pre
+        if f - valley < prom_n:
+            continue  # not prominent: rejected for good
+        if not need_higher:
+            return EARLY_PEAK, j, j, pre
+        # the stance maximum must come later: something after j above everything up to j
+        post = v
+        for q in range(k + 1, m + 1):
+            if ring_filt[(base + q) % cap, 2] > post:
+                post = ring_filt[(base + q) % cap, 2]
+        if post > max(pre, f):
+            return EARLY_PEAK, j, j, pre
+        return EARLY_UNDECIDED, -1, j, pre
+    return EARLY_UNDECIDED, -1, max(j0, m), pre
+
+
+@numba.njit(cache=True, nogil=True)
 def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate, fstate,
                  ring_t, ring_raw, ring_filt, on_n, off_n, strike_n, toe_n, max_f_n, max_m_nm,
-                 lookback, bf_on, bf_h, events):
+                 lookback, bf_on, bf_h, eparams, events):
     """Run a chunk of plate samples through filter, geometry, hysteresis and the COP butterfly.
 
     Contacts are detected by hysteresis (on at ``on_n``, off below ``off_n``); strike and toe-off
@@ -95,8 +161,18 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
     ``max_m_nm`` is bad: its force and COP are NaN, it changes no contact state, and the filter
     restarts from the steady state of the next good sample. Writes samples into the rings
     (index = global sample number % capacity) and events into ``events``; returns their number.
+
+    With ``eparams[E_ON]``, the impact window of each contact is decided as its filtered samples
+    come in (:func:`_impact_decision`, the stance assumed as long as the last accepted contact of
+    this plate; none before the first): EV_EARLY. Returns -1 - i, touching no state, when
+    timestamp i is not finite.
     """
+    for i in range(ts.shape[0]):
+        if not math.isfinite(ts[i]):
+            return -1 - i
     cap = ring_t.shape[0]
+    early_on = eparams[E_ON] != 0.0
+    d = int(eparams[E_DELAY])
     nsec = sos.shape[0]
     n_ev = 0
     c = origin[2]
@@ -216,6 +292,13 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
                 events[n_ev, 4] = unknown
                 events[n_ev, 5] = _noise_floor(fstate)
                 n_ev += 1
+                istate[I_K_FIRST] = k_first
+                fstate[F_STRIKE] = np.nan if unknown else strike
+                istate[I_EARLY] = 0
+                if early_on and not unknown and not math.isnan(fstate[F_EXPECT]):
+                    istate[I_EARLY] = 1
+                    istate[I_EJ] = 1
+                    fstate[F_EPRE] = -np.inf
         elif v < off_n:
             istate[I_IN_CONTACT] = 0
             # the first fall through the toe-off threshold after the detection of the contact
@@ -232,6 +315,31 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
             events[n_ev, 4] = 0.0
             events[n_ev, 5] = 0.0
             n_ev += 1
+            istate[I_EARLY] = 0
+            dur = toe - fstate[F_STRIKE]
+            if eparams[E_MIN_CONTACT] <= dur <= eparams[E_MAX_CONTACT]:
+                fstate[F_EXPECT] = dur
+        # ---- early decision of the open contact's impact window (filtered, delay-compensated)
+        if istate[I_EARLY] == 1:
+            base = istate[I_K_FIRST] + d
+            m = k - base
+            if m >= 2:
+                st, jp, j0, pre = _impact_decision(
+                    ring_filt, base, m, istate[I_EJ], fstate[F_EPRE],
+                    ring_t[istate[I_K_FIRST] % cap], eparams[E_DT], fstate[F_STRIKE],
+                    fstate[F_EXPECT], eparams[E_FRAC], eparams[E_MIN_N], eparams[E_PROM_N],
+                    eparams[E_HIGHER] != 0.0)
+                istate[I_EJ] = j0
+                fstate[F_EPRE] = pre
+                if st != EARLY_UNDECIDED:
+                    events[n_ev, 0] = EV_EARLY
+                    events[n_ev, 1] = k
+                    events[n_ev, 2] = ts[i]
+                    events[n_ev, 3] = st
+                    events[n_ev, 4] = jp
+                    events[n_ev, 5] = fstate[F_EXPECT]
+                    n_ev += 1
+                    istate[I_EARLY] = 0
         # ---- COP butterfly (Roerdink et al. 2008): zig-zag extrema of the filtered AP COP
         if bf_on:
             x = ring_filt[pos, 3]
@@ -532,3 +640,191 @@ def _fit_edge(v, tau, hi_n, power):
     if a <= 0.0:
         return np.nan
     return -b / a
+
+
+@numba.njit(cache=True, nogil=True)
+def _bad_between(ring_raw, k0, k1):
+    """True when a sample with global index k0..k1 (inclusive) was flagged bad."""
+    cap = ring_raw.shape[0]
+    for k in range(k0, k1 + 1):
+        if ring_raw[k % cap, 3] != 0.0:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_metrics(ring_t, ring_filt, scratch, k_first, n, d, rate_hz, strike_s, toe_off_s,
+                    impact_frac, impact_min_n, impact_prom_n, need_higher_peak, cop_min_n,
+                    cop_bin_n, belt_speed, foot_length, toe_frac, out):
+    """:func:`_contact_metrics` of the ``n`` samples from ``k_first``, straight from the rings.
+
+    The filtered samples are those ``d`` (the filter delay) later in the ring, so times are not
+    delayed; ``scratch`` (4, >= n) holds the copied window.
+    """
+    cap = ring_t.shape[0]
+    for j in range(n):
+        r = (k_first + d + j) % cap
+        scratch[0, j] = ring_filt[r, 2]
+        scratch[1, j] = ring_filt[r, 0]
+        scratch[2, j] = ring_filt[r, 3]
+        scratch[3, j] = ring_filt[r, 4]
+    _contact_metrics(scratch[0, :n], scratch[1, :n], scratch[2, :n], scratch[3, :n], rate_hz,
+                     ring_t[k_first % cap], strike_s, toe_off_s, impact_frac, impact_min_n,
+                     impact_prom_n, need_higher_peak, cop_min_n, cop_bin_n, belt_speed,
+                     foot_length, toe_frac, out)
+
+
+# Columns of the step record that _finalize_row writes (indices into ``cols``, which the
+# processor fills with the positions of these fields in labsuite.steps.STEP_FIELDS)
+(R_FOOT, R_STRIKE, R_TOE, R_CONTACT, R_STEP, R_STRIDE, R_CADENCE, R_PEAK, R_IMPACT, R_IMPACT_T,
+ R_VALR, R_VILR, R_METHOD, R_BRAKE, R_PROP, R_COP_X, R_COP_Y, R_PATH, R_TIBIAL, R_LENGTH,
+ R_CROSSOVER, R_SI_CONTACT, R_SI_STEP, R_SI_PEAK, R_SI_VALR, R_SI_VILR, R_SI_TIBIAL, R_SI,
+ R_PATTERN, R_INVALID, R_KIND, R_ID) = range(32)
+N_R = 32
+# symmetry: the value column of each index, in the order of R_SI_CONTACT..R_SI_TIBIAL
+_SYM_OF = (R_CONTACT, R_STEP, R_PEAK, R_VALR, R_VILR, R_TIBIAL)
+N_SYM = 6
+
+
+def finalize_state_size(cadence_n: int, symmetry_n: int) -> int:
+    """Length of the state array of :func:`_finalize_row` (see there)."""
+    return 4 + cadence_n + 2 * N_SYM * (2 + symmetry_n)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_sum(fin, at, cap):
+    """Sum of the ring at fin[at] (count, next position, cap values), oldest value first."""
+    n = int(fin[at])
+    pos = int(fin[at + 1])
+    total = 0.0
+    for q in range(n):
+        total += fin[at + 2 + (pos - n + q) % cap]
+    return total, n
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_push(fin, at, cap, v):
+    n = int(fin[at])
+    pos = int(fin[at + 1])
+    fin[at + 2 + pos] = v
+    fin[at + 1] = (pos + 1) % cap
+    if n < cap:
+        fin[at] = n + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _finalize_row(row, cols, fin, cadence_n, symmetry_n, foot, strike_s, toe_off_s, crossover,
+                  invalid, cop_x, cop_y, metrics, bw_n, tibial_g, belt_speed, max_step_s,
+                  si_cut_lo, si_cut_hi, step_id):
+    """Write the full step record of one contact into ``row`` and update the running state.
+
+    ``fin`` holds what the steps before left behind: the last strike of each foot (NaN none),
+    the ring of the last ``cadence_n`` step times (count, next position, values) and, per foot
+    and symmetry field, the ring of its last ``symmetry_n`` values. Metrics come in N, N/s, N*s
+    (``metrics``, _contact_metrics slots) and go out in body weights. A cross-over, an invalid
+    contact or one without a foot gets times, flags and strike COP only (an invalid one still
+    sets its foot's last strike, so the next steps keep their step times).
+    """
+    for q in range(row.shape[0]):
+        row[q] = np.nan
+    row[cols[R_FOOT]] = foot if foot >= 0 else np.nan
+    row[cols[R_STRIKE]] = strike_s
+    row[cols[R_TOE]] = toe_off_s
+    row[cols[R_CONTACT]] = toe_off_s - strike_s
+    row[cols[R_CROSSOVER]] = 1.0 if crossover else 0.0
+    row[cols[R_INVALID]] = 1.0 if invalid else 0.0
+    row[cols[R_COP_X]] = cop_x
+    row[cols[R_COP_Y]] = cop_y
+    row[cols[R_KIND]] = 0.0
+    row[cols[R_ID]] = step_id
+    if crossover or foot < 0 or invalid:
+        if invalid and not crossover and foot >= 0:
+            fin[foot] = strike_s
+        return
+    row[cols[R_PEAK]] = metrics[M_PEAK] / bw_n
+    row[cols[R_IMPACT]] = metrics[M_IMPACT] / bw_n
+    row[cols[R_IMPACT_T]] = metrics[M_IMPACT_T]
+    row[cols[R_VALR]] = metrics[M_VALR] / bw_n
+    row[cols[R_VILR]] = metrics[M_VILR] / bw_n
+    row[cols[R_METHOD]] = metrics[M_METHOD]
+    row[cols[R_BRAKE]] = metrics[M_BRAKE] / bw_n
+    row[cols[R_PROP]] = metrics[M_PROP] / bw_n
+    row[cols[R_PATH]] = metrics[M_PATH]
+    si = metrics[M_SI]
+    row[cols[R_SI]] = si
+    if not math.isnan(si):
+        row[cols[R_PATTERN]] = 0.0 if si < si_cut_lo else (1.0 if si < si_cut_hi else 2.0)
+    row[cols[R_TIBIAL]] = tibial_g
+    steps_at = 2
+    prev_other = fin[1 - foot]
+    step_s = np.nan
+    if not math.isnan(prev_other) and 0.0 < strike_s - prev_other <= max_step_s:
+        step_s = strike_s - prev_other
+        row[cols[R_STEP]] = step_s
+        _ring_push(fin, steps_at, cadence_n, step_s)
+    prev_same = fin[foot]
+    if not math.isnan(prev_same) and 0.0 < strike_s - prev_same <= 2.0 * max_step_s:
+        row[cols[R_STRIDE]] = strike_s - prev_same
+    fin[foot] = strike_s
+    total, n = _ring_sum(fin, steps_at, cadence_n)
+    if n > 0:
+        row[cols[R_CADENCE]] = 60.0 * n / total
+    if not math.isnan(belt_speed) and math.isfinite(step_s):
+        row[cols[R_LENGTH]] = belt_speed * step_s
+    sym_at = steps_at + 2 + cadence_n
+    width = 2 + symmetry_n
+    for q in range(N_SYM):
+        v = row[cols[_SYM_OF[q]]]
+        if math.isfinite(v):
+            _ring_push(fin, sym_at + (foot * N_SYM + q) * width, symmetry_n, v)
+    for q in range(N_SYM):
+        ls, ln = _ring_sum(fin, sym_at + q * width, symmetry_n)
+        rs, rn = _ring_sum(fin, sym_at + (N_SYM + q) * width, symmetry_n)
+        if ln > 0 and rn > 0:
+            lm = ls / ln
+            rm = rs / rn
+            if lm + rm != 0:
+                row[cols[R_SI_CONTACT + q]] = 100.0 * (lm - rm) / (0.5 * (lm + rm))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fused_floor(ch, rot, sos, zi, zi_unit, on_n, off_n, ring, state):
+    """The floor of any step pipeline, for benchmarks: the least work every sample needs.
+
+    Filters all six plate channels (the biquad cascade of :func:`_plate_chunk`, started from the
+    first sample's steady state), writes the filtered vertical force into ``ring`` and runs the
+    contact hysteresis on the raw vertical force. ``state`` = [samples seen, in contact,
+    contacts]; returns the contacts started in this chunk.
+    """
+    cap = ring.shape[0]
+    nsec = sos.shape[0]
+    started = 0
+    raw = np.empty(6)
+    filt = np.empty(6)
+    for i in range(ch.shape[0]):
+        for j in range(6):
+            raw[j] = ch[i, j]
+        if state[0] == 0:
+            for j in range(6):
+                for s in range(nsec):
+                    zi[s, j, 0] = zi_unit[s, 0] * raw[j]
+                    zi[s, j, 1] = zi_unit[s, 1] * raw[j]
+        for j in range(6):
+            x = raw[j]
+            for s in range(nsec):
+                y = sos[s, 0] * x + zi[s, j, 0]
+                zi[s, j, 0] = sos[s, 1] * x - sos[s, 4] * y + zi[s, j, 1]
+                zi[s, j, 1] = sos[s, 2] * x - sos[s, 5] * y
+                x = y
+            filt[j] = x
+        ring[state[0] % cap] = -(rot[2, 0] * filt[0] + rot[2, 1] * filt[1] + rot[2, 2] * filt[2])
+        v = -(rot[2, 0] * raw[0] + rot[2, 1] * raw[1] + rot[2, 2] * raw[2])
+        if state[1] == 0:
+            if v >= on_n:
+                state[1] = 1
+                state[2] += 1
+                started += 1
+        elif v < off_n:
+            state[1] = 0
+        state[0] += 1
+    return started

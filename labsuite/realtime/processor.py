@@ -22,7 +22,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,10 +33,13 @@ from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre
 from labsuite.steps import (
     FOOT_LEFT,
     FOOT_RIGHT,
+    RECORD_CORRECTION,
+    RECORD_EARLY,
+    RECORD_WITHDRAWN,
     STEP_DTYPE,
     STEP_FIELD_NAMES,
+    STRIKE_INDEX_CUTOFFS_PCT,
     empty_steps,
-    strike_pattern_code,
 )
 
 GRAVITY_M_S2 = 9.80665
@@ -47,15 +50,26 @@ IMU_SIDES = ("left", "right")
 _BLOCK = 1024  # samples per kernel call: bounds the ring size whatever the caller's chunk size
 _LOOKBACK_S = 0.05  # how far back strike refinement may look for the off-threshold crossing
 _TIBIAL_PRE_S = 0.01  # IMU window starts this long before the detected strike (clock tolerance)
-_NAN_ROW = dict.fromkeys(STEP_FIELD_NAMES, math.nan)
-_SYMMETRY_FIELDS = (
-    ("si_contact_pct", "contact_s"),
-    ("si_step_pct", "step_s"),
-    ("si_peak_vgrf_pct", "peak_vgrf_bw"),
-    ("si_valr_pct", "valr_bw_per_s"),
-    ("si_vilr_pct", "vilr_bw_per_s"),
-    ("si_tibial_peak_pct", "tibial_peak_g"),
-)
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+_NF = len(STEP_FIELD_NAMES)
+_EMPTY = empty_steps(0)
+_EMPTY.flags.writeable = False  # the one result of every call that completes nothing
+_COL = {name: i for i, name in enumerate(STEP_FIELD_NAMES)}
+# the record fields _kernels._finalize_row writes, in the order of its R_* slots
+_R_NAMES = ("foot", "strike_s", "toe_off_s", "contact_s", "step_s", "stride_s", "cadence_spm",
+            "peak_vgrf_bw", "impact_peak_bw", "impact_peak_s", "valr_bw_per_s", "vilr_bw_per_s",
+            "loading_rate_method", "braking_impulse_bw_s", "propulsive_impulse_bw_s",
+            "cop_strike_x_m", "cop_strike_y_m", "cop_path_m", "tibial_peak_g", "step_length_m",
+            "crossover", "si_contact_pct", "si_step_pct", "si_peak_vgrf_pct", "si_valr_pct",
+            "si_vilr_pct", "si_tibial_peak_pct", "strike_index_pct", "strike_pattern", "invalid",
+            "record_kind", "step_id")
+assert len(_R_NAMES) == K.N_R
+_R_COLS = np.array([_COL[n] for n in _R_NAMES], dtype=np.int64)
+(_C_FOOT, _C_STRIKE, _C_IMPACT, _C_IMPACT_T, _C_VALR, _C_VILR, _C_METHOD, _C_TIBIAL, _C_KIND,
+ _C_ID) = (_COL[n] for n in ("foot", "strike_s", "impact_peak_bw", "impact_peak_s",
+                             "valr_bw_per_s", "vilr_bw_per_s", "loading_rate_method",
+                             "tibial_peak_g", "record_kind", "step_id"))
 
 
 @dataclass(frozen=True)
@@ -317,28 +331,58 @@ class BadRun:
         return f"belt {self.belt}: {where}: force {self.reason}"
 
 
-@dataclass
 class _Contact:
-    belt: str
-    strike_s: float
-    toe_off_s: float
-    ready_s: float
-    foot: int = -1
-    metrics: np.ndarray = field(default_factory=lambda: np.full(K.N_METRICS, np.nan))
-    cop_strike: tuple[float, float] = (math.nan, math.nan)
-    invalid: bool = False
-    seq: int = 0
+    """One foot contact on its way out: times, metrics, and once finalized its full record."""
+
+    __slots__ = (
+        "belt",
+        "cop_strike",
+        "crossover",
+        "foot",
+        "foot_out",
+        "invalid",
+        "metrics",
+        "ready_s",
+        "row",
+        "sent",
+        "seq",
+        "step_id",
+        "strike_s",
+        "toe_off_s",
+    )
+
+    def __init__(self, belt: str, strike_s: float, toe_off_s: float, ready_s: float, *,
+                 foot: int = -1, metrics: np.ndarray | None = None,
+                 cop_strike: tuple[float, float] = (math.nan, math.nan), invalid: bool = False,
+                 step_id: float = math.nan) -> None:
+        self.belt = belt
+        self.strike_s = strike_s
+        self.toe_off_s = toe_off_s
+        self.ready_s = ready_s
+        self.foot = foot
+        self.metrics = np.full(K.N_METRICS, np.nan) if metrics is None else metrics
+        self.cop_strike = cop_strike
+        self.invalid = invalid
+        self.seq = 0
+        self.step_id = step_id
+        self.crossover = False
+        self.row: np.ndarray | None = None
+        self.sent = False
+        self.foot_out = -1
 
 
 class _Belt:
     """Mutable per-plate state: filter state, rings, hysteresis, open and awaiting contacts."""
 
     def __init__(self, geom: PlateGeometry, settings: ProcessorSettings, sos: np.ndarray,
-                 delay: int) -> None:
+                 delay: int, index: int, early: bool) -> None:
         from scipy import signal
 
         corners = np.asarray(geom.corners_m)
         self.belt = geom.belt
+        self.index = index  # step ids: count * number of plates + index
+        self.n_plates = len(settings.plates)
+        self.n_ids = 0
         self.rot = np.ascontiguousarray(plate_axes(corners))
         self.centre = np.ascontiguousarray(plate_centre(corners))
         self.origin = np.asarray(geom.origin_m, dtype=np.float64)
@@ -354,6 +398,7 @@ class _Belt:
         self.ring_t = np.zeros(self.cap)
         self.ring_raw = np.zeros((self.cap, 4))
         self.ring_filt = np.zeros((self.cap, 5))
+        self.scratch = np.empty((4, self.cap))
         self.istate = np.zeros(K.N_ISTATE, dtype=np.int64)
         self.fstate = np.full(K.N_FSTATE, np.nan)
         self.fstate[[K.F_NZ_N, K.F_NZ_MEAN, K.F_NZ_M2]] = 0.0
@@ -363,11 +408,38 @@ class _Belt:
         self.lever_m = float(np.linalg.norm(corners_rel, axis=1).max()
                              + np.linalg.norm(self.origin)) + settings.max_lever_m
         self.events = np.zeros((3 * _BLOCK + 8, K.EVENT_COLS))
-        self.open_start: tuple[int, float, int, float] | None = None  # k_on, strike, k_first, floor
-        # k_on, strike, k_first, noise floor, k_last, toe, k_end
-        self.awaiting: list[tuple[int, float, int, float, int, float, int]] = []
-        self.seen_contacts: deque[tuple[float, float]] = deque(maxlen=16)  # (strike, toe)
+        self.eparams = np.zeros(K.N_EPARAMS)
+        self.eparams[K.E_ON] = 1.0 if early and not settings.butterfly else 0.0
+        self.eparams[K.E_DELAY] = delay
+        self.eparams[K.E_DT] = 1.0 / rate
+        self.eparams[K.E_FRAC] = settings.impact_frac
+        self.eparams[K.E_HIGHER] = 1.0 if settings.mode == "run" else 0.0
+        self.eparams[K.E_MIN_CONTACT] = settings.min_contact_s
+        self.eparams[K.E_MAX_CONTACT] = settings.max_contact_s
+        self.kargs: tuple[Any, ...] = ()  # the kernel's arguments after (ts, ch), see set_limits
+        # k_on, strike, k_first, noise floor, step id
+        self.open_start: tuple[int, float, int, float, float] | None = None
+        # k_on, strike, k_first, noise floor, k_last, toe, k_end, step id
+        self.awaiting: list[tuple[int, float, int, float, int, float, int, float]] = []
+        self.finalized: deque[_Contact] = deque(maxlen=16)  # for the cross-over check
         self.last_t = -math.inf
+
+    def set_limits(self, settings: ProcessorSettings, max_f_n: float, bw_n: float) -> None:
+        """Prepare the kernel's arguments for the plausible-force limit and body weight."""
+        s = settings
+        self.eparams[K.E_MIN_N] = s.impact_min_bw * bw_n
+        self.eparams[K.E_PROM_N] = s.impact_drop_bw * bw_n
+        self.kargs = (self.rot, self.centre, self.origin, self.sos, self.zi, self.zi_unit,
+                      self.sos.shape[0] > 0, self.istate, self.fstate, self.ring_t, self.ring_raw,
+                      self.ring_filt, float(s.contact_on_n), float(s.contact_off_n),
+                      float(s.strike_threshold_n), float(s.toe_off_threshold_n), max_f_n,
+                      max_f_n * self.lever_m, self.lookback, s.butterfly,
+                      float(s.butterfly_min_ap_m), self.eparams, self.events)
+
+    def new_id(self) -> float:
+        sid = float(self.n_ids * self.n_plates + self.index)
+        self.n_ids += 1
+        return sid
 
     @property
     def n_seen(self) -> int:
@@ -381,14 +453,23 @@ class StepProcessor:
     """Turn force-plate (and IMU) chunks into step records (``labsuite.steps.STEP_DTYPE``).
 
     Feed each belt with :meth:`feed_plate` (plate channels) or :meth:`feed_lab` (lab-frame GRF and
-    COP), each IMU with :meth:`feed_imu`; each call returns the steps completed so far (possibly
-    none). :meth:`flush` releases what is left at the end of a recording.
+    COP), each IMU with :meth:`feed_imu`; each call returns the records completed so far (possibly
+    none: then always the same empty, read-only array). :meth:`flush` releases what is left at the
+    end of a recording.
+
+    By default every record is a full step record (``record_kind`` 0), each sent once its
+    cross-over check is settled. With ``early_records=True`` (live feedback) a contact is also
+    sent early, at the end of its impact window, its full record goes out as soon as its data are
+    in, and a cross-over found later comes as a ``correction`` (``withdrawn`` for an early record
+    that was no step); see :mod:`labsuite.steps`. The full records, corrections applied
+    (:func:`labsuite.steps.apply_records`), are the same either way and for any chunking.
     """
 
-    def __init__(self, settings: ProcessorSettings) -> None:
+    def __init__(self, settings: ProcessorSettings, *, early_records: bool = False) -> None:
         if not isinstance(settings, ProcessorSettings):
             raise ConfigError("StepProcessor: expected ProcessorSettings")
         self.settings = settings
+        self.early_records = bool(early_records)
         self._sos, gd = design_lowpass(settings)
         self._delay = round(gd)
         self._bw_n: float | None = (settings.body_weight_n if settings.body_weight_n
@@ -402,21 +483,40 @@ class StepProcessor:
     def reset(self) -> None:
         """Forget all stream state (filters, contacts, histories); body weight is kept."""
         s = self.settings
-        self._belts = {p.belt: _Belt(p, s, self._sos, self._delay) for p in s.plates}
+        self._belts = {p.belt: _Belt(p, s, self._sos, self._delay, i, self.early_records)
+                       for i, p in enumerate(sorted(s.plates, key=lambda p: PLATE_BELTS.index(p.belt)))}
         self._imu: dict[str, list[Any]] = {
             side: [np.zeros(1 << 14), np.zeros(1 << 14), 0, -math.inf] for side in s.imu_sides}
         self._pending: list[tuple[float, int, _Contact]] = []
         self._seq = 0
-        self._last_strike: dict[int, float] = {}
-        self._step_times: deque[float] = deque(maxlen=s.cadence_window_steps)
+        self._t_first = -math.inf  # first timestamp of any plate
+        self._fin = np.full(K.finalize_state_size(s.cadence_window_steps,
+                                                  s.symmetry_window_steps), 0.0)
+        self._fin[:2] = np.nan  # last strike of each foot
+        self._snap = self._fin.copy()
+        self._last_final: _Contact | None = None
+        self._last_foot: tuple[int, float] = (-1, math.nan)
+        self._early_q: deque[tuple[float, str, float, np.ndarray, _Belt]] = deque()
+        self._early_open: dict[float, float] = {}  # step id -> strike of early records sent
+        self._unsent: deque[_Contact] = deque()
+        self._out = np.empty((64, _NF))
+        self._n_out = 0
+        self._mbuf = np.empty(K.N_METRICS)
         self._alt: tuple[int, float, float, float] = (0, 0.0, math.nan, math.nan)
         self._alt_next = self._alt
-        self._sym: dict[int, dict[str, deque[float]]] = {
-            f: {name: deque(maxlen=s.symmetry_window_steps) for _, name in _SYMMETRY_FIELDS}
-            for f in (FOOT_LEFT, FOOT_RIGHT)}
         self._bf_min: tuple[float, float, float] | None = None
         self._bf_open: dict[int, tuple[float, float, float]] = {}
         self.bad_runs: list[BadRun] = []
+        self._set_limits()
+
+    def _set_limits(self) -> None:
+        s = self.settings
+        limit = s.max_force_bw * float(self._bw_n) if self._bw_n else math.inf
+        if s.plate_rated_force_n is not None:
+            limit = min(limit, s.plate_rated_force_n)
+        self._max_f = limit
+        for b in self._belts.values():
+            b.set_limits(s, limit, float(self._bw_n) if self._bw_n else math.nan)
 
     @property
     def filter_delay_s(self) -> float:
@@ -433,6 +533,7 @@ class StepProcessor:
         if not (math.isfinite(weight_n) and weight_n > 0):
             raise ConfigError(f"body weight: expected a force > 0 N, got {weight_n!r}")
         self._bw_n = float(weight_n)
+        self._set_limits()
 
     def set_belt_speed(self, speed_m_s: float | None) -> None:
         """Set the belt speed (m/s) used for step length; None leaves step length NaN."""
@@ -472,18 +573,38 @@ class StepProcessor:
 
     # ---- input --------------------------------------------------------------------------------
     def feed_plate(self, belt: str, timestamps: np.ndarray, channels: np.ndarray) -> np.ndarray:
-        """Feed plate output (n, 6) Fx Fy Fz (N) Mx My Mz (N·m), plate frame; return new steps."""
-        b = self._belt(belt)
-        ts = self._check_times(belt, timestamps)
-        ch = self._check_channels(belt, ts, channels)
+        """Feed plate output (n, 6) Fx Fy Fz (N) Mx My Mz (N·m), plate frame; return new records.
+
+        Live calls pass float64 timestamps and float32 or float64 C-contiguous channels as they
+        come from the streams; those are used as they are (no copy, checks of a few attribute
+        reads; non-finite timestamps are found by the kernel before it changes any state).
+        """
+        b = self._belts.get(belt)
+        if b is None:
+            b = self._belt(belt)
+        ts = timestamps
+        if not (type(ts) is np.ndarray and ts.dtype is _F64 and ts.ndim == 1
+                and ts.flags.c_contiguous):
+            ts = self._check_times(belt, timestamps)
+        ch = channels
+        if not (type(ch) is np.ndarray and (ch.dtype is _F64 or ch.dtype is _F32) and ch.ndim == 2
+                and ch.shape[1] == 6 and ch.shape[0] == ts.shape[0] and ch.flags.c_contiguous):
+            ch = self._check_channels(belt, ts, channels)
         if self._bw_n is None:
             raise ConfigError("body weight unknown: give ProcessorSettings.body_mass_kg or "
                               "body_weight_n, or call measure_body_weight/set_body_weight_n first")
-        out: list[np.ndarray] = []
-        for start in range(0, len(ts), _BLOCK):
-            self._run_block(b, ts[start:start + _BLOCK], ch[start:start + _BLOCK])
-            out.append(self._release())
-        return _concat(out)
+        n = ts.shape[0]
+        if n <= _BLOCK:
+            self._run_block(b, ts, ch, 0)
+            if self._pending or self._early_q or self._unsent:
+                self._release()
+        else:
+            self._check_times(belt, ts)  # all of them before any block changes state
+            for start in range(0, n, _BLOCK):
+                self._run_block(b, ts[start:start + _BLOCK], ch[start:start + _BLOCK], start)
+                if self._pending or self._early_q or self._unsent:
+                    self._release()
+        return self._take() if self._n_out else _EMPTY
 
     def feed_lab(self, belt: str, timestamps: np.ndarray, grf_lab: np.ndarray,
                  cop_lab: np.ndarray | None = None) -> np.ndarray:
@@ -500,7 +621,7 @@ class StepProcessor:
         return self.feed_plate(belt, timestamps, ch)
 
     def feed_imu(self, side: str, timestamps: np.ndarray, data: np.ndarray) -> np.ndarray:
-        """Feed a tibial IMU (n, 6) ax ay az (m/s², ax along the tibia) gx gy gz; return new steps."""
+        """Feed a tibial IMU (n, 6) ax ay az (m/s², ax along the tibia) gx gy gz; return new records."""
         if side not in self._imu:
             raise ConfigError(f"IMU side {side!r}: not in ProcessorSettings.imu_sides "
                               f"{self.settings.imu_sides}")
@@ -521,25 +642,30 @@ class StepProcessor:
                                    ax[start:start + cap // 2])
         if len(ts):
             st[3] = float(ts[-1])
-        return self._release()
+        if self._pending or self._early_q or self._unsent:
+            self._release()
+        return self._take() if self._n_out else _EMPTY
 
     def flush(self) -> np.ndarray:
-        """Release every step still waiting (end of a recording); contacts still open are dropped."""
+        """Release every record still waiting (end of a recording).
+
+        Contacts still open are dropped (an early record of theirs is withdrawn).
+        """
         for b in self._belts.values():
             if b.istate[K.I_BAD_WHY]:
                 k0, k1 = int(b.istate[K.I_BAD_K0]), b.n_seen - 1
                 self._add_bad_run(b, k0, k1, int(b.istate[K.I_BAD_WHY]))
                 b.istate[K.I_BAD_WHY] = 0
-        return self._release(final=True)
+        self._release(final=True)
+        for sid, strike in list(self._early_open.items()):
+            self._withdraw(sid, strike)
+        self._release(final=True)
+        return self._take() if self._n_out else _EMPTY
 
     @property
     def max_force_n(self) -> float:
         """Largest plausible force magnitude (N): ``max_force_bw`` BW, or the plate's rated range."""
-        s = self.settings
-        limit = s.max_force_bw * float(self._bw_n) if self._bw_n else math.inf
-        if s.plate_rated_force_n is not None:
-            limit = min(limit, s.plate_rated_force_n)
-        return limit
+        return self._max_f
 
     # ---- internals ----------------------------------------------------------------------------
     def _belt(self, belt: str) -> _Belt:
@@ -576,18 +702,24 @@ class StepProcessor:
                                   f"{('Fx', 'Fy', 'Fz', 'Mx', 'My', 'Mz')[col]}: not a finite number")
         return ch
 
-    def _run_block(self, b: _Belt, ts: np.ndarray, ch: np.ndarray) -> None:
-        s = self.settings
-        max_f = self.max_force_n
-        n_ev = K._plate_chunk(ts, ch, b.rot, b.centre, b.origin, b.sos, b.zi, b.zi_unit,
-                              b.sos.shape[0] > 0, b.istate, b.fstate, b.ring_t, b.ring_raw,
-                              b.ring_filt, float(s.contact_on_n), float(s.contact_off_n),
-                              float(s.strike_threshold_n), float(s.toe_off_threshold_n), max_f,
-                              max_f * b.lever_m, b.lookback, s.butterfly,
-                              float(s.butterfly_min_ap_m), b.events)
-        if len(ts):
+    def _run_block(self, b: _Belt, ts: np.ndarray, ch: np.ndarray, start: int) -> None:
+        n_ev = K._plate_chunk(ts, ch, *b.kargs)
+        if n_ev < 0:
+            raise DeviceError(f"{b.belt} timestamps: sample {start - 1 - n_ev} is not a finite "
+                              "number")
+        if ts.shape[0]:
+            if b.last_t == -math.inf and self._t_first == -math.inf:
+                self._t_first = float(ts[0])
             b.last_t = float(ts[-1])
-        for row in b.events[:n_ev]:
+        if n_ev:
+            self._events(b, b.events[:n_ev].tolist())
+        # contacts whose filtered (delayed) samples are all in
+        while b.awaiting and b.awaiting[0][4] + self._delay < b.n_seen:
+            self._make_contact(b, *b.awaiting.pop(0))
+
+    def _events(self, b: _Belt, rows: list[list[float]]) -> None:
+        s = self.settings
+        for row in rows:
             kind = row[0]
             if kind == K.EV_BAD:
                 self._add_bad_run(b, int(row[3]), int(row[1]), int(row[4]))
@@ -598,56 +730,96 @@ class StepProcessor:
                 continue
             if kind == K.EV_START:
                 b.open_start = (None if row[4] else
-                                (int(row[1]), float(row[2]), int(row[3]), float(row[5])))
+                                (int(row[1]), row[2], int(row[3]), row[5], b.new_id()))
+            elif kind == K.EV_EARLY and b.open_start is not None:
+                self._make_early(b, row, b.open_start)
             elif kind == K.EV_END and b.open_start is not None:
-                k_on, strike, k_first, floor = b.open_start
+                k_on, strike, k_first, floor, sid = b.open_start
                 b.open_start = None
-                toe = float(row[2])
+                toe = row[2]
                 if s.min_contact_s <= toe - strike <= s.max_contact_s:
-                    b.awaiting.append((k_on, strike, k_first, floor, int(row[3]), toe, int(row[1])))
-                    b.seen_contacts.append((strike, toe))
-        # contacts whose filtered (delayed) samples are all in
-        while b.awaiting and b.awaiting[0][4] + self._delay < b.n_seen:
-            self._make_contact(b, *b.awaiting.pop(0))
+                    b.awaiting.append((k_on, strike, k_first, floor, int(row[3]), toe,
+                                       int(row[1]), sid))
+                elif sid in self._early_open:
+                    self._withdraw(sid, strike)
 
     def _add_bad_run(self, b: _Belt, k0: int, k1: int, why: int) -> None:
         reasons = [text for bit, text in ((K.BAD_NONFINITE, "not a finite number"),
                                           (K.BAD_RANGE, "beyond the plausible range")) if why & bit]
         self.bad_runs.append(BadRun(b.belt, k0, k1, b.t_at(k0), b.t_at(k1), " and ".join(reasons)))
 
-    def _make_contact(self, b: _Belt, k_on: int, strike: float, k_first: int, floor: float,
-                      k_last: int, toe: float, k_end: int) -> None:
+    def _make_early(self, b: _Belt, row: list[float],
+                    open_start: tuple[int, float, int, float, float]) -> None:
+        """The early record of the open contact, whose impact window the kernel just decided."""
         s = self.settings
         d = self._delay
-        n = k_last - k_first + 1
-        filt = np.empty((n, 5))
-        tw = np.empty(n)
-        K._ring_window(b.ring_filt, k_first + d, k_last + d, filt)
-        K._ring_window(b.ring_t, k_first, k_last, tw)
+        _, strike, k_first, _, sid = open_start
+        k_dec, t_dec, status, expected = int(row[1]), row[2], row[3], row[5]
+        lo = max(k_first - 1 - self._settle, 0, b.n_seen - b.cap)
+        if K._bad_between(b.ring_raw, lo, k_dec):
+            return  # its full record will be marked invalid
+        r = np.full(_NF, np.nan)
+        r[_C_KIND] = RECORD_EARLY
+        r[_C_ID] = sid
+        r[_C_STRIKE] = strike
+        if status == K.EARLY_PEAK:
+            bw = float(self._bw_n)  # type: ignore[arg-type]
+            m = self._mbuf
+            K._window_metrics(b.ring_t, b.ring_filt, b.scratch, k_first, k_dec - d - k_first + 1, d,
+                              float(s.rate_hz), strike, strike + expected, s.impact_frac,
+                              s.impact_min_bw * bw, s.impact_drop_bw * bw, s.mode == "run",
+                              s.cop_min_bw * bw, max(1, round(s.cop_bin_s * s.rate_hz)), math.nan,
+                              math.nan, float(s.toe_cop_frac), m)
+            r[_C_IMPACT] = m[K.M_IMPACT] / bw
+            r[_C_IMPACT_T] = m[K.M_IMPACT_T]
+            r[_C_VALR] = m[K.M_VALR] / bw
+            r[_C_VILR] = m[K.M_VILR] / bw
+            r[_C_METHOD] = m[K.M_METHOD]
+        if s.layout == "split":
+            foot = FOOT_LEFT if b.belt == "left" else FOOT_RIGHT
+        else:
+            # feet alternate: the other foot than the step before, if it was the one just before
+            last, last_strike = self._last_foot
+            foot = 1 - last if last >= 0 and 0 < strike - last_strike <= s.max_step_s else -1
+        side = ""
+        if foot >= 0:
+            r[_C_FOOT] = foot
+            if IMU_SIDES[foot] in self._imu:
+                side = IMU_SIDES[foot]
+        self._early_q.append((min(strike + s.tibial_window_s, t_dec), side, strike, r, b))
+        self._early_open[sid] = strike
+
+    def _withdraw(self, sid: float, strike: float) -> None:
+        r = np.full(_NF, np.nan)
+        r[_C_KIND] = RECORD_WITHDRAWN
+        r[_C_ID] = sid
+        r[_C_STRIKE] = strike
+        self._early_q.append((-math.inf, "", strike, r, next(iter(self._belts.values()))))
+        del self._early_open[sid]
+
+    def _make_contact(self, b: _Belt, k_on: int, strike: float, k_first: int, floor: float,
+                      k_last: int, toe: float, k_end: int, sid: float) -> None:
+        s = self.settings
+        d = self._delay
         # bad samples anywhere the events or the filtered window could have seen them
         lo = max(k_first - 1 - self._settle, 0, b.n_seen - b.cap)
-        flags = np.empty((k_last + d - lo + 1, 4))
-        K._ring_window(b.ring_raw, lo, k_last + d, flags)
-        invalid = bool(np.any(flags[:, 3] != 0.0))
+        invalid = bool(K._bad_between(b.ring_raw, lo, k_last + d))
         if s.onset_power > 0 and not invalid:
             strike, toe = self._refine_edges(b, k_first, k_last, k_end, floor, strike, toe)
         metrics = np.empty(K.N_METRICS)
         bw = float(self._bw_n)  # type: ignore[arg-type]
         speed = math.nan if self._belt_speed is None else float(self._belt_speed)
         foot = math.nan if s.foot_length_m is None else float(s.foot_length_m)
-        K._contact_metrics(np.ascontiguousarray(filt[:, 2]), np.ascontiguousarray(filt[:, 0]),
-                           np.ascontiguousarray(filt[:, 3]), np.ascontiguousarray(filt[:, 4]),
-                           float(s.rate_hz), b.t_at(k_first), strike, toe, s.impact_frac,
-                           s.impact_min_bw * bw, s.impact_drop_bw * bw, s.mode == "run",
-                           s.cop_min_bw * bw, max(1, round(s.cop_bin_s * s.rate_hz)), speed, foot,
-                           float(s.toe_cop_frac), metrics)
+        K._window_metrics(b.ring_t, b.ring_filt, b.scratch, k_first, k_last - k_first + 1, d,
+                          float(s.rate_hz), strike, toe, s.impact_frac, s.impact_min_bw * bw,
+                          s.impact_drop_bw * bw, s.mode == "run", s.cop_min_bw * bw,
+                          max(1, round(s.cop_bin_s * s.rate_hz)), speed, foot,
+                          float(s.toe_cop_frac), metrics)
+        # out as soon as its data are in: a cross-over found later is a correction
         ready = max(toe + (d + 2) / s.rate_hz, b.t_at(k_last + d))
-        if s.layout == "split":
-            # wait until the other belt can tell whether this was a cross-over step
-            ready = max(ready, max(toe, strike + s.min_contact_s) + s.crossover_window_s + 0.05)
         contact = _Contact(b.belt, strike, toe, ready, metrics=metrics,
                            cop_strike=(float(metrics[K.M_COP_X]), float(metrics[K.M_COP_Y])),
-                           invalid=invalid)
+                           invalid=invalid, step_id=sid)
         self._enqueue(contact)
 
     def _refine_edges(self, b: _Belt, k_first: int, k_last: int, k_end: int, floor: float,
@@ -698,7 +870,8 @@ class StepProcessor:
                 return K._crossing_time(b.t_at(k0 + j), a, b.t_at(k0 + j + 1), c, floor)
         return math.nan
 
-    def _butterfly_event(self, b: _Belt, row: np.ndarray) -> None:
+
+    def _butterfly_event(self, b: _Belt, row: list[float]) -> None:
         s = self.settings
         k = int(row[1])
         t = b.t_at(k - self._delay)
@@ -717,7 +890,7 @@ class StepProcessor:
             strike, cx, cy = self._bf_open.pop(other)
             if s.min_contact_s <= t - strike <= s.max_contact_s:
                 contact = _Contact(b.belt, strike, t, b.t_at(int(row[5])), foot=other,
-                                   cop_strike=(cx, cy))
+                                   cop_strike=(cx, cy), step_id=b.new_id())
                 self._enqueue(contact)
         self._bf_open[foot] = (t_min, x_min, y_min)
 
@@ -728,8 +901,9 @@ class StepProcessor:
 
     def _watermark(self) -> float:
         # A belt whose stream lags the others by more than plate_max_lag_s of data time (a dead
-        # driver) stops holding back the steps of the others.
-        times = [b.last_t for b in self._belts.values()]
+        # driver) stops holding back the steps of the others. A belt not heard from yet counts as
+        # being at the first sample of any belt: it holds the others back until it is that late.
+        times = [b.last_t if b.last_t > -math.inf else self._t_first for b in self._belts.values()]
         lead = max(times)
         live = [t for t in times if t >= lead - self.settings.plate_max_lag_s]
         return min(live)
@@ -738,9 +912,23 @@ class StepProcessor:
         need = min(c.strike_s + self.settings.tibial_window_s, c.toe_off_s)
         return final or self._imu[side][3] >= need or w >= need + self.settings.imu_max_lag_s
 
-    def _release(self, final: bool = False) -> np.ndarray:
+    def _release(self, final: bool = False) -> None:
+        """Move what is ready to the output: early records, full records, settled records."""
+        s = self.settings
+        q = self._early_q
+        while q:
+            need, side, strike, r, b = q[0]
+            if side:
+                st = self._imu[side]
+                if not (final or st[3] >= need or b.last_t >= need + s.imu_max_lag_s):
+                    break
+                r[_C_TIBIAL] = K._ring_max_between(st[0], st[1], st[2], strike - _TIBIAL_PRE_S,
+                                                   need) / GRAVITY_M_S2
+            q.popleft()
+            self._emit(r)
+        if not (self._pending or self._unsent):
+            return
         w = math.inf if final else self._watermark()
-        out = []
         while self._pending and self._pending[0][0] <= w:
             c = self._pending[0][2]
             foot = self._foot_of(c)
@@ -748,10 +936,22 @@ class StepProcessor:
             if side in self._imu and not self._imu_ready(c, side, w, final):
                 break
             self._pending.pop(0)
-            out.append(self._finalize(c, foot))
-        if not out:
-            return empty_steps(0)
-        return np.array([tuple(r[n] for n in STEP_FIELD_NAMES) for r in out], dtype=STEP_DTYPE)
+            self._finalize(c, foot)
+        while self._unsent and (final or self._settled(self._unsent[0], w)):
+            c = self._unsent.popleft()
+            c.sent = True
+            self._emit(c.row)  # type: ignore[arg-type]
+
+    def _emit(self, row: np.ndarray) -> None:
+        if self._n_out == len(self._out):
+            self._out = np.concatenate([self._out, np.empty_like(self._out)])
+        self._out[self._n_out] = row
+        self._n_out += 1
+
+    def _take(self) -> np.ndarray:
+        n = self._n_out
+        self._n_out = 0
+        return self._out[:n].copy().view(STEP_DTYPE).reshape(n)
 
     def _foot_of(self, c: _Contact) -> int:
         if c.foot >= 0:
@@ -779,83 +979,94 @@ class StepProcessor:
         self._alt_next = (n, evidence, c.strike_s, y)
         return FOOT_LEFT if left else FOOT_RIGHT
 
-    def _is_crossover(self, c: _Contact) -> bool:
-        s = self.settings
-        if s.layout != "split":
-            return False
-        other = self._belts["right" if c.belt == "left" else "left"]
-        win = s.crossover_window_s
-        for strike, toe in other.seen_contacts:
-            if abs(strike - c.strike_s) <= win or abs(toe - c.toe_off_s) <= win:
-                return True
-        if other.open_start is not None:
-            strike = other.open_start[1]
-            if abs(strike - c.strike_s) <= win:
-                return True
-        return False
+    def _other(self, c: _Contact) -> _Belt:
+        return self._belts["right" if c.belt == "left" else "left"]
 
-    def _finalize(self, c: _Contact, foot: int) -> dict[str, float]:
+    def _finalize(self, c: _Contact, foot: int) -> None:
+        """The full record of ``c``; a cross-over partner finalized before it gets a correction.
+
+        A contact is a cross-over when a contact of the other belt finalized before it has its
+        strike or toe-off within ``crossover_window_s`` of its own (finalizing goes in order of
+        readiness, so the later of the two finds the earlier, whatever the chunking).
+        """
         s = self.settings
-        bw = float(self._bw_n)  # type: ignore[arg-type]
-        # a plain dict per step: numpy structured-scalar item assignment costs ~1 µs per field
-        r = dict(_NAN_ROW)
-        m = c.metrics
-        crossover = self._is_crossover(c)
-        r["foot"] = float(foot) if foot >= 0 else math.nan
-        r["strike_s"] = c.strike_s
-        r["toe_off_s"] = c.toe_off_s
-        r["contact_s"] = c.toe_off_s - c.strike_s
-        r["crossover"] = 1.0 if crossover else 0.0
-        r["invalid"] = 1.0 if c.invalid else 0.0
-        r["cop_strike_x_m"], r["cop_strike_y_m"] = c.cop_strike
-        if s.layout == "single" and s.mode == "run" and not math.isnan(c.cop_strike[1]):
+        crossover = False
+        if s.layout == "split":
+            win = s.crossover_window_s
+            for p in self._other(c).finalized:
+                if abs(p.strike_s - c.strike_s) <= win or abs(p.toe_off_s - c.toe_off_s) <= win:
+                    crossover = True
+                    if not p.crossover:
+                        self._correct(p)
+        elif s.mode == "run" and not math.isnan(c.cop_strike[1]):
             self._alt = self._alt_next
-        if crossover or foot < 0 or c.invalid:
-            if c.invalid and not crossover and foot >= 0:
-                # its timing stands (bad samples do not move a crossing by more than a sample), so
-                # the next steps keep their step times; its metrics are not averaged anywhere
-                self._last_strike[foot] = c.strike_s
-            return r
-        r["peak_vgrf_bw"] = m[K.M_PEAK] / bw
-        r["impact_peak_bw"] = m[K.M_IMPACT] / bw
-        r["impact_peak_s"] = m[K.M_IMPACT_T]
-        r["valr_bw_per_s"] = m[K.M_VALR] / bw
-        r["vilr_bw_per_s"] = m[K.M_VILR] / bw
-        r["loading_rate_method"] = m[K.M_METHOD]
-        r["braking_impulse_bw_s"] = m[K.M_BRAKE] / bw
-        r["propulsive_impulse_bw_s"] = m[K.M_PROP] / bw
-        r["cop_path_m"] = m[K.M_PATH]
-        r["strike_index_pct"] = m[K.M_SI]
-        r["strike_pattern"] = strike_pattern_code(m[K.M_SI])
-        side = IMU_SIDES[foot]
-        if side in self._imu:
+        c.crossover = crossover
+        c.foot_out = foot
+        self._snap[:] = self._fin
+        self._last_final = c
+        tibial = math.nan
+        side = IMU_SIDES[foot] if foot >= 0 else ""
+        if side in self._imu and not (crossover or c.invalid):
             st = self._imu[side]
             hi = min(c.strike_s + s.tibial_window_s, c.toe_off_s)
-            r["tibial_peak_g"] = K._ring_max_between(st[0], st[1], st[2], c.strike_s - _TIBIAL_PRE_S,
-                                                     hi) / GRAVITY_M_S2
-        prev_other = self._last_strike.get(1 - foot)
-        if prev_other is not None and 0 < c.strike_s - prev_other <= s.max_step_s:
-            r["step_s"] = c.strike_s - prev_other
-            self._step_times.append(r["step_s"])
-        prev_same = self._last_strike.get(foot)
-        if prev_same is not None and 0 < c.strike_s - prev_same <= 2 * s.max_step_s:
-            r["stride_s"] = c.strike_s - prev_same
-        self._last_strike[foot] = c.strike_s
-        if self._step_times:
-            r["cadence_spm"] = 60.0 * len(self._step_times) / sum(self._step_times)
-        if self._belt_speed is not None and math.isfinite(r["step_s"]):
-            r["step_length_m"] = self._belt_speed * r["step_s"]
-        for _, name in _SYMMETRY_FIELDS:
-            v = r[name]
-            if math.isfinite(v):
-                self._sym[foot][name].append(v)
-        for si_name, name in _SYMMETRY_FIELDS:
-            left, right = self._sym[FOOT_LEFT][name], self._sym[FOOT_RIGHT][name]
-            if left and right:
-                lm, rm = sum(left) / len(left), sum(right) / len(right)
-                if lm + rm != 0:
-                    r[si_name] = 100.0 * (lm - rm) / (0.5 * (lm + rm))
-        return r
+            tibial = K._ring_max_between(st[0], st[1], st[2], c.strike_s - _TIBIAL_PRE_S,
+                                         hi) / GRAVITY_M_S2
+        c.row = self._full_row(c, foot, crossover, tibial)
+        if s.layout == "split":
+            self._belts[c.belt].finalized.append(c)
+        if foot >= 0:
+            self._last_foot = (foot, c.strike_s)
+        self._early_open.pop(c.step_id, None)
+        if self.early_records or s.layout != "split":
+            c.sent = True
+            self._emit(c.row)
+        else:
+            self._unsent.append(c)
+
+    def _full_row(self, c: _Contact, foot: int, crossover: bool, tibial: float) -> np.ndarray:
+        s = self.settings
+        row = np.empty(_NF)
+        K._finalize_row(row, _R_COLS, self._fin, s.cadence_window_steps, s.symmetry_window_steps,
+                        foot, c.strike_s, c.toe_off_s, crossover, c.invalid, c.cop_strike[0],
+                        c.cop_strike[1], c.metrics, float(self._bw_n),  # type: ignore[arg-type]
+                        tibial, math.nan if self._belt_speed is None else float(self._belt_speed),
+                        float(s.max_step_s), STRIKE_INDEX_CUTOFFS_PCT[0],
+                        STRIKE_INDEX_CUTOFFS_PCT[1], c.step_id)
+        return row
+
+    def _correct(self, p: _Contact) -> None:
+        """``p`` (finalized, not a cross-over) turned out to be one: redo its record."""
+        if self._last_final is p:
+            # nothing was finalized since: take back what it added to step times and symmetry
+            self._fin[:] = self._snap
+            self._last_final = None
+        p.crossover = True
+        p.row = self._full_row(p, p.foot_out, True, math.nan)
+        if p.sent:
+            fix = p.row.copy()
+            fix[_C_KIND] = RECORD_CORRECTION
+            self._emit(fix)
+
+    def _settled(self, c: _Contact, w: float) -> bool:
+        """True once no contact of the other belt can still turn ``c`` into a cross-over."""
+        s = self.settings
+        win = s.crossover_window_s
+        if w < c.toe_off_s + win + (self._delay + 3) / s.rate_hz:
+            return False
+        other = self._other(c)
+        lead = max(b.last_t for b in self._belts.values())
+        if max(other.last_t, self._t_first) >= lead - s.plate_max_lag_s:
+            o = other.open_start
+            if o is not None and abs(o[1] - c.strike_s) <= win:
+                return False
+            for a in other.awaiting:
+                if abs(a[1] - c.strike_s) <= win or abs(a[5] - c.toe_off_s) <= win:
+                    return False
+        for _, _, p in self._pending:
+            if p.belt == other.belt and (abs(p.strike_s - c.strike_s) <= win
+                                         or abs(p.toe_off_s - c.toe_off_s) <= win):
+                return False
+        return True
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
