@@ -31,7 +31,7 @@ class NaivePlate:
         self.toe_n = off_n if toe_n is None else toe_n
         self.max_f, self.max_m = max_f_n, max_m_nm
         self.bf_on, self.bf_h = bf_on, bf_h
-        self.t, self.raw, self.filt = [], [], []  # every sample: time, (vz, copx, copy, bad), (gx..copy)
+        self.t, self.raw, self.filt = [], [], []  # every sample: time, (vz, bad), (gx..copy)
         self.flight = []  # raw vertical force of every flight sample so far
         self.in_contact = False
         self.k_on = 0
@@ -103,7 +103,7 @@ class NaivePlate:
         self.t.append(t)
         why = self._why_bad(x)
         if why:
-            self.raw.append((math.nan, math.nan, math.nan, float(why)))
+            self.raw.append((math.nan, float(why)))
             self.filt.append((math.nan,) * 5)
             self.zi = None  # the filter restarts at the next good sample
             first, bits = self.bad_run or (k, 0)
@@ -114,9 +114,9 @@ class NaivePlate:
             self.events.append((5.0, k - 1, self.t[k - 1], first, float(bits), 0.0))
             self.bad_run = None
         f = self._filter(x)
-        g, cx, cy = self._lab(x, self.on)
+        g, _, _ = self._lab(x, self.on)
         gf, fx, fy = self._lab(f, self.off)
-        self.raw.append((g[2], cx, cy, 0.0))
+        self.raw.append((g[2], 0.0))
         self.filt.append((gf[0], gf[1], gf[2], fx, fy))
         v = g[2]
         vr = [r[0] for r in self.raw]

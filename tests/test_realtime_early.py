@@ -48,7 +48,7 @@ def _kernel_events(ts, ch, rot, centre, sos, eparams, chunk):
     istate = np.zeros(K.N_ISTATE, dtype=np.int64)
     fstate = np.full(K.N_FSTATE, np.nan)
     fstate[[K.F_NZ_N, K.F_NZ_MEAN, K.F_NZ_M2]] = 0.0
-    rings = np.zeros(n), np.zeros((n, 4)), np.zeros((n, 5))
+    rings = np.zeros(n), np.zeros((n, 2)), np.zeros((n, 5))
     buf = np.zeros((3 * chunk + 8, K.EVENT_COLS))
     events = []
     for start in range(0, n, chunk):

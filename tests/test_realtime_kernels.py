@@ -34,7 +34,7 @@ def _run_kernel(ts, ch, rot, centre, origin, sos, on_n=50.0, off_n=25.0, lookbac
     fstate = np.full(K.N_FSTATE, np.nan)
     fstate[[K.F_NZ_N, K.F_NZ_MEAN, K.F_NZ_M2]] = 0.0
     ring_t = np.zeros(n)
-    ring_raw = np.zeros((n, 4))
+    ring_raw = np.zeros((n, 2))
     ring_filt = np.zeros((n, 5))
     events = []
     buf = np.zeros((3 * chunk + 8, K.EVENT_COLS))
@@ -109,10 +109,12 @@ def test_kernel_geometry_matches_geometry_module():
     origin = (0.02, 0.01, -0.035)
     t, grf, cop = _synthetic_run(seconds=1.0)
     ch = lab_to_plate(grf, np.where(grf[:, 2:3] > 1, cop, np.nan), np.zeros(len(t)), corners, origin)
-    _, ring_raw, _, _ = _run_kernel(t, ch, rot, centre, origin, np.zeros((0, 6)))
-    g, c, _ = plate_to_lab(ch, corners, origin, threshold_n=50.0)
+    _, ring_raw, ring_filt, _ = _run_kernel(t, ch, rot, centre, origin, np.zeros((0, 6)))
+    g, c, _ = plate_to_lab(ch, corners, origin, threshold_n=25.0)
     np.testing.assert_allclose(ring_raw[:, 0], g[:, 2], rtol=1e-12)
-    np.testing.assert_allclose(ring_raw[:, 1:3], c, rtol=1e-12, atol=1e-12)
+    # unfiltered, the "filtered" columns are the raw sample's GRF and COP (blanked below 25 N)
+    np.testing.assert_allclose(ring_filt[:, :3], g, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(ring_filt[:, 3:5], c, rtol=1e-12, atol=1e-12)
 
 
 def test_butterfly_events_match_twin():

@@ -44,8 +44,8 @@ BAD_RANGE = 2
 N_ISTATE = 11
 N_FSTATE = 15
 
-# ring_raw columns: raw vertical GRF (N), raw COP x, y (m, NaN below the on threshold), bad-sample
-# reason bits (0 for a good sample; a bad sample's force and COP are NaN)
+# ring_raw columns: raw vertical GRF (N), bad-sample reason bits (0 for a good sample; a bad
+# sample's force is NaN)
 # ring_filt columns: filtered GRF x, y, z (N), filtered COP x, y (m, NaN below the off threshold)
 
 
@@ -190,9 +190,8 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
                 istate[I_BAD_K0] = k
             istate[I_BAD_WHY] |= why
             istate[I_INIT] = 0  # restart the filter after the bad run
-            for j in range(3):
-                ring_raw[pos, j] = np.nan
-            ring_raw[pos, 3] = why
+            ring_raw[pos, 0] = np.nan
+            ring_raw[pos, 1] = why
             for j in range(5):
                 ring_filt[pos, j] = np.nan
             istate[I_SEEN] = k + 1
@@ -226,32 +225,24 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
         else:
             for j in range(6):
                 filt[j] = raw[j]
-        # ---- geometry (see geometry.plate_to_lab): raw and filtered
-        for which in range(2):
-            src = raw if which == 0 else filt
-            gx = -(rot[0, 0] * src[0] + rot[0, 1] * src[1] + rot[0, 2] * src[2])
-            gy = -(rot[1, 0] * src[0] + rot[1, 1] * src[1] + rot[1, 2] * src[2])
-            gz = -(rot[2, 0] * src[0] + rot[2, 1] * src[1] + rot[2, 2] * src[2])
-            thr = on_n if which == 0 else off_n
-            if gz >= thr:
-                px = (c * src[0] - src[4]) / src[2] - origin[0]
-                py = (src[3] + c * src[1]) / src[2] - origin[1]
-                cx = centre[0] + px * rot[0, 0] + py * rot[0, 1]
-                cy = centre[1] + px * rot[1, 0] + py * rot[1, 1]
-            else:
-                cx = np.nan
-                cy = np.nan
-            if which == 0:
-                ring_raw[pos, 0] = gz
-                ring_raw[pos, 1] = cx
-                ring_raw[pos, 2] = cy
-                ring_raw[pos, 3] = 0.0
-            else:
-                ring_filt[pos, 0] = gx
-                ring_filt[pos, 1] = gy
-                ring_filt[pos, 2] = gz
-                ring_filt[pos, 3] = cx
-                ring_filt[pos, 4] = cy
+        # ---- geometry (see geometry.plate_to_lab): the raw vertical force for the hysteresis; the
+        # filtered force and COP for the metrics
+        ring_raw[pos, 0] = -(rot[2, 0] * raw[0] + rot[2, 1] * raw[1] + rot[2, 2] * raw[2])
+        ring_raw[pos, 1] = 0.0
+        gx = -(rot[0, 0] * filt[0] + rot[0, 1] * filt[1] + rot[0, 2] * filt[2])
+        gy = -(rot[1, 0] * filt[0] + rot[1, 1] * filt[1] + rot[1, 2] * filt[2])
+        gz = -(rot[2, 0] * filt[0] + rot[2, 1] * filt[1] + rot[2, 2] * filt[2])
+        ring_filt[pos, 0] = gx
+        ring_filt[pos, 1] = gy
+        ring_filt[pos, 2] = gz
+        if gz >= off_n:
+            px = (c * filt[0] - filt[4]) / filt[2] - origin[0]
+            py = (filt[3] + c * filt[1]) / filt[2] - origin[1]
+            ring_filt[pos, 3] = centre[0] + px * rot[0, 0] + py * rot[0, 1]
+            ring_filt[pos, 4] = centre[1] + px * rot[1, 0] + py * rot[1, 1]
+        else:
+            ring_filt[pos, 3] = np.nan
+            ring_filt[pos, 4] = np.nan
         v = ring_raw[pos, 0]
         # ---- contact hysteresis on the raw vertical force
         if istate[I_IN_CONTACT] == 0:
@@ -647,7 +638,7 @@ def _bad_between(ring_raw, k0, k1):
     """True when a sample with global index k0..k1 (inclusive) was flagged bad."""
     cap = ring_raw.shape[0]
     for k in range(k0, k1 + 1):
-        if ring_raw[k % cap, 3] != 0.0:
+        if ring_raw[k % cap, 1] != 0.0:
             return True
     return False
 

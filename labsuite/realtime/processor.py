@@ -396,7 +396,7 @@ class _Belt:
         self.cap = math.ceil((settings.max_contact_s + 0.5) * rate) + self.lookback + delay \
             + 2 * _BLOCK
         self.ring_t = np.zeros(self.cap)
-        self.ring_raw = np.zeros((self.cap, 4))
+        self.ring_raw = np.zeros((self.cap, 2))
         self.ring_filt = np.zeros((self.cap, 5))
         self.scratch = np.empty((4, self.cap))
         self.istate = np.zeros(K.N_ISTATE, dtype=np.int64)
