@@ -12,7 +12,7 @@ file offline.
 COP columns use only samples whose vertical force is at least ``cop_min_bw`` body weights (0.1 BW
 by default, ProcessorSettings): below that the COP of a treadmill plate is dominated by noise.
 Readers of older files get NaN for columns added later (``strike_index_pct``, ``strike_pattern``,
-``invalid``, ``record_kind``, ``step_id``): every column here defaults to NaN.
+``invalid``, ``record_kind``, ``step_id``, ``decided_s``): every column here defaults to NaN.
 
 Record kinds (``record_kind``; docs/processing.md, "Record kinds"): live, a contact may be published
 more than once, every time under the same ``step_id``:
@@ -120,6 +120,8 @@ STEP_FIELDS: tuple[StepField, ...] = (
               "(replaces the record with this step_id), 3 withdrawn (that early record was no step)"),
     StepField("step_id", "id", "number of the contact, the same in all its records: per belt in "
               "order, left 0, 2, 4, ..., right 1, 3, 5, ... (a single plate 0, 1, 2, ...)"),
+    StepField("decided_s", "s", "timestamp of the newest plate sample this record depends on (the "
+              "one that decided it): record latency = arrival - decided_s"),
 )
 
 STEP_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in STEP_FIELDS)

@@ -229,7 +229,8 @@ def finalize_rows(contacts, cadence_n, symmetry_n, max_step_s, cutoffs):
     """Full step records (dicts) of finalized contacts in order, from the step-record definitions.
 
     ``contacts``: dicts with foot, strike, toe, crossover, invalid, cop_x, cop_y, metrics (dict of
-    :func:`contact_metrics` values in N units), bw, tibial, belt_speed (NaN unknown), step_id.
+    :func:`contact_metrics` values in N units), bw, tibial, belt_speed (NaN unknown), step_id,
+    decided (time of the deciding sample).
     """
     nan = math.nan
     last = {}
@@ -243,7 +244,7 @@ def finalize_rows(contacts, cadence_n, symmetry_n, max_step_s, cutoffs):
              "toe_off_s": c["toe"], "contact_s": c["toe"] - c["strike"],
              "crossover": 1.0 if c["crossover"] else 0.0, "invalid": 1.0 if c["invalid"] else 0.0,
              "cop_strike_x_m": c["cop_x"], "cop_strike_y_m": c["cop_y"], "record_kind": 0.0,
-             "step_id": c["step_id"]}
+             "step_id": c["step_id"], "decided_s": c["decided"]}
         out.append(r)
         foot = c["foot"]
         if c["crossover"] or foot < 0 or c["invalid"]:

@@ -134,7 +134,7 @@ def test_finalize_row_matches_twin_on_random_contacts():
              "cop_strike_x_m", "cop_strike_y_m", "cop_path_m", "tibial_peak_g", "step_length_m",
              "crossover", "si_contact_pct", "si_step_pct", "si_peak_vgrf_pct", "si_valr_pct",
              "si_vilr_pct", "si_tibial_peak_pct", "strike_index_pct", "strike_pattern",
-             "invalid", "record_kind", "step_id")
+             "invalid", "record_kind", "step_id", "decided_s")
     keys = ["peak", "impact", "impact_t", "valr", "vilr", "method", "brake", "prop", "path",
             "cop_x", "cop_y", "si", "bins"]
     contacts, rows = [], []
@@ -148,12 +148,13 @@ def test_finalize_row_matches_twin_on_random_contacts():
              "invalid": rng.random() < 0.05, "cop_x": rng.normal(), "cop_y": rng.normal(),
              "metrics": dict(zip(keys, m, strict=True)), "bw": 700.0,
              "tibial": float(rng.choice([np.nan, rng.uniform(2, 12)])),
-             "belt_speed": float(rng.choice([np.nan, 3.0])), "step_id": float(i)}
+             "belt_speed": float(rng.choice([np.nan, 3.0])), "step_id": float(i),
+             "decided": t + 0.5}
         contacts.append(c)
         row = np.empty(K.N_R)
         K._finalize_row(row, cols, fin, cw, sw, c["foot"], c["strike"], c["toe"], c["crossover"],
                         c["invalid"], c["cop_x"], c["cop_y"], m, 700.0, c["tibial"],
-                        c["belt_speed"], 2.0, *STRIKE_INDEX_CUTOFFS_PCT, float(i))
+                        c["belt_speed"], 2.0, *STRIKE_INDEX_CUTOFFS_PCT, float(i), t + 0.5)
         rows.append(row)
     ref = naive.finalize_rows(contacts, cw, sw, 2.0, STRIKE_INDEX_CUTOFFS_PCT)
     for row, r in zip(rows, ref, strict=True):

@@ -670,8 +670,8 @@ def _window_metrics(ring_t, ring_filt, scratch, k_first, n, d, rate_hz, strike_s
 (R_FOOT, R_STRIKE, R_TOE, R_CONTACT, R_STEP, R_STRIDE, R_CADENCE, R_PEAK, R_IMPACT, R_IMPACT_T,
  R_VALR, R_VILR, R_METHOD, R_BRAKE, R_PROP, R_COP_X, R_COP_Y, R_PATH, R_TIBIAL, R_LENGTH,
  R_CROSSOVER, R_SI_CONTACT, R_SI_STEP, R_SI_PEAK, R_SI_VALR, R_SI_VILR, R_SI_TIBIAL, R_SI,
- R_PATTERN, R_INVALID, R_KIND, R_ID) = range(32)
-N_R = 32
+ R_PATTERN, R_INVALID, R_KIND, R_ID, R_DECIDED) = range(33)
+N_R = 33
 # symmetry: the value column of each index, in the order of R_SI_CONTACT..R_SI_TIBIAL
 _SYM_OF = (R_CONTACT, R_STEP, R_PEAK, R_VALR, R_VILR, R_TIBIAL)
 N_SYM = 6
@@ -706,7 +706,7 @@ def _ring_push(fin, at, cap, v):
 @numba.njit(cache=True, nogil=True)
 def _finalize_row(row, cols, fin, cadence_n, symmetry_n, foot, strike_s, toe_off_s, crossover,
                   invalid, cop_x, cop_y, metrics, bw_n, tibial_g, belt_speed, max_step_s,
-                  si_cut_lo, si_cut_hi, step_id):
+                  si_cut_lo, si_cut_hi, step_id, decided_s):
     """Write the full step record of one contact into ``row`` and update the running state.
 
     ``fin`` holds what the steps before left behind: the last strike of each foot (NaN none),
@@ -728,6 +728,7 @@ def _finalize_row(row, cols, fin, cadence_n, symmetry_n, foot, strike_s, toe_off
     row[cols[R_COP_Y]] = cop_y
     row[cols[R_KIND]] = 0.0
     row[cols[R_ID]] = step_id
+    row[cols[R_DECIDED]] = decided_s
     if crossover or foot < 0 or invalid:
         if invalid and not crossover and foot >= 0:
             fin[foot] = strike_s

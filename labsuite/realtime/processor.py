@@ -63,13 +63,13 @@ _R_NAMES = ("foot", "strike_s", "toe_off_s", "contact_s", "step_s", "stride_s", 
             "cop_strike_x_m", "cop_strike_y_m", "cop_path_m", "tibial_peak_g", "step_length_m",
             "crossover", "si_contact_pct", "si_step_pct", "si_peak_vgrf_pct", "si_valr_pct",
             "si_vilr_pct", "si_tibial_peak_pct", "strike_index_pct", "strike_pattern", "invalid",
-            "record_kind", "step_id")
+            "record_kind", "step_id", "decided_s")
 assert len(_R_NAMES) == K.N_R
 _R_COLS = np.array([_COL[n] for n in _R_NAMES], dtype=np.int64)
 (_C_FOOT, _C_STRIKE, _C_IMPACT, _C_IMPACT_T, _C_VALR, _C_VILR, _C_METHOD, _C_TIBIAL, _C_KIND,
- _C_ID) = (_COL[n] for n in ("foot", "strike_s", "impact_peak_bw", "impact_peak_s",
-                             "valr_bw_per_s", "vilr_bw_per_s", "loading_rate_method",
-                             "tibial_peak_g", "record_kind", "step_id"))
+ _C_ID, _C_DECIDED) = (_COL[n] for n in ("foot", "strike_s", "impact_peak_bw", "impact_peak_s",
+                                         "valr_bw_per_s", "vilr_bw_per_s", "loading_rate_method",
+                                         "tibial_peak_g", "record_kind", "step_id", "decided_s"))
 
 
 @dataclass(frozen=True)
@@ -762,6 +762,7 @@ class StepProcessor:
         r[_C_KIND] = RECORD_EARLY
         r[_C_ID] = sid
         r[_C_STRIKE] = strike
+        r[_C_DECIDED] = t_dec
         if status == K.EARLY_PEAK:
             bw = float(self._bw_n)  # type: ignore[arg-type]
             m = self._mbuf
@@ -794,6 +795,7 @@ class StepProcessor:
         r[_C_KIND] = RECORD_WITHDRAWN
         r[_C_ID] = sid
         r[_C_STRIKE] = strike
+        r[_C_DECIDED] = max(b.last_t for b in self._belts.values())
         self._early_q.append((-math.inf, "", strike, r, next(iter(self._belts.values()))))
         del self._early_open[sid]
 
@@ -997,7 +999,7 @@ class StepProcessor:
                 if abs(p.strike_s - c.strike_s) <= win or abs(p.toe_off_s - c.toe_off_s) <= win:
                     crossover = True
                     if not p.crossover:
-                        self._correct(p)
+                        self._correct(p, c)
         elif s.mode == "run" and not math.isnan(c.cop_strike[1]):
             self._alt = self._alt_next
         c.crossover = crossover
@@ -1031,17 +1033,18 @@ class StepProcessor:
                         c.cop_strike[1], c.metrics, float(self._bw_n),  # type: ignore[arg-type]
                         tibial, math.nan if self._belt_speed is None else float(self._belt_speed),
                         float(s.max_step_s), STRIKE_INDEX_CUTOFFS_PCT[0],
-                        STRIKE_INDEX_CUTOFFS_PCT[1], c.step_id)
+                        STRIKE_INDEX_CUTOFFS_PCT[1], c.step_id, c.ready_s)
         return row
 
-    def _correct(self, p: _Contact) -> None:
-        """``p`` (finalized, not a cross-over) turned out to be one: redo its record."""
+    def _correct(self, p: _Contact, by: _Contact) -> None:
+        """``p`` (finalized, not a cross-over) turned out to be one, found by ``by``: redo it."""
         if self._last_final is p:
             # nothing was finalized since: take back what it added to step times and symmetry
             self._fin[:] = self._snap
             self._last_final = None
         p.crossover = True
         p.row = self._full_row(p, p.foot_out, True, math.nan)
+        p.row[_C_DECIDED] = by.ready_s  # the record as it now stands rests on the partner's data
         if p.sent:
             fix = p.row.copy()
             fix[_C_KIND] = RECORD_CORRECTION
