@@ -195,7 +195,7 @@ def test_rbds_replay_through_the_live_processor_gives_the_analyze_steps(shared_d
             want = np.array([0.0 if v == "impact_peak" else 1.0 for v in want])
         want = want.astype(float)
         got = live[name].astype(float)
-        if name.endswith("_s") and name in ("strike_s", "toe_off_s", "impact_peak_s"):
+        if name.endswith("_s") and name in ("strike_s", "toe_off_s", "impact_peak_s", "decided_s"):
             got = got - t0
         # Same samples, same processor; only the LSL clock correction (a few microseconds, updated
         # every few seconds) differs, which moves step-time symmetry indices by ~0.001 %.
