@@ -65,14 +65,20 @@ class DacClock:
         self._candidates: list[tuple[int, float]] = []  # (observation number, residual)
         self.steady = 0  # observations in a row on the current level
         self._recent: deque[tuple[int, float]] = deque(maxlen=SETTLED_OBSERVATIONS)
+        self._settled = False
 
     @property
     def settled(self) -> bool:
-        """True when the last observations agree and the device consumed them in real time."""
-        if self.steady < SETTLED_OBSERVATIONS or len(self._recent) < SETTLED_OBSERVATIONS:
-            return False
+        """True once the current segment's timing can be trusted; see :meth:`_check_settled`."""
+        return self._settled
+
+    def _check_settled(self) -> None:
+        # Latched per segment: the last observations agree and the device consumed them in real
+        # time. An outlier does not unlatch it (it is only a late timestamp); a new segment does.
+        if self._settled or self.steady < SETTLED_OBSERVATIONS or len(self._recent) < SETTLED_OBSERVATIONS:
+            return
         (f0, t0), (f1, t1) = self._recent[0], self._recent[-1]
-        return t1 - t0 >= 0.5 * (f1 - f0) / self.rate_hz
+        self._settled = t1 - t0 >= 0.5 * (f1 - f0) / self.rate_hz
 
     @property
     def jumps(self) -> int:
@@ -98,12 +104,12 @@ class DacClock:
             self._level = r
             self._candidates = []
             self.steady = 1
+            self._settled = False
         elif abs(r - self._level) <= self.jump_s:
             self._level += _RESIDUAL_SMOOTHING * (r - self._level)
             self._candidates = []
             self.steady += 1
         else:
-            self.steady = 0
             self._candidates = [*self._candidates[-(CONFIRM_OBSERVATIONS - 1):], (k, r)]
             label = OUTLIER
             levels = [c[1] for c in self._candidates]
@@ -116,6 +122,8 @@ class DacClock:
                 label = self.segment
                 self._candidates = []
                 self.steady = CONFIRM_OBSERVATIONS
+                self._settled = False
+        self._check_settled()
         i = k % _CAPACITY
         with self._lock:
             self._frame[i] = frame

@@ -1,0 +1,186 @@
+"""The metronome on a real sound server: a private PulseAudio null sink, recorded with parec.
+
+Every click the metronome reports must be in the recording, one for one, at the reported intervals
+(SD <= 1 ms) and at a constant offset from the reported DAC times (SD <= 1 ms), across a tempo change.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labsuite.audio.clicks import ClickSettings
+from labsuite.audio.nullsink import NullSinkServer
+from labsuite.audio.onsets import detect_onsets
+
+RATE = 48000
+
+
+@pytest.fixture(scope="module")
+def null_sink() -> Iterator[NullSinkServer]:
+    """A private PulseAudio for this module; this process and its children reach it by PULSE_SERVER."""
+    server = NullSinkServer(rate_hz=RATE).start()
+    saved = {k: os.environ.get(k) for k in server.client_env()}
+    os.environ.update(server.client_env())
+    if "sounddevice" in sys.modules:  # PortAudio lists devices once: list them again for this server
+        sd = sys.modules["sounddevice"]
+        sd._terminate()
+        sd._initialize()
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+class _Run:
+    """Play a tempo script through the metronome while parec records the sink's monitor."""
+
+    def __init__(self, server: NullSinkServer, path: Path, click: ClickSettings | None = None) -> None:
+        from labsuite.audio.metronome import Beat, Metronome
+
+        self.beats: list[Beat] = []
+        self._lock = threading.Lock()
+        self.recording = server.record(path)
+        self.metronome = Metronome(click=click, on_beat=self._on_beat).open()
+
+    def _on_beat(self, beat) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.beats.append(beat)
+
+    def wait_beats(self, n: int, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.beats) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.beats) >= n, f"only {len(self.beats)} of {n} beats within {timeout_s} s"
+
+    def finish(self) -> tuple[np.ndarray, list]:
+        import pylsl
+
+        self.metronome.set_tempo(None)
+        time.sleep(0.05)
+        # let the last click leave the buffer and reach parec before the recording stops
+        with self._lock:
+            last = self.beats[-1].t_lsl_s if self.beats else 0.0
+        time.sleep(max(0.0, last - pylsl.local_clock()) + 0.4)
+        self.metronome.check()
+        self.metronome.close()
+        return self.recording.stop(), list(self.beats)
+
+
+def _compare(x: np.ndarray, beats: list) -> tuple[np.ndarray, np.ndarray]:
+    onsets = detect_onsets(x, RATE)
+    assert len(onsets) == len(beats), f"{len(onsets)} clicks recorded, {len(beats)} beats reported"
+    t = np.array([b.t_lsl_s for b in beats])
+    offset = onsets / RATE - t
+    ioi_error = np.diff(onsets) / RATE - np.diff(t)
+    return offset, ioi_error
+
+
+def test_clicks_match_reported_beats_across_a_tempo_change(null_sink: NullSinkServer,
+                                                           tmp_path: Path) -> None:
+    run = _Run(null_sink, tmp_path / "monitor.raw")
+    run.metronome.set_tempo(180.0)
+    run.wait_beats(12)
+    run.metronome.set_tempo(150.0)
+    run.wait_beats(24)
+    x, beats = run.finish()
+    assert run.metronome.stats()["underflows"] == 0
+    offset, ioi_error = _compare(x, beats)
+    assert np.std(ioi_error) <= 0.001
+    assert np.std(offset) <= 0.001
+    # no double and no missing click at the change: every interval is the period of the tempo the
+    # beat reports (beat 1 starts the track), and both tempi were played
+    spm = np.array([b.spm for b in beats])
+    assert {180.0, 150.0} <= set(spm)
+    reported = np.diff([b.t_lsl_s for b in beats])
+    assert np.allclose(reported, 60.0 / spm[1:], atol=0.001)
+    recorded = np.diff(detect_onsets(x, RATE)) / RATE
+    assert np.allclose(recorded, 60.0 / spm[1:], atol=0.001)
+    assert [b.n for b in beats] == list(range(1, len(beats) + 1))
+    # the click is written ahead and reported at its DAC time, not at the write
+    lead = np.array([b.t_lsl_s - b.written_lsl_s for b in beats])
+    assert np.all(lead > 0.5 * run.metronome.device.output_latency_s)
+
+
+def test_tempo_from_a_given_beat_and_stop_restart(null_sink: NullSinkServer, tmp_path: Path) -> None:
+    run = _Run(null_sink, tmp_path / "monitor.raw", ClickSettings(sound="tone", volume_db=-12.0))
+    run.metronome.set_tempo(120.0)
+    run.metronome.set_tempo(160.0, from_beat=5)
+    run.wait_beats(8)
+    run.metronome.set_tempo(None)
+    time.sleep(1.0)
+    run.metronome.set_tempo(100.0)  # restart: never sooner than one new period after the last click
+    run.wait_beats(11)
+    x, beats = run.finish()
+    assert [b.spm for b in beats[:8]] == [120.0] * 4 + [160.0] * 4
+    t = np.array([b.t_lsl_s for b in beats])
+    assert np.allclose(np.diff(t[:8]), [0.5] * 3 + [0.375] * 4, atol=0.001)
+    assert t[8] - t[7] >= 0.6 - 0.001
+    offset, ioi_error = _compare(x, beats)
+    assert np.std(offset) <= 0.001 and np.std(ioi_error) <= 0.001
+    # the level is the volume setting: -12 dB re full scale
+    assert 20 * np.log10(np.max(np.abs(x))) == pytest.approx(-12.0, abs=0.5)
+
+
+def test_alternating_ears_put_each_click_in_one_channel(null_sink: NullSinkServer, tmp_path: Path) -> None:
+    run = _Run(null_sink, tmp_path / "monitor.raw", ClickSettings(ear="alternate"))
+    run.metronome.set_tempo(170.0)
+    run.wait_beats(6)
+    run.metronome.set_click(ClickSettings(ear="right"))
+    run.wait_beats(12)
+    x, beats = run.finish()
+    onsets = detect_onsets(x, RATE)
+    assert len(onsets) == len(beats)
+    heard = []
+    for on in onsets:
+        seg = np.abs(x[on:on + RATE // 50])
+        left, right = seg[:, 0].max(), seg[:, 1].max()
+        heard.append("left" if left > 0 and right == 0 else "right" if right > 0 and left == 0 else "both")
+    assert heard == [b.ear for b in beats]
+    assert heard[:6] == ["left", "right"] * 3
+    assert "right" in heard[6:] and "left" not in heard[-4:]
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labsuite", "audio", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_audio_test_command_plays_and_reports(null_sink: NullSinkServer) -> None:
+    done = _cli(null_sink.client_env(), "test", "--clicks", "4", "--spm", "150")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "device: default" in out and "sample rate: 48000 Hz" in out
+    assert "reported output latency: 100.0 ms" in out
+    assert out.count("leaves the DAC at LSL") == 4
+    assert "4 clicks, 0 underflows" in out
+
+
+def test_no_sound_server_is_a_clear_error_naming_the_device(tmp_path: Path) -> None:
+    gone = {"PULSE_SERVER": f"unix:{tmp_path}/no-such-socket", "PULSE_RUNTIME_PATH": str(tmp_path),
+            "PULSE_COOKIE": str(tmp_path / "cookie")}
+    done = _cli(gone, "test")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the system default output" in lines[0], done.stderr
+
+
+def test_unknown_device_is_named_with_the_ones_there_are(null_sink: NullSinkServer) -> None:
+    done = _cli(null_sink.client_env(), "test", "--device", "Focusrite")
+    assert done.returncode == 1
+    assert "output device 'Focusrite'" in done.stderr and "'default'" in done.stderr
+    assert "Traceback" not in done.stderr
