@@ -184,3 +184,73 @@ def test_unknown_device_is_named_with_the_ones_there_are(null_sink: NullSinkServ
     assert done.returncode == 1
     assert "output device 'Focusrite'" in done.stderr and "'default'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_metronome_role_follows_session_markers_and_publishes_dac_times(
+        null_sink: NullSinkServer, tmp_path: Path, uid: str) -> None:
+    """The role process: session metronome markers in (real LSL), clicks out, beat markers at DAC times."""
+    import json
+
+    import pylsl
+
+    from labsuite.audio.role import MetronomeRoleSettings, run_metronome
+    from labsuite.processes import Supervisor
+    from labsuite.streams import messages as msg
+    from labsuite.streams.contracts import markers_spec
+    from tests.lsl_helpers import plain_inlet
+
+    session = pylsl.StreamOutlet(markers_spec(f"{uid}-markers", name=f"{uid}-markers").to_info())
+    settings = MetronomeRoleSettings(session_markers_source_id=f"{uid}-markers",
+                                     beats_source_id=f"{uid}-beats", name=f"{uid}-beats",
+                                     click=ClickSettings(sound="tone"))
+    recording = null_sink.record(tmp_path / "monitor.raw")
+    sup = Supervisor()
+    sup.add("metronome", run_metronome, {"settings": settings}, restart=False)
+    with sup:
+        beats_in = plain_inlet(f"{uid}-beats")
+        assert beats_in.info().desc().child("setup").child("audio").child_value("timestamps") == "dac"
+        # the reader in the role needs a moment to find the session stream: announce until it clicks
+        received: list[tuple[dict, float]] = []
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            session.push_sample([msg.marker(msg.EVENT_METRONOME, spm=165.0, ear="alternate")])
+            text, ts = beats_in.pull_sample(timeout=0.5)
+            if text is not None:
+                received.append((json.loads(text[0]), ts))
+        assert received, "no beat marker within 30 s"
+        session.push_sample(['{"event":"metronome","spm":"fast"}'])  # rejected; the beat goes on
+        while len(received) < 10:
+            text, ts = beats_in.pull_sample(timeout=5.0)
+            assert text is not None, "beats stopped"
+            received.append((json.loads(text[0]), ts))
+        changed_at = pylsl.local_clock()
+        session.push_sample([msg.marker(msg.EVENT_METRONOME, spm=140.0)])
+        while len(received) < 20:
+            text, ts = beats_in.pull_sample(timeout=5.0)
+            assert text is not None, "beats stopped"
+            received.append((json.loads(text[0]), ts))
+        session.push_sample([msg.marker(msg.EVENT_METRONOME, spm=None)])
+        time.sleep(1.0)
+        while True:  # beats written before the stop marker arrived
+            text, ts = beats_in.pull_sample(timeout=0.2)
+            if text is None:
+                break
+            received.append((json.loads(text[0]), ts))
+        assert sup.alive()["metronome"]
+    x = recording.stop()
+    fields = [f for f, _ in received]
+    stamps = np.array([t for _, t in received])
+    assert [f["n"] for f in fields] == list(range(1, len(fields) + 1))
+    assert all(f["event"] == "beat" for f in fields)
+    assert np.allclose(stamps, [f["dac_lsl_s"] for f in fields], atol=2e-6)  # timestamp = DAC time
+    assert [f["ear"] for f in fields[:4]] == ["left", "right", "left", "right"]
+    # the first 140 spm beat is the first one written after the marker could arrive
+    first_new = next(i for i, f in enumerate(fields) if f["spm"] == 140.0)
+    assert all(f["spm"] == 165.0 for f in fields[:first_new])
+    assert stamps[first_new] - changed_at < 60 / 140 + 0.25
+    # clicks heard one for one at the marker times (the recording covers the whole run)
+    onsets = detect_onsets(x, RATE)
+    assert len(onsets) == len(stamps)
+    offset = onsets / RATE - stamps
+    assert np.std(offset) <= 0.001
+    assert np.std(np.diff(onsets) / RATE - np.diff(stamps)) <= 0.001
