@@ -7,16 +7,21 @@ Starts a private PulseAudio null sink (labsuite.audio.nullsink), records its mon
 runs the click track for ``--duration-s`` with a tempo change (+6 %) halfway, detects the click
 onsets in the recording and compares them with the times each backend reported for its clicks:
 
-* ``sounddevice``: labsuite's Metronome (PortAudio callback, clicks at sample frames, DAC times).
+* ``role``: labsuite's metronome as deployed, in its own supervised process (labsuite.audio.role),
+  tempo by session markers over LSL, times from its beat markers.
+* ``sounddevice``: the same Metronome inside this process (PortAudio callback, clicks at sample
+  frames, DAC times), where ``--gil-hog`` competes with it for the GIL.
 * ``qt-pull``: Qt Multimedia's QAudioOutput in pull mode, clicks at sample frames; Qt reports no
   latency, so the time is the best estimate Qt allows (write time + buffered bytes).
 * ``qt-effect``: QSoundEffect.play() fired by a precise QTimer (the time is the request).
 
 Prints per backend: clicks recorded vs reported, the interval error (recorded - reported
-inter-onset intervals) p50/p99/max, the spread of the onset-vs-reported offset (SD, max-min) and
-underflows. ``--load cpu`` runs a busy process per core; ``--load lab`` runs ``labsuite demo``
-(the full simulated lab, processor, recorder and session) meanwhile; ``--gil-hog`` adds a busy
-Python thread inside the audio process (what a session process would add).
+inter-onset intervals) p50/p99/max, the spread of the onset-vs-reported offset (SD, max-min),
+underflows, beats flagged as disrupted, and how much audio the null sink's recording lost against
+the wall clock (a starved sound server skips time; then no comparison is valid). ``--load cpu``
+runs a busy process per core; ``--load lab`` runs ``labsuite demo`` (the full simulated lab,
+processor, recorder and session) meanwhile; ``--gil-hog`` adds a busy Python thread inside this
+process (what a session process would add to an in-process metronome).
 """
 
 from __future__ import annotations
@@ -41,6 +46,63 @@ from labsuite.audio.onsets import detect_onsets
 RATE = 48000
 
 
+def run_role(args: argparse.Namespace) -> tuple[list[float], dict]:
+    """The metronome as deployed: its own supervised process, tempo by session markers over LSL."""
+    import json
+    import uuid
+
+    import pylsl
+
+    from labsuite.audio.metronome import OutputSettings
+    from labsuite.audio.role import EVENT_BEAT_DISRUPTED, MetronomeRoleSettings, run_metronome
+    from labsuite.processes import Supervisor
+    from labsuite.streams import messages as msg
+    from labsuite.streams.contracts import markers_spec
+
+    uid = f"bench-{uuid.uuid4().hex[:10]}"
+    session = pylsl.StreamOutlet(markers_spec(f"{uid}-markers", name=f"{uid}-markers").to_info())
+    settings = MetronomeRoleSettings(session_markers_source_id=f"{uid}-markers",
+                                     beats_source_id=f"{uid}-beats", name=f"{uid}-beats",
+                                     output=OutputSettings(latency_s=args.latency_s))
+    times: dict[int, float] = {}
+    disrupted: set[int] = set()
+    sup = Supervisor()
+    sup.add("metronome", run_metronome, {"settings": settings}, restart=False)
+
+    def pull(inlet: object, until: float) -> None:
+        while pylsl.local_clock() < until:
+            got, ts = inlet.pull_sample(timeout=0.2)  # type: ignore[attr-defined]
+            if got is None:
+                continue
+            f = json.loads(got[0])
+            if f["event"] == msg.EVENT_BEAT:
+                times[f["n"]] = ts
+            elif f["event"] == EVENT_BEAT_DISRUPTED:
+                disrupted.add(f["n"])
+
+    with sup:
+        found = []
+        deadline = time.monotonic() + 30
+        while not found and time.monotonic() < deadline:
+            found = pylsl.resolve_byprop("source_id", f"{uid}-beats", timeout=1.0)
+        if not found:
+            raise SystemExit("the metronome role did not publish its beat stream within 30 s")
+        inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+        inlet.open_stream(timeout=10)
+        audio = inlet.info(timeout=10).desc().child("setup").child("audio")
+        latency_s = float(audio.child_value("output_latency_s"))
+        time.sleep(1.0)  # the role's reader finds the session stream
+        session.push_sample([msg.marker(msg.EVENT_METRONOME, spm=args.spm)])
+        pull(inlet, pylsl.local_clock() + args.duration_s / 2)
+        session.push_sample([msg.marker(msg.EVENT_METRONOME, spm=args.spm * 1.06)])
+        pull(inlet, pylsl.local_clock() + args.duration_s / 2)
+        session.push_sample([msg.marker(msg.EVENT_METRONOME, spm=None)])
+        pull(inlet, pylsl.local_clock() + 1.5)
+    ordered = [times[n] for n in sorted(times)]
+    return ordered, {"underflows": "in role", "disrupted": len(disrupted),
+                     "reported_latency_ms": 1e3 * latency_s}
+
+
 def run_sounddevice(args: argparse.Namespace) -> tuple[list[float], dict]:
     import pylsl
 
@@ -60,7 +122,7 @@ def run_sounddevice(args: argparse.Namespace) -> tuple[list[float], dict]:
         latency = m.device.output_latency_s if m.device else float("nan")
     finally:
         m.close()
-    return times, {"underflows": stats["underflows"], "segments": stats["segments"],
+    return times, {"underflows": stats["underflows"], "disrupted": stats["disrupted"],
                    "reported_latency_ms": 1e3 * latency}
 
 
@@ -133,7 +195,7 @@ def run_qt_pull(args: argparse.Namespace) -> tuple[list[float], dict]:
     QtCore.QTimer.singleShot(int(1000 * args.duration_s) + 1000, app.quit)
     app.exec_()
     out.stop()
-    return times, {"underflows": "n/a", "segments": "n/a", "reported_latency_ms": "n/a (Qt has none)"}
+    return times, {"underflows": "n/a", "disrupted": "n/a", "reported_latency_ms": "n/a (Qt has none)"}
 
 
 def run_qt_effect(args: argparse.Namespace, tmp: Path) -> tuple[list[float], dict]:
@@ -169,7 +231,7 @@ def run_qt_effect(args: argparse.Namespace, tmp: Path) -> tuple[list[float], dic
     QtCore.QTimer.singleShot(int(1000 * args.duration_s), timer.stop)
     QtCore.QTimer.singleShot(int(1000 * args.duration_s) + 1000, app.quit)
     app.exec_()
-    return times, {"underflows": "n/a", "segments": "n/a", "reported_latency_ms": "n/a (Qt has none)"}
+    return times, {"underflows": "n/a", "disrupted": "n/a", "reported_latency_ms": "n/a (Qt has none)"}
 
 
 def compare(x: np.ndarray, reported: list[float], period_s: float) -> dict:
@@ -237,7 +299,7 @@ def main() -> int:
     ap.add_argument("--latency-s", type=float, default=0.1)
     ap.add_argument("--load", choices=("none", "cpu", "lab"), default="none")
     ap.add_argument("--gil-hog", action="store_true")
-    ap.add_argument("--backends", default="sounddevice")
+    ap.add_argument("--backends", default="role")
     args = ap.parse_args()
     backends = args.backends.split(",")
     rows = []
@@ -250,7 +312,9 @@ def main() -> int:
             for name in backends:
                 rec = srv.record(tmp / f"{name}.raw")
                 time.sleep(0.3)
-                if name == "sounddevice":
+                if name == "role":
+                    times, info = run_role(args)
+                elif name == "sounddevice":
                     times, info = run_sounddevice(args)
                 elif name == "qt-pull":
                     times, info = run_qt_pull(args)
@@ -260,6 +324,7 @@ def main() -> int:
                     raise SystemExit(f"unknown backend {name!r}")
                 time.sleep(0.5)
                 x = rec.stop()
+                info["lost_s"] = rec.wall_s - rec.recorded_s
                 rows.append((name, compare(x, times, 60.0 / (args.spm * 1.06)), info))
         finally:
             load.stop()
@@ -267,15 +332,16 @@ def main() -> int:
           f"{args.spm * 1.06:.1f} spm, load={args.load}{' + GIL hog thread' if args.gil_hog else ''}, "
           f"latency {args.latency_s:g} s, load average {os.getloadavg()[0]:.1f}")
     print(f"{'backend':<12} {'clicks rec/rep':>15} {'IOI err p50/p99/max ms':>24} "
-          f"{'offset SD/range ms':>19} {'underflows':>10}  reported latency")
+          f"{'offset SD/range ms':>19} {'underflows':>10} {'disrupted':>9} {'rec. lost s':>11}"
+          "  reported latency ms")
     for name, c, info in rows:
         if "ioi_p50" not in c:
             print(f"{name:<12} {c['recorded']:>6}/{c['reported']:<8} (nothing to compare)")
             continue
         print(f"{name:<12} {c['recorded']:>6}/{c['reported']:<8} "
               f"{c['ioi_p50']:>7.3f}/{c['ioi_p99']:.3f}/{c['ioi_max']:.3f}   "
-              f"{c['offset_sd']:>8.3f}/{c['offset_range']:.3f}  {info['underflows']!s:>10}  "
-              f"{info['reported_latency_ms']}")
+              f"{c['offset_sd']:>8.3f}/{c['offset_range']:.3f}  {info['underflows']!s:>10} "
+              f"{info['disrupted']!s:>9} {info['lost_s']:>11.2f}  {info['reported_latency_ms']}")
     return 0
 
 

@@ -154,6 +154,47 @@ def test_alternating_ears_put_each_click_in_one_channel(null_sink: NullSinkServe
     assert "right" in heard[6:] and "left" not in heard[-4:]
 
 
+def test_stalls_of_the_sound_server_flag_every_misdated_click(null_sink: NullSinkServer,
+                                                              tmp_path: Path) -> None:
+    """Freeze the sound server (SIGSTOP) three times: clicks in flight may play late; each one whose
+    reported time is off by more than 1 ms must be flagged disrupted, the others stay exact."""
+    import signal
+
+    disrupted: list[int] = []
+    run = _Run(null_sink, tmp_path / "monitor.raw")
+    run.metronome.on_disrupted = lambda beat: disrupted.append(beat.n)
+    run.metronome.set_tempo(170.0)
+    pid = null_sink.pid
+    for _ in range(3):
+        time.sleep(2.9)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(3.0)
+    run.metronome.set_tempo(None)
+    time.sleep(2.0)  # the last flags come 1.5 s after their click
+    x, beats = run.finish()
+    onsets = detect_onsets(x, RATE) / RATE
+    t = np.array([b.t_lsl_s for b in beats])
+    clean = np.array([b.n not in disrupted for b in beats])
+    assert clean.sum() >= len(beats) // 3, f"{len(disrupted)} of {len(beats)} beats flagged"
+    # the recording's time base: the median offset of the clean beats to their nearest onsets
+    nearest = np.abs(onsets[None, :] - t[:, None] - np.median(onsets[:3] - t[:3])).argmin(axis=1)
+    reference = float(np.median((onsets[nearest] - t)[clean]))
+    err = onsets[None, :] - t[:, None] - reference  # every onset against every beat
+    # every clean beat was heard once, exactly where reported ...
+    hits = np.abs(err) <= 0.001
+    heard = hits.sum(axis=1)
+    wrong = [b.n for b, h, c in zip(beats, heard, clean, strict=True) if c and h != 1]
+    assert not wrong, f"clean beats misdated or missing: {wrong} (flagged: {disrupted})"
+    assert np.std(err[clean][hits[clean]]) <= 0.001
+    # ... and every other sound belongs to a flagged beat (late by a stall, or cut in two by one)
+    flagged = ~clean
+    explained = hits[clean].any(axis=0) | ((err[flagged] > -0.001) & (err[flagged] < 1.0)).any(axis=0)
+    assert np.all(explained), f"sounds no beat accounts for at {onsets[~explained]}"
+    assert run.metronome.stats()["segments"] > 1  # the stalls were seen
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "labsuite", "audio", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60)

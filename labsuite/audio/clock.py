@@ -30,7 +30,7 @@ CONFIRM_OBSERVATIONS = 3
 # level during which the device consumed samples in real time. While PortAudio prefills the
 # buffer the callbacks come back to back (all on one level: "play from now"), and PulseAudio may
 # then start consuming 1.1-1.7 s later (measured on the null sink), so level alone is not enough.
-SETTLED_OBSERVATIONS = 5
+SETTLED_OBSERVATIONS = 8
 _RESIDUAL_SMOOTHING = 0.1
 # Fit the DAC's rate against the stream clock only over a long baseline (0.6 ms of wander over 1 s
 # would read as a 600 ppm rate error), and never beyond what a sound card's crystal can be off.
@@ -60,6 +60,7 @@ class DacClock:
         self._frame = np.zeros(_CAPACITY, dtype=np.int64)
         self._dac = np.zeros(_CAPACITY, dtype=np.float64)
         self._label = np.zeros(_CAPACITY, dtype=np.int64)
+        self._now = np.zeros(_CAPACITY, dtype=np.float64)
         self._lock = threading.Lock()
         self._level = math.nan  # smoothed (dac - frame / rate) of the current segment
         self._candidates: list[tuple[int, float]] = []  # (observation number, residual)
@@ -129,6 +130,7 @@ class DacClock:
             self._frame[i] = frame
             self._dac[i] = dac_s
             self._label[i] = label
+            self._now[i] = now_s
             self.count = k + 1
         return k
 
@@ -141,6 +143,16 @@ class DacClock:
                 if label != OUTLIER:
                     return label
         return 0
+
+    def first_after(self, stream_s: float) -> int | None:
+        """The first observation made at or after ``stream_s`` (stream clock), None if none yet."""
+        with self._lock:
+            lo = max(0, self.count - _CAPACITY)
+            if self.count == 0 or self._now[(self.count - 1) % _CAPACITY] < stream_s:
+                return None
+            ks = np.arange(lo, self.count)
+            later = ks[self._now[ks % _CAPACITY] >= stream_s]
+            return int(later[0])
 
     def dac_time(self, frame: int, segment: int) -> float:
         """Return the stream-clock time at which ``frame`` (of ``segment``) leaves the DAC (NaN if unseen)."""

@@ -8,8 +8,10 @@ and hands a :class:`Beat` to ``on_beat``. Tempo changes apply from the next beat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -35,6 +37,11 @@ _SETTLE_S = 5.0
 _CLOCK_PERIOD_S = 0.25
 _STALL_S = 1.0
 _CONFIRM_WAIT_S = 0.5
+HINDSIGHT_S = 1.5
+DISRUPTED_S = 0.001
+_SAME_CLOCK_S = 0.001
+_RT_PRIORITY = 10
+_NICE = -10
 
 
 @dataclass(frozen=True)
@@ -127,19 +134,72 @@ def find_output(sd: Any, settings: OutputSettings) -> dict[str, Any]:
     return dict(info)
 
 
+def identify_stream_clock(read_stream_s: Callable[[], float]) -> tuple[str, Callable[[], float]]:
+    """Which system clock the stream's times are on, and a lock-free reader of it.
+
+    Reading the stream clock itself (``Pa_GetStreamTime``) goes through the ALSA plugin and its
+    locks, and was measured to jump by 2-4 ms under CPU load; so when the stream clock is found to be
+    CLOCK_REALTIME (PortAudio's ALSA host API stamps with gettimeofday) or the monotonic clock that
+    LSL uses, that clock is read directly. Returns ('realtime' | 'monotonic' | 'stream', reader).
+    """
+    import pylsl
+
+    def tightest(read: Callable[[], float]) -> float:
+        best_w, best = math.inf, math.nan
+        for _ in range(20):
+            a = pylsl.local_clock()
+            s = read()
+            b = pylsl.local_clock()
+            if b - a < best_w:
+                best_w, best = b - a, s - 0.5 * (a + b)
+        return best
+
+    stream_offset = tightest(read_stream_s)
+    if abs(stream_offset - tightest(time.time)) < _SAME_CLOCK_S:
+        return "realtime", time.time
+    if abs(stream_offset) < _SAME_CLOCK_S:
+        return "monotonic", pylsl.local_clock
+    return "stream", read_stream_s
+
+
+def raise_thread_priority() -> str:
+    """Give the calling (audio) thread real-time scheduling, or failing that a high nice level.
+
+    A click written late is a click moved: under a CPU hog per core the callback was measured to
+    stall for up to 446 ms at normal priority. Returns what was obtained ('SCHED_FIFO 10',
+    'nice -10' or 'normal'); without the privilege (root or RLIMIT_RTPRIO) it stays normal.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_RT_PRIORITY))
+        return f"SCHED_FIFO {_RT_PRIORITY}"
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
+        return f"nice {_NICE}"
+    except (OSError, AttributeError):
+        return "normal"
+
+
 class Metronome:
     """A click track on one output device.
 
     ``open()`` starts the output stream (silent until :meth:`set_tempo`); ``on_beat(beat)`` is called
     on the delivery thread for every click written, as soon as it is scheduled (typically one output
-    latency before it sounds), with the LSL time at which it leaves the device.
+    latency before it sounds), with the LSL time at which it leaves the device. 1.5 s after the
+    click played, ``on_disrupted(beat)`` is called if the device's timing broke meanwhile (an
+    underflow, a stall of the sound server) or a fit with hindsight moves the click by more than
+    1 ms: the reported time may then be wrong; the beat handed over carries the hindsight estimate.
     """
 
     def __init__(self, output: OutputSettings | None = None, click: ClickSettings | None = None, *,
-                 on_beat: Callable[[Beat], None] | None = None) -> None:
+                 on_beat: Callable[[Beat], None] | None = None,
+                 on_disrupted: Callable[[Beat], None] | None = None) -> None:
         self.output = output or OutputSettings()
         self.click = click or ClickSettings()
         self.on_beat = on_beat
+        self.on_disrupted = on_disrupted
+        self.disrupted = 0
         self.device: DeviceInfo | None = None
         self.callbacks = 0
         self.underflows = 0
@@ -147,7 +207,10 @@ class Metronome:
         rate = self.output.sample_rate_hz
         self.dac = DacClock(rate)
         self.clock: ClockMapper | None = None
+        self.clock_source = ""
+        self.priority = ""
         self._rate = float(rate)
+        self._block_s = 0.01
         self._channels = 2
         self._stream: Any = None
         self._commands: deque[tuple[str, Any, Any]] = deque()
@@ -197,8 +260,8 @@ class Metronome:
             what = "asked for no samples" if not self.callbacks else "reported no steady timing"
             raise DeviceError(f"audio output {info['name']!r} opened but {what} within "
                               f"{_SETTLE_S:g} s (is the sound server stalled?)")
-        stream = self._stream
-        self.clock = ClockMapper(lambda: float(stream.time), pylsl.local_clock)
+        self.clock_source, read = identify_stream_clock(lambda: float(self._stream.time))
+        self.clock = ClockMapper(read, pylsl.local_clock)
         self.clock.measure()
         self._threads = [threading.Thread(target=self._clock_loop, name="metronome-clock", daemon=True),
                          threading.Thread(target=self._deliver_loop, name="metronome-beats", daemon=True)]
@@ -263,8 +326,10 @@ class Metronome:
     def stats(self) -> dict[str, Any]:
         """Counters for logs and benchmarks."""
         return {"callbacks": self.callbacks, "underflows": self.underflows, "beats": self._beat_n,
+                "disrupted": self.disrupted,
                 "segments": self.dac.segment + 1,
-                "clock_steps": self.clock.steps if self.clock else 0,
+                "clock_steps": self.clock.steps if self.clock else 0, "clock_source": self.clock_source,
+                "priority": self.priority,
                 "clock_uncertainty_s": self.clock.uncertainty_s if self.clock else math.nan}
 
     def _device_name(self) -> str:
@@ -272,9 +337,12 @@ class Metronome:
 
     # ---- the audio callback (PortAudio's thread; keep it short) ----------------------------
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if not self.priority:
+            self.priority = raise_thread_priority()
         start = self._frame
         end = start + frames
         self.callbacks += 1
+        self._block_s = frames / self._rate
         self._last_callback = time.monotonic()
         underflow = bool(status.output_underflow)
         if underflow:
@@ -344,24 +412,55 @@ class Metronome:
 
     def _deliver_loop(self) -> None:
         assert self.clock is not None
+        pending: deque[tuple[Beat, int]] = deque()
         while True:
-            item = self._beats.get()
-            if item is None:
-                return
-            n, frame, spm, ear, observation, written_s = item
-            # wait for the observations that confirm (or not) a jump at the write: a few callbacks,
-            # still well before the click sounds
-            deadline = time.monotonic() + _CONFIRM_WAIT_S
-            while self.dac.count <= observation + CONFIRM_OBSERVATIONS and time.monotonic() < deadline \
-                    and not self._stop.is_set():
-                time.sleep(0.002)
-            segment = self.dac.segment_of(observation)
-            t_stream = self.dac.dac_time(frame, segment)
-            beat = Beat(n=n, spm=spm, ear=ear, t_lsl_s=self.clock.to_lsl(t_stream), t_stream_s=t_stream,
-                        frame=frame, written_lsl_s=self.clock.to_lsl(written_s), segment=segment)
-            if self.on_beat is not None:
-                try:
-                    self.on_beat(beat)
-                except Exception as exc:
-                    log.exception("metronome on_beat failed for beat %d", n)
-                    self.errors.append(f"on_beat failed for beat {n}: {exc!r}")
+            try:
+                item = self._beats.get(timeout=max(0.005, self._block_s))
+                if item is None:
+                    return
+                beat, observation = self._schedule_report(item)
+                pending.append((beat, observation))
+                self._hand_out(self.on_beat, beat)
+            except queue.Empty:
+                pass
+            while pending:
+                beat, _ = pending[0]
+                # Judged in hindsight: PulseAudio's interpolated timing shows a stall of the server
+                # only when its next timing update arrives, up to about a second later (measured by
+                # stopping the null-sink server for 0.3 s).
+                judged = self.dac.first_after(beat.t_stream_s + HINDSIGHT_S)
+                if judged is None or self.dac.count <= judged + CONFIRM_OBSERVATIONS:
+                    break
+                pending.popleft()
+                segment = self.dac.segment_of(judged)
+                hindsight = self.dac.dac_time(beat.frame, segment)
+                # a new segment since the write (an underflow, a stall of the sound server) or a
+                # refit that moved the click: its reported time may be wrong, so say so
+                if segment != beat.segment or not abs(hindsight - beat.t_stream_s) <= DISRUPTED_S:
+                    self.disrupted += 1
+                    self._hand_out(self.on_disrupted, dataclasses.replace(
+                        beat, t_stream_s=hindsight, t_lsl_s=self.clock.to_lsl(hindsight), segment=segment))
+
+    def _schedule_report(self, item: tuple[int, int, float, str, int, float]) -> tuple[Beat, int]:
+        assert self.clock is not None
+        n, frame, spm, ear, observation, written_s = item
+        # wait for the observations that confirm (or not) a jump at the write: a few callbacks,
+        # still well before the click sounds
+        deadline = time.monotonic() + _CONFIRM_WAIT_S
+        while self.dac.count <= observation + CONFIRM_OBSERVATIONS and time.monotonic() < deadline \
+                and not self._stop.is_set():
+            time.sleep(max(0.001, self._block_s))
+        segment = self.dac.segment_of(observation)
+        t_stream = self.dac.dac_time(frame, segment)
+        beat = Beat(n=n, spm=spm, ear=ear, t_lsl_s=self.clock.to_lsl(t_stream), t_stream_s=t_stream,
+                    frame=frame, written_lsl_s=self.clock.to_lsl(written_s), segment=segment)
+        return beat, observation
+
+    def _hand_out(self, callback: Callable[[Beat], None] | None, beat: Beat) -> None:
+        if callback is None:
+            return
+        try:
+            callback(beat)
+        except Exception as exc:
+            log.exception("metronome callback failed for beat %d", beat.n)
+            self.errors.append(f"callback failed for beat {beat.n}: {exc!r}")

@@ -9,6 +9,7 @@ sink's monitor as raw s16le. Clients reach it through ``PULSE_SERVER`` (see :met
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ CHANNELS = 2
 _PR_SET_PDEATHSIG = 1
 # A server whose starter vanished without killing it exits after this long without clients.
 _IDLE_EXIT_S = 600
+_RECORDER_NICE = -15
 
 
 def _die_with_parent() -> None:
@@ -35,6 +37,18 @@ def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # not glibc: the idle exit still ends an orphan
+        pass
+
+
+def _recorder_child() -> None:
+    """Set up the recorder's child: die with us, and a high priority where allowed.
+
+    A recorder that falls behind loses samples, and every onset after the loss would look early.
+    """
+    _die_with_parent()
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _RECORDER_NICE)
+    except OSError:
         pass
 
 
@@ -55,6 +69,13 @@ class NullSinkServer:
         self.dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (tests freeze it to stall the sound server)."""
+        if self._proc is None:
+            raise DeviceError("null-sink server: not started")
+        return self._proc.pid
 
     @property
     def socket_path(self) -> Path:
@@ -164,6 +185,9 @@ class MonitorRecording:
         self.path = path
         self._proc: subprocess.Popen[bytes] | None = None
         self._file: IO[bytes] | None = None
+        self.started_s = math.nan
+        self.wall_s = math.nan
+        self.recorded_s = math.nan
 
     def start(self, timeout_s: float = 10.0) -> MonitorRecording:
         """Start parec and wait until its first samples are on disk (the recording is live)."""
@@ -175,21 +199,29 @@ class MonitorRecording:
             [exe, "--raw", "--format=s16le", f"--rate={s.rate_hz}", f"--channels={s.channels}",
              f"--device={s.monitor}", "--latency-msec=20"],
             env=env, stdin=subprocess.DEVNULL, stdout=self._file, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_recorder_child)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 self.stop()
                 raise DeviceError(f"parec exited at once: {err.strip()}")
-            if self.path.stat().st_size > 0:
+            size = self.path.stat().st_size
+            if size > 0:
+                # the wall clock of the recording starts with its first samples
+                self.started_s = time.monotonic() - size / (2.0 * self.server.channels * self.server.rate_hz)
                 return self
             time.sleep(0.02)
         self.stop()
         raise DeviceError(f"parec wrote nothing within {timeout_s:g} s")
 
     def stop(self) -> np.ndarray:
-        """Stop recording; return the samples as float (n, channels), full scale 1."""
+        """Stop recording; return the samples as float (n, channels), full scale 1.
+
+        ``wall_s`` is then how long parec ran and ``recorded_s`` how much audio it wrote: a
+        recording that lost samples is shorter than its wall time by more than parec's latency.
+        """
+        self.wall_s = time.monotonic() - self.started_s
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.send_signal(signal.SIGINT)  # parec flushes what it has on SIGINT
@@ -203,7 +235,9 @@ class MonitorRecording:
         if self._file is not None:
             self._file.close()
             self._file = None
-        return read_raw(self.path, self.server.channels)
+        samples = read_raw(self.path, self.server.channels)
+        self.recorded_s = len(samples) / self.server.rate_hz
+        return samples
 
 
 def read_raw(path: Path | str, channels: int) -> np.ndarray:

@@ -30,6 +30,10 @@ from labsuite.streams.contracts import KIND_MARKERS, Channel, StreamSpec
 log = logging.getLogger(__name__)
 
 _CHECK_S = 0.2
+_ROLE_NICE = -10
+# Published after a click played when the device's timing broke while it was in flight (an
+# underflow, a stall of the sound server): that beat's reported DAC time may be wrong.
+EVENT_BEAT_DISRUPTED = "beat_disrupted"
 # Click settings a metronome marker may carry (the cue's protocol settings), by ClickSettings field.
 CLICK_FIELDS = ("sound", "volume_db", "ear", "tone_hz")
 
@@ -94,10 +98,20 @@ class MetronomeFollower:
         self.rejected: list[str] = []
         self._lock = threading.Lock()
         metronome.on_beat = self._on_beat
+        metronome.on_disrupted = self._on_disrupted
 
     def _on_beat(self, beat: Beat) -> None:
         with self._lock:
             self.outlet.push_sample([beat_marker(beat, self.metronome.click)], beat.t_lsl_s)
+
+    def _on_disrupted(self, beat: Beat) -> None:
+        import pylsl
+
+        # stamped now (it is known only after the click played); it names the beat it concerns
+        with self._lock:
+            self.outlet.push_sample([msg.marker(EVENT_BEAT_DISRUPTED, n=beat.n,
+                                                hindsight_dac_lsl_s=round(beat.t_lsl_s, 6))],
+                                    pylsl.local_clock())
 
     def on_marker(self, text: str) -> None:
         """Handle one session marker (anything but ``metronome`` is ignored)."""
@@ -129,10 +143,19 @@ def run_metronome(stop: Any, settings: MetronomeRoleSettings) -> None:
     stream, follows the session's markers, and checks the output every 0.2 s: a stopped or stalled
     stream raises, so the supervisor restarts the role and the gap shows in the beat stream.
     """
+    import os
+
     import pylsl
 
     from labsuite.streams.acquisition import StreamQuery, StreamReader
 
+    # Before any thread starts, so all inherit it (Linux nice is per thread): the audio callback
+    # needs the GIL, and a thread of this process preempted while holding it stalls the callback.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _ROLE_NICE)
+    except OSError as exc:
+        log.warning("metronome: could not raise the process priority (%s); clicks may be late under load",
+                    exc)
     metronome = Metronome(settings.output, settings.click).open()
     reader: StreamReader | None = None
     try:
