@@ -42,6 +42,7 @@ import numpy as np
 from labsuite.audio.clicks import ClickSettings, synthesize
 from labsuite.audio.nullsink import NullSinkServer
 from labsuite.audio.onsets import detect_onsets
+from labsuite.errors import LabsuiteError
 
 RATE = 48000
 
@@ -100,30 +101,38 @@ def run_role(args: argparse.Namespace) -> tuple[list[float], dict]:
         pull(inlet, pylsl.local_clock() + 1.5)
     ordered = [times[n] for n in sorted(times)]
     return ordered, {"underflows": "in role", "disrupted": len(disrupted),
+                     "clean": [n not in disrupted for n in sorted(times)],
                      "reported_latency_ms": 1e3 * latency_s}
 
 
 def run_sounddevice(args: argparse.Namespace) -> tuple[list[float], dict]:
     import pylsl
 
-    from labsuite.audio.metronome import Metronome, OutputSettings
+    from labsuite.audio.metronome import Beat, Metronome, OutputSettings
 
     times: list[float] = []
-    m = Metronome(OutputSettings(latency_s=args.latency_s), ClickSettings(),
-                  on_beat=lambda b: times.append(b.t_lsl_s)).open()
+    numbers: list[int] = []
+    disrupted: set[int] = set()
+
+    def on_beat(beat: Beat) -> None:
+        times.append(beat.t_lsl_s)
+        numbers.append(beat.n)
+
+    m = Metronome(OutputSettings(latency_s=args.latency_s), ClickSettings(), on_beat=on_beat,
+                  on_disrupted=lambda beat: disrupted.add(beat.n)).open()
     try:
         m.set_tempo(args.spm)
         time.sleep(args.duration_s / 2)
         m.set_tempo(args.spm * 1.06)
         time.sleep(args.duration_s / 2)
         m.set_tempo(None)
-        time.sleep(max(0.0, times[-1] - pylsl.local_clock()) + 0.3)
+        time.sleep(max(0.0, times[-1] - pylsl.local_clock()) + 2.0)  # the last judgements
         stats = m.stats()
         latency = m.device.output_latency_s if m.device else float("nan")
     finally:
         m.close()
     return times, {"underflows": stats["underflows"], "disrupted": stats["disrupted"],
-                   "reported_latency_ms": 1e3 * latency}
+                   "clean": [n not in disrupted for n in numbers], "reported_latency_ms": 1e3 * latency}
 
 
 def _qt_app():  # type: ignore[no-untyped-def]
@@ -312,33 +321,43 @@ def main() -> int:
             for name in backends:
                 rec = srv.record(tmp / f"{name}.raw")
                 time.sleep(0.3)
-                if name == "role":
-                    times, info = run_role(args)
-                elif name == "sounddevice":
-                    times, info = run_sounddevice(args)
-                elif name == "qt-pull":
-                    times, info = run_qt_pull(args)
-                elif name == "qt-effect":
-                    times, info = run_qt_effect(args, tmp)
-                else:
-                    raise SystemExit(f"unknown backend {name!r}")
+                try:
+                    if name == "role":
+                        times, info = run_role(args)
+                    elif name == "sounddevice":
+                        times, info = run_sounddevice(args)
+                    elif name == "qt-pull":
+                        times, info = run_qt_pull(args)
+                    elif name == "qt-effect":
+                        times, info = run_qt_effect(args, tmp)
+                    else:
+                        raise SystemExit(f"unknown backend {name!r}")
+                except LabsuiteError as exc:  # a backend that cannot play is a result too
+                    rec.stop()
+                    rows.append((name, {"recorded": 0, "reported": 0, "error": str(exc)}, {}))
+                    continue
                 time.sleep(0.5)
                 x = rec.stop()
                 info["lost_s"] = rec.wall_s - rec.recorded_s
-                rows.append((name, compare(x, times, 60.0 / (args.spm * 1.06)), info))
+                period_s = 60.0 / (args.spm * 1.06)
+                rows.append((name, compare(x, times, period_s), info))
+                if "clean" in info:  # the beats not flagged 'disrupted': what an analysis keeps
+                    kept = [t for t, ok in zip(times, info["clean"], strict=True) if ok]
+                    rows.append((f"{name} clean", compare(x, kept, period_s), info))
         finally:
             load.stop()
     print(f"metronome on a PulseAudio null sink: {args.duration_s:g} s at {args.spm:g} spm then "
           f"{args.spm * 1.06:.1f} spm, load={args.load}{' + GIL hog thread' if args.gil_hog else ''}, "
           f"latency {args.latency_s:g} s, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'backend':<12} {'clicks rec/rep':>15} {'IOI err p50/p99/max ms':>24} "
+    print(f"{'backend':<17} {'clicks rec/rep':>10} {'IOI err p50/p99/max ms':>24} "
           f"{'offset SD/range ms':>19} {'underflows':>10} {'disrupted':>9} {'rec. lost s':>11}"
           "  reported latency ms")
     for name, c, info in rows:
         if "ioi_p50" not in c:
-            print(f"{name:<12} {c['recorded']:>6}/{c['reported']:<8} (nothing to compare)")
+            note = c.get("error", "(nothing to compare)")
+            print(f"{name:<17} {c['recorded']:>6}/{c['reported']:<8} {note}")
             continue
-        print(f"{name:<12} {c['recorded']:>6}/{c['reported']:<8} "
+        print(f"{name:<17} {c['recorded']:>6}/{c['reported']:<8} "
               f"{c['ioi_p50']:>7.3f}/{c['ioi_p99']:.3f}/{c['ioi_max']:.3f}   "
               f"{c['offset_sd']:>8.3f}/{c['offset_range']:.3f}  {info['underflows']!s:>10} "
               f"{info['disrupted']!s:>9} {info['lost_s']:>11.2f}  {info['reported_latency_ms']}")
