@@ -8,6 +8,7 @@ and hands a :class:`Beat` to ``on_beat``. Tempo changes apply from the next beat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -16,7 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,22 @@ def identify_stream_clock(read_stream_s: Callable[[], float]) -> tuple[str, Call
     return "stream", read_stream_s
 
 
+@contextlib.contextmanager
+def _raised_nice() -> Iterator[None]:
+    """Run the block at nice -10 (when allowed), then go back to the thread's own level."""
+    tid = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, tid)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(before, _NICE))
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, before)
+
+
 def raise_thread_priority() -> str:
     """Give the calling (audio) thread real-time scheduling, or failing that a high nice level.
 
@@ -240,10 +257,13 @@ class Metronome:
             raise DeviceError(f"audio output {info['name']!r} is mono: ear {self.click.ear!r} "
                               "needs two channels")
         try:
-            self._stream = sd.OutputStream(
-                device=info["index"], samplerate=self._rate, channels=self._channels,
-                dtype="float32", latency=self.output.latency_s, callback=self._callback)
-            self._stream.start()
+            # threads created while the stream opens and starts (ALSA's pulse-plugin mainloop,
+            # PortAudio's callback thread) inherit this thread's nice level (per thread on Linux)
+            with _raised_nice():
+                self._stream = sd.OutputStream(
+                    device=info["index"], samplerate=self._rate, channels=self._channels,
+                    dtype="float32", latency=self.output.latency_s, callback=self._callback)
+                self._stream.start()
         except sd.PortAudioError as exc:
             self._stream = None
             raise DeviceError(f"audio output {info['name']!r} ({self.output.device_label}) cannot "
