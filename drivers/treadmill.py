@@ -53,18 +53,18 @@ FEEDBACK_INCLINE_JITTER_DEG = 0.5
 _BAD_FRAME_LOG_PERIOD_S = 1.0
 
 # Events the driver publishes on its events stream, as markers {"event": "treadmill_<kind>", ...}.
-# Those with "safety_stop": true are belt stops the driver made by itself.
+# Those with "safety_stop": true are belt stops the driver made by itself (the session did not).
 EVENT_PREFIX = "treadmill_"
 EVENT_CONNECTED = "connected"
 EVENT_WATCHDOG_STOP = "watchdog_stop"
 EVENT_HEARTBEAT_RESUMED = "heartbeat_resumed"
+EVENT_SESSION_ENDED = "session_ended"
 EVENT_FEEDBACK_FAULT = "feedback_fault"
 EVENT_FEEDBACK_RESTORED = "feedback_restored"
 EVENT_STOP_RESENT = "stop_resent"
 EVENT_SEND_FAILED = "send_failed"
 EVENT_CLAMPED = "clamped"
 EVENT_COMMAND_REJECTED = "command_rejected"
-SAFETY_STOP_EVENTS = (EVENT_WATCHDOG_STOP, EVENT_FEEDBACK_FAULT)
 
 
 def events_source_id(treadmill_source_id: str) -> str:
@@ -521,9 +521,29 @@ class TreadmillDriver(Driver):
         if self._last_heartbeat_s is None or sent > self._last_heartbeat_s:
             self._last_heartbeat_s = sent
         self.health.extra["heartbeats"] += 1
+        if command.get("end") is True:
+            self._on_session_end()
+            return
         if self._watchdog_tripped and now - sent <= self.settings.heartbeat_timeout_s:
             self._watchdog_tripped = False
             self._event(EVENT_HEARTBEAT_RESUMED, "session heartbeat is back")
+
+    def _on_session_end(self) -> None:
+        """The session's last heartbeat (``end: true``): it is closing and stops sending.
+
+        The watchdog stands down, so a session that finished is not taken for one that died; a
+        belt still moving is stopped now (ramped), as no session is left to watch it.
+        """
+        self._last_heartbeat_s = None
+        self._heartbeat_seq = None
+        moving = self.state is not None and any(abs(v) > 0.0 for _, v in self.state.speeds())
+        if moving or self.target != (0.0, 0.0):
+            self._event(EVENT_SESSION_ENDED, "the session ended with the belt moving; ramped stop",
+                        safety_stop=True)
+            self._command(0.0, 0.0, self.settings.stop_decel_m_s2, None, "session ended")
+        else:
+            self._event(EVENT_SESSION_ENDED, "the session ended; heartbeat watchdog stands down",
+                        level=logging.INFO, safety_stop=False)
 
     def poll_state(self, timeout_s: float) -> BeltState | None:
         """Read the device for up to ``timeout_s`` and return the latest valid state (one-shot tools)."""

@@ -389,3 +389,31 @@ def test_junk_frames_are_never_echoed_and_a_run_of_them_is_a_fault(uid):
     assert kinds.index("treadmill_feedback_fault") < kinds.index("treadmill_stop_resent") \
         < kinds.index("treadmill_command_rejected") < kinds.index("treadmill_feedback_restored")
     assert kinds.count("treadmill_connected") == 1  # the first one was published before we listened
+
+
+def test_the_sessions_last_heartbeat_stands_the_watchdog_down(uid):
+    with BertecEmulator() as emu:
+        drv = _driver(emu, uid)
+        drv.open()
+        try:
+            # Belt stopped: the session says goodbye, nothing is sent, no watchdog stop follows.
+            drv.handle_command({"cmd": "heartbeat", "seq": 1})
+            drv.handle_command({"cmd": "heartbeat", "seq": 2, "end": True})
+            drv.on_idle(pylsl.local_clock() + 5.0)
+            assert emu.commands == [] and drv.health.extra["watchdog_stops"] == 0
+            ended = [json for _, json in drv.take_events() if "session_ended" in json]
+            assert len(ended) == 1 and '"safety_stop":false' in ended[0]
+            # Belt moving: the goodbye stops it at once (no session is left to watch it).
+            drv.handle_command({"cmd": "heartbeat", "seq": 1})
+            drv.handle_command({"cmd": "speed", "right_m_s": 1.0, "accel_m_s2": 2.0})
+            _wait_for(lambda: drv.poll_state(0.05).right_m_s == 1.0)
+            drv.handle_command({"cmd": "heartbeat", "seq": 2, "end": True})
+            _wait_for(lambda: emu.commands[-1].speeds_mm_s == (0, 0, 0, 0))
+            assert emu.commands[-1].accels_mm_s2[0] == 1000  # ramped
+            drv.on_idle(pylsl.local_clock() + 5.0)
+            assert drv.health.extra["watchdog_stops"] == 0
+            ended = [json for _, json in drv.take_events() if "session_ended" in json]
+            assert len(ended) == 1 and '"safety_stop":true' in ended[0]
+        finally:
+            drv.close()
+        assert emu.violations == []
