@@ -68,9 +68,12 @@ def _crossing_or(t0: float, v0: float, t1: float, v1: float, level: float, fallb
 @numba.njit(cache=True, nogil=True)
 def _sample_bad(raw, max_f_n, max_m_nm):
     """Reason bits why a plate sample cannot be real (0 when it can): non-finite, out of range."""
-    for j in range(6):
-        if not math.isfinite(raw[j]):
-            return BAD_NONFINITE
+    if not math.isfinite(raw[0] + raw[1] + raw[2] + raw[3] + raw[4] + raw[5]):
+        # one test for the usual sample; a channel is non-finite, or the sum of huge ones is
+        for j in range(6):
+            if not math.isfinite(raw[j]):
+                return BAD_NONFINITE
+        return BAD_RANGE
     if raw[0] * raw[0] + raw[1] * raw[1] + raw[2] * raw[2] > max_f_n * max_f_n:
         return BAD_RANGE
     for j in range(3, 6):

@@ -48,6 +48,7 @@ MODES = ("run", "walk")
 PLATE_BELTS = ("left", "right", "single")
 IMU_SIDES = ("left", "right")
 _BLOCK = 1024  # samples per kernel call: bounds the ring size whatever the caller's chunk size
+_BLOCK_OFFLINE = 16384  # process_arrays feeds seconds at a time: fewer calls, a larger ring
 _LOOKBACK_S = 0.05  # how far back strike refinement may look for the off-threshold crossing
 _TIBIAL_PRE_S = 0.01  # IMU window starts this long before the detected strike (clock tolerance)
 _F64 = np.dtype(np.float64)
@@ -375,7 +376,7 @@ class _Belt:
     """Mutable per-plate state: filter state, rings, hysteresis, open and awaiting contacts."""
 
     def __init__(self, geom: PlateGeometry, settings: ProcessorSettings, sos: np.ndarray,
-                 delay: int, index: int, early: bool) -> None:
+                 delay: int, index: int, early: bool, block: int) -> None:
         from scipy import signal
 
         corners = np.asarray(geom.corners_m)
@@ -394,7 +395,7 @@ class _Belt:
         rate = settings.rate_hz
         self.lookback = max(2, round(_LOOKBACK_S * rate))
         self.cap = math.ceil((settings.max_contact_s + 0.5) * rate) + self.lookback + delay \
-            + 2 * _BLOCK
+            + 2 * block
         self.ring_t = np.zeros(self.cap)
         self.ring_raw = np.zeros((self.cap, 2))
         self.ring_filt = np.zeros((self.cap, 5))
@@ -407,7 +408,7 @@ class _Belt:
         # the lever allowance for the sensor's own offset
         self.lever_m = float(np.linalg.norm(corners_rel, axis=1).max()
                              + np.linalg.norm(self.origin)) + settings.max_lever_m
-        self.events = np.zeros((3 * _BLOCK + 8, K.EVENT_COLS))
+        self.events = np.zeros((3 * block + 8, K.EVENT_COLS))
         self.eparams = np.zeros(K.N_EPARAMS)
         self.eparams[K.E_ON] = 1.0 if early and not settings.butterfly else 0.0
         self.eparams[K.E_DELAY] = delay
@@ -465,11 +466,15 @@ class StepProcessor:
     (:func:`labsuite.steps.apply_records`), are the same either way and for any chunking.
     """
 
-    def __init__(self, settings: ProcessorSettings, *, early_records: bool = False) -> None:
+    def __init__(self, settings: ProcessorSettings, *, early_records: bool = False,
+                 block: int = _BLOCK) -> None:
         if not isinstance(settings, ProcessorSettings):
             raise ConfigError("StepProcessor: expected ProcessorSettings")
+        if not (isinstance(block, int) and 16 <= block <= 1 << 16):
+            raise ConfigError(f"StepProcessor block: expected 16-65536 samples, got {block!r}")
         self.settings = settings
         self.early_records = bool(early_records)
+        self._block = block  # samples per kernel call (any size gives the same records)
         self._sos, gd = design_lowpass(settings)
         self._delay = round(gd)
         self._bw_n: float | None = (settings.body_weight_n if settings.body_weight_n
@@ -483,7 +488,8 @@ class StepProcessor:
     def reset(self) -> None:
         """Forget all stream state (filters, contacts, histories); body weight is kept."""
         s = self.settings
-        self._belts = {p.belt: _Belt(p, s, self._sos, self._delay, i, self.early_records)
+        self._belts = {p.belt: _Belt(p, s, self._sos, self._delay, i, self.early_records,
+                                     self._block)
                        for i, p in enumerate(sorted(s.plates, key=lambda p: PLATE_BELTS.index(p.belt)))}
         self._imu: dict[str, list[Any]] = {
             side: [np.zeros(1 << 14), np.zeros(1 << 14), 0, -math.inf] for side in s.imu_sides}
@@ -499,7 +505,7 @@ class StepProcessor:
         self._early_q: deque[tuple[float, str, float, np.ndarray, _Belt]] = deque()
         self._early_open: dict[float, float] = {}  # step id -> strike of early records sent
         self._unsent: deque[_Contact] = deque()
-        self._out = np.empty((64, _NF))
+        self._alloc_out(64)
         self._n_out = 0
         self._mbuf = np.empty(K.N_METRICS)
         self._alt: tuple[int, float, float, float] = (0, 0.0, math.nan, math.nan)
@@ -515,6 +521,13 @@ class StepProcessor:
         if s.plate_rated_force_n is not None:
             limit = min(limit, s.plate_rated_force_n)
         self._max_f = limit
+        bw = float(self._bw_n) if self._bw_n else math.nan
+        # the per-contact metric settings in N (see _kernels._window_metrics)
+        self._margs = (s.impact_frac, s.impact_min_bw * bw, s.impact_drop_bw * bw, s.mode == "run",
+                       s.cop_min_bw * bw, max(1, round(s.cop_bin_s * s.rate_hz)))
+        self._rate = float(s.rate_hz)
+        self._foot_m = math.nan if s.foot_length_m is None else float(s.foot_length_m)
+        self._toe_frac = float(s.toe_cop_frac)
         for b in self._belts.values():
             b.set_limits(s, limit, float(self._bw_n) if self._bw_n else math.nan)
 
@@ -594,14 +607,15 @@ class StepProcessor:
             raise ConfigError("body weight unknown: give ProcessorSettings.body_mass_kg or "
                               "body_weight_n, or call measure_body_weight/set_body_weight_n first")
         n = ts.shape[0]
-        if n <= _BLOCK:
+        block = self._block
+        if n <= block:
             self._run_block(b, ts, ch, 0)
             if self._pending or self._early_q or self._unsent:
                 self._release()
         else:
             self._check_times(belt, ts)  # all of them before any block changes state
-            for start in range(0, n, _BLOCK):
-                self._run_block(b, ts[start:start + _BLOCK], ch[start:start + _BLOCK], start)
+            for start in range(0, n, block):
+                self._run_block(b, ts[start:start + block], ch[start:start + block], start)
                 if self._pending or self._early_q or self._unsent:
                     self._release()
         return self._take() if self._n_out else _EMPTY
@@ -767,10 +781,8 @@ class StepProcessor:
             bw = float(self._bw_n)  # type: ignore[arg-type]
             m = self._mbuf
             K._window_metrics(b.ring_t, b.ring_filt, b.scratch, k_first, k_dec - d - k_first + 1, d,
-                              float(s.rate_hz), strike, strike + expected, s.impact_frac,
-                              s.impact_min_bw * bw, s.impact_drop_bw * bw, s.mode == "run",
-                              s.cop_min_bw * bw, max(1, round(s.cop_bin_s * s.rate_hz)), math.nan,
-                              math.nan, float(s.toe_cop_frac), m)
+                              self._rate, strike, strike + expected, *self._margs, math.nan,
+                              math.nan, self._toe_frac, m)
             r[_C_IMPACT] = m[K.M_IMPACT] / bw
             r[_C_IMPACT_T] = m[K.M_IMPACT_T]
             r[_C_VALR] = m[K.M_VALR] / bw
@@ -809,14 +821,10 @@ class StepProcessor:
         if s.onset_power > 0 and not invalid:
             strike, toe = self._refine_edges(b, k_first, k_last, k_end, floor, strike, toe)
         metrics = np.empty(K.N_METRICS)
-        bw = float(self._bw_n)  # type: ignore[arg-type]
         speed = math.nan if self._belt_speed is None else float(self._belt_speed)
-        foot = math.nan if s.foot_length_m is None else float(s.foot_length_m)
         K._window_metrics(b.ring_t, b.ring_filt, b.scratch, k_first, k_last - k_first + 1, d,
-                          float(s.rate_hz), strike, toe, s.impact_frac, s.impact_min_bw * bw,
-                          s.impact_drop_bw * bw, s.mode == "run", s.cop_min_bw * bw,
-                          max(1, round(s.cop_bin_s * s.rate_hz)), speed, foot,
-                          float(s.toe_cop_frac), metrics)
+                          self._rate, strike, toe, *self._margs, speed, self._foot_m,
+                          self._toe_frac, metrics)
         # out as soon as its data are in: a cross-over found later is a correction
         ready = max(toe + (d + 2) / s.rate_hz, b.t_at(k_last + d))
         contact = _Contact(b.belt, strike, toe, ready, metrics=metrics,
@@ -944,16 +952,25 @@ class StepProcessor:
             c.sent = True
             self._emit(c.row)  # type: ignore[arg-type]
 
+    def _alloc_out(self, n: int) -> None:
+        # the records, and the same memory as rows of floats (made once: a structured view costs
+        # ~50 µs of numpy's field checks)
+        old = getattr(self, "_out", None)
+        self._out = np.empty(n, dtype=STEP_DTYPE)
+        self._out_rows = self._out.view(np.float64).reshape(n, _NF)
+        if old is not None:
+            self._out[:len(old)] = old
+
     def _emit(self, row: np.ndarray) -> None:
         if self._n_out == len(self._out):
-            self._out = np.concatenate([self._out, np.empty_like(self._out)])
-        self._out[self._n_out] = row
+            self._alloc_out(2 * len(self._out))
+        self._out_rows[self._n_out] = row
         self._n_out += 1
 
     def _take(self) -> np.ndarray:
         n = self._n_out
         self._n_out = 0
-        return self._out[:n].copy().view(STEP_DTYPE).reshape(n)
+        return self._out[:n].copy()
 
     def _foot_of(self, c: _Contact) -> int:
         if c.foot >= 0:
@@ -995,7 +1012,9 @@ class StepProcessor:
         crossover = False
         if s.layout == "split":
             win = s.crossover_window_s
-            for p in self._other(c).finalized:
+            for p in reversed(self._other(c).finalized):
+                if p.toe_off_s < c.strike_s - win:
+                    break  # this one and those before it ended too early to be partners
                 if abs(p.strike_s - c.strike_s) <= win or abs(p.toe_off_s - c.toe_off_s) <= win:
                     crossover = True
                     if not p.crossover:
@@ -1096,7 +1115,7 @@ def process_arrays(settings: ProcessorSettings,
     from scipy import signal
 
     proc_settings = replace(settings, lowpass_hz=0.0) if zero_lag else settings
-    proc = StepProcessor(proc_settings)
+    proc = StepProcessor(proc_settings, block=_BLOCK_OFFLINE)
     if body_weight_n is not None:
         proc.set_body_weight_n(body_weight_n)
     streams: list[tuple[str, str, np.ndarray, np.ndarray]] = []
