@@ -21,6 +21,7 @@ offsets; one machine: about 0). Sample timestamps are the simulated devices' sam
 the figures include the drivers' chunking (``--chunk-s``, 10 ms as the simulator's default).
 
 Usage: python scripts/bench_latency.py [--duration-s 60] [--warmup-s 8] [--chunk-s 0.01]
+                                      [--pull-timeout-s S]
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ import numpy as np
 
 
 def run_early_processor(stop: Any, plates: dict[str, str], imus: dict[str, str],
-                        treadmill: str | None, steps_source_id: str, mass_kg: float) -> None:
-    """Processor role publishing early records, full records and corrections."""
+                        treadmill: str | None, steps_source_id: str, mass_kg: float,
+                        pull_timeout_s: float | None) -> None:
+    """Processor role publishing early records, full records and corrections.
+
+    ``pull_timeout_s`` (None: the readers' default) is how long each of its readers' pulls waits
+    to fill a chunk before handing it over.
+    """
     from labsuite.realtime.live import LiveRunner
     from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, StepProcessor
 
@@ -56,6 +62,9 @@ def run_early_processor(stop: Any, plates: dict[str, str], imus: dict[str, str],
         layout="split", mode="run", body_mass_kg=mass_kg, imu_sides=tuple(sorted(imus)))
     runner = EarlyRunner(settings, plates, imus=imus, treadmill=treadmill,
                          steps_source_id=steps_source_id)
+    if pull_timeout_s is not None:
+        for reader in runner.readers:
+            reader.pull_timeout_s = pull_timeout_s
     runner.start()
     try:
         stop.wait()
@@ -75,6 +84,9 @@ def main() -> int:
     ap.add_argument("--warmup-s", type=float, default=8.0)
     ap.add_argument("--plate-rate-hz", type=float, default=2000.0)
     ap.add_argument("--chunk-s", type=float, default=0.01, help="the drivers' chunk (10 ms)")
+    ap.add_argument("--pull-timeout-s", type=float, default=None,
+                    help="how long the processor's readers wait to fill a chunk (default: the "
+                         "StreamReader default, 20 ms)")
     args = ap.parse_args()
 
     from labsuite.lslconfig import use_machine_scope
@@ -106,7 +118,8 @@ def main() -> int:
         sup.add(name, target, kwargs, restart=False)
     sup.add("processor", run_early_processor, {
         "plates": plates, "imus": imus, "treadmill": sim.source_id("treadmill"),
-        "steps_source_id": steps_sid, "mass_kg": sim.participant.mass_kg}, restart=False)
+        "steps_source_id": steps_sid, "mass_kg": sim.participant.mass_kg,
+        "pull_timeout_s": args.pull_timeout_s}, restart=False)
     sources = (*plates.values(), *imus.values(), sim.source_id("treadmill"),
                sim.source_id("camera"), steps_sid)
     sup.add("recorder", run_recorder, {"settings": RecorderSettings(
@@ -221,7 +234,9 @@ def main() -> int:
 
     print(f"live latency benchmark: simulated lab {lab_id}, plates {args.plate_rate_hz:g} Hz x2 "
           f"(driver chunks {args.chunk_s * 1000:g} ms), IMUs {sim.imu_rate_hz:g} Hz x2, camera, "
-          f"treadmill; processor with early records; recorder ({size / 1e6:.1f} MB written)")
+          f"treadmill; processor with early records (its readers' pull window "
+          f"{'default' if args.pull_timeout_s is None else f'{args.pull_timeout_s * 1000:g} ms'}); "
+          f"recorder ({size / 1e6:.1f} MB written)")
     print(f"measured {wall:.0f} s after {args.warmup_s:g} s warm-up; load average "
           f"{load0[0]:.1f} at start, {np.mean(load_mid):.1f} during, {load1[0]:.1f} at the end "
           f"on {os.cpu_count()} CPUs")
