@@ -333,3 +333,53 @@ def replace_imus(settings):
     from dataclasses import replace
 
     return replace(settings, imu_sides=())
+
+
+def _early_on_real(data, lowpass_hz, **kw):
+    s = ProcessorSettings(rate_hz=data.rate_hz, plates=data.plates, layout="single",
+                          lowpass_hz=lowpass_hz, **kw)
+    offline = process_arrays(s, data.streams, lab_frame=data.lab_frame)
+    proc = StepProcessor(s, early_records=True)
+    belt = data.plates[0].belt
+    t, x = data.streams[belt]
+    out = []
+    for i in range(0, len(t), 10):  # 10-sample chunks, as a driver sends them
+        if data.lab_frame:
+            out.append(proc.feed_lab(belt, t[i:i + 10], x[i:i + 10, :3], x[i:i + 10, 3:5]))
+        else:
+            out.append(proc.feed_plate(belt, t[i:i + 10], x[i:i + 10]))
+    out.append(proc.flush())
+    return offline, np.concatenate(out)
+
+
+@pytest.mark.parametrize(("trial", "lowpass_hz", "min_peaks"), [
+    ("RBDS008", 50.0, 60), ("RBDS008", 0.0, 75), ("RBDS001", 0.0, 50)])
+def test_early_records_on_real_running_agree_with_the_full_ones(shared_data, rbds008, trial,
+                                                                  lowpass_hz, min_peaks):
+    from labsuite.realtime.files import load_c3d
+
+    if trial == "RBDS008":
+        data = rbds008
+        kw = {"body_weight_n": float(np.mean(data.streams[data.plates[0].belt][1][:, 2]))}
+    else:
+        data = load_c3d(shared_data / "rbds" / "RBDS001runT35.c3d")
+        kw = {"body_mass_kg": 62.0}
+    offline, records = _early_on_real(data, lowpass_hz, **kw)
+    np.testing.assert_array_equal(steps_to_rows(apply_records(records)), steps_to_rows(offline))
+    early = records[records["record_kind"] == RECORD_EARLY]
+    assert len(early) == len(offline) - 1  # all but the first contact
+    full = {sid: row for sid, row in zip(offline["step_id"], offline, strict=True)}
+    peaks = early[early["loading_rate_method"] == 0]
+    assert len(peaks) >= min_peaks
+    # every early impact peak is the full record's, with the same loading rates
+    for e in peaks:
+        f = full[e["step_id"]]
+        assert f["loading_rate_method"] == 0
+        for name in ("impact_peak_bw", "valr_bw_per_s", "vilr_bw_per_s"):
+            assert e[name] == f[name], name
+    # steps the early record found no peak for: at most one later turns out to have one
+    no_peak = early[np.isnan(early["loading_rate_method"])]
+    assert sum(full[sid]["loading_rate_method"] == 0 for sid in no_peak["step_id"]) <= 1
+    # decided while the foot is on the ground, in the first half of the stance
+    after = early["decided_s"] - early["strike_s"]
+    assert np.median(after) < 0.5 * np.median(offline["contact_s"])
