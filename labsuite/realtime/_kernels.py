@@ -181,9 +181,12 @@ def _plate_chunk(ts, ch, rot, centre, origin, sos, zi, zi_unit, filt_on, istate,
     c = origin[2]
     raw = np.empty(6)
     filt = np.empty(6)
+    pos = (istate[I_SEEN] - 1) % cap  # advanced per sample: no division in the loop
     for i in range(ts.shape[0]):
         k = istate[I_SEEN]
-        pos = k % cap
+        pos += 1
+        if pos == cap:
+            pos = 0
         for j in range(6):
             raw[j] = ch[i, j]
         ring_t[pos] = ts[i]
@@ -576,16 +579,24 @@ def _ring_window(ring, k0, k1, out):
 
 @numba.njit(cache=True, nogil=True)
 def _ring_max_between(ring_t, ring_v, n_seen, t_lo, t_hi):
-    """Max of ring_v over samples with t_lo <= t <= t_hi among the last min(n_seen, cap) samples."""
+    """Max of ring_v over samples with t_lo <= t <= t_hi among the last min(n_seen, cap) samples.
+
+    Walks back from the newest sample and stops 1 s of timestamps before ``t_lo`` (timestamps
+    rise; the margin covers any jitter), so the cost is the window's, not the ring's.
+    """
     cap = ring_t.shape[0]
-    start = n_seen - cap if n_seen > cap else 0
+    m = n_seen if n_seen < cap else cap
     best = np.nan
-    for k in range(start, n_seen):
-        t = ring_t[k % cap]
+    r = (n_seen - 1) % cap if n_seen > 0 else 0
+    for _ in range(m):
+        t = ring_t[r]
+        if t < t_lo - 1.0:
+            break
         if t >= t_lo and t <= t_hi:
-            v = ring_v[k % cap]
+            v = ring_v[r]
             if math.isnan(best) or v > best:
                 best = v
+        r = r - 1 if r > 0 else cap - 1
     return best
 
 
@@ -640,32 +651,41 @@ def _fit_edge(v, tau, hi_n, power):
 def _bad_between(ring_raw, k0, k1):
     """True when a sample with global index k0..k1 (inclusive) was flagged bad."""
     cap = ring_raw.shape[0]
-    for k in range(k0, k1 + 1):
-        if ring_raw[k % cap, 1] != 0.0:
+    r = k0 % cap  # walk the ring without a division per sample
+    for _ in range(k1 - k0 + 1):
+        if ring_raw[r, 1] != 0.0:
             return True
+        r += 1
+        if r == cap:
+            r = 0
     return False
 
 
 @numba.njit(cache=True, nogil=True)
-def _window_metrics(ring_t, ring_filt, scratch, k_first, n, d, rate_hz, strike_s, toe_off_s,
-                    impact_frac, impact_min_n, impact_prom_n, need_higher_peak, cop_min_n,
-                    cop_bin_n, belt_speed, foot_length, toe_frac, out):
+def _window_metrics(ring_t, ring_raw, ring_filt, scratch, k_first, n, d, bad_lo, bad_hi, rate_hz,
+                    strike_s, toe_off_s, impact_frac, impact_min_n, impact_prom_n,
+                    need_higher_peak, cop_min_n, cop_bin_n, belt_speed, foot_length, toe_frac, out):
     """:func:`_contact_metrics` of the ``n`` samples from ``k_first``, straight from the rings.
 
     The filtered samples are those ``d`` (the filter delay) later in the ring, so times are not
-    delayed; ``scratch`` (4, >= n) holds the copied window.
+    delayed; ``scratch`` (4, >= n) holds the copied window. Returns True when a sample with index
+    ``bad_lo..bad_hi`` was flagged bad (:func:`_bad_between`); the metrics are computed anyway.
     """
     cap = ring_t.shape[0]
+    r = (k_first + d) % cap  # walk the ring without a division per sample
     for j in range(n):
-        r = (k_first + d + j) % cap
         scratch[0, j] = ring_filt[r, 2]
         scratch[1, j] = ring_filt[r, 0]
         scratch[2, j] = ring_filt[r, 3]
         scratch[3, j] = ring_filt[r, 4]
+        r += 1
+        if r == cap:
+            r = 0
     _contact_metrics(scratch[0, :n], scratch[1, :n], scratch[2, :n], scratch[3, :n], rate_hz,
                      ring_t[k_first % cap], strike_s, toe_off_s, impact_frac, impact_min_n,
                      impact_prom_n, need_higher_peak, cop_min_n, cop_bin_n, belt_speed,
                      foot_length, toe_frac, out)
+    return _bad_between(ring_raw, bad_lo, bad_hi)
 
 
 # Columns of the step record that _finalize_row writes (indices into ``cols``, which the

@@ -780,9 +780,9 @@ class StepProcessor:
         if status == K.EARLY_PEAK:
             bw = float(self._bw_n)  # type: ignore[arg-type]
             m = self._mbuf
-            K._window_metrics(b.ring_t, b.ring_filt, b.scratch, k_first, k_dec - d - k_first + 1, d,
-                              self._rate, strike, strike + expected, *self._margs, math.nan,
-                              math.nan, self._toe_frac, m)
+            K._window_metrics(b.ring_t, b.ring_raw, b.ring_filt, b.scratch, k_first,
+                              k_dec - d - k_first + 1, d, 0, -1, self._rate, strike,
+                              strike + expected, *self._margs, math.nan, math.nan, self._toe_frac, m)
             r[_C_IMPACT] = m[K.M_IMPACT] / bw
             r[_C_IMPACT_T] = m[K.M_IMPACT_T]
             r[_C_VALR] = m[K.M_VALR] / bw
@@ -817,14 +817,14 @@ class StepProcessor:
         d = self._delay
         # bad samples anywhere the events or the filtered window could have seen them
         lo = max(k_first - 1 - self._settle, 0, b.n_seen - b.cap)
-        invalid = bool(K._bad_between(b.ring_raw, lo, k_last + d))
-        if s.onset_power > 0 and not invalid:
+        if s.onset_power > 0 and not K._bad_between(b.ring_raw, lo, k_last + d):
             strike, toe = self._refine_edges(b, k_first, k_last, k_end, floor, strike, toe)
         metrics = np.empty(K.N_METRICS)
         speed = math.nan if self._belt_speed is None else float(self._belt_speed)
-        K._window_metrics(b.ring_t, b.ring_filt, b.scratch, k_first, k_last - k_first + 1, d,
-                          self._rate, strike, toe, *self._margs, speed, self._foot_m,
-                          self._toe_frac, metrics)
+        invalid = bool(K._window_metrics(b.ring_t, b.ring_raw, b.ring_filt, b.scratch, k_first,
+                                         k_last - k_first + 1, d, lo, k_last + d, self._rate,
+                                         strike, toe, *self._margs, speed, self._foot_m,
+                                         self._toe_frac, metrics))
         # out as soon as its data are in: a cross-over found later is a correction
         ready = max(toe + (d + 2) / s.rate_hz, b.t_at(k_last + d))
         contact = _Contact(b.belt, strike, toe, ready, metrics=metrics,
@@ -907,7 +907,11 @@ class StepProcessor:
     def _enqueue(self, contact: _Contact) -> None:
         contact.seq = self._seq
         self._seq += 1
-        bisect.insort(self._pending, (contact.ready_s, contact.seq, contact), key=lambda r: r[:2])
+        item = (contact.ready_s, contact.seq, contact)
+        if not self._pending or self._pending[-1][0] < contact.ready_s:
+            self._pending.append(item)  # the usual case: readier than everything waiting
+        else:
+            bisect.insort(self._pending, item, key=lambda r: r[:2])
 
     def _watermark(self) -> float:
         # A belt whose stream lags the others by more than plate_max_lag_s of data time (a dead
