@@ -11,6 +11,7 @@ import pytest
 from scipy import signal
 
 from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
+from labsuite.errors import DeviceError
 from labsuite.realtime import _kernels as K
 from labsuite.realtime.files import load_text
 from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre
@@ -383,3 +384,22 @@ def test_early_records_on_real_running_agree_with_the_full_ones(shared_data, rbd
     # decided while the foot is on the ground, in the first half of the stance
     after = early["decided_s"] - early["strike_s"]
     assert np.median(after) < 0.5 * np.median(offline["contact_s"])
+
+
+def test_float32_chunks_as_the_streams_send_them_give_the_float64_result(split_run):
+    settings, plates, imus = split_run
+    as32 = {b: (t, ch.astype(np.float32)) for b, (t, ch) in plates.items()}
+    as64 = {b: (t, ch.astype(np.float64)) for b, (t, ch) in as32.items()}  # exact widening
+    got = _feed(settings, as32, imus, 10)
+    want = _feed(settings, as64, imus, 10)
+    assert len(got) > 20
+    np.testing.assert_array_equal(steps_to_rows(got), steps_to_rows(want))
+    # a non-contiguous or other-typed chunk goes through the checked, converting path
+    t, ch = as64["left"]
+    proc = StepProcessor(replace_imus(settings))
+    assert len(proc.feed_plate("left", t[:50].tolist(), np.asfortranarray(ch[:50]))) == 0
+    with pytest.raises(DeviceError, match="timestamps: sample 3 is not a finite number"):
+        bad_t = t[50:60].copy()
+        bad_t[3] = np.nan
+        proc.feed_plate("left", bad_t, ch[50:60])
+    assert proc._belts["left"].n_seen == 50  # the refused chunk changed nothing
