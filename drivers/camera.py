@@ -1,19 +1,19 @@
 """Camera through OpenCV: frames written to a video file next to the session, frame times on LSL.
 
-Each frame captured is written to the session's video file and published as one sample of the
-camera stream (``camera_spec``): its frame index in the video, stamped with the LSL time of the
+Each frame captured is written to the session's video (named after the session file, beside it:
+labsuite.video.naming) and published as one sample of the camera stream (``camera_spec``): its
+frame index, segment and position in that segment's file, stamped with the LSL time of the
 capture, so video and force data line up offline. Frames the camera delivered too late to keep
 are dropped, counted and never published (the stream declares ``can_drop_samples``).
 
-A reconnect starts a new video segment (``<name>.partN.<ext>``; an existing file is never
-overwritten); ``<name>.segments.csv`` gets one row per segment: file, frame index and LSL time of
-its first frame. Frame indices run on across the segments of one driver.
+A reconnect starts a new video segment (``<video>.partN.avi``; an existing file is never
+overwritten, labsuite.video.segments); ``<video>.segments.csv`` gets one row per segment: file,
+frame index and LSL time of its first frame. Frame indices run on across the segments of one driver.
 A video file as source plays back at ``rate_hz`` (for tests and demonstrations).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -26,6 +26,7 @@ import numpy as np
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, camera_spec
+from labsuite.video.segments import SegmentWriter
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,22 @@ class CameraDriver(Driver):
     def __init__(self, settings: CameraSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.frame_index = 0
-        self.segments: list[tuple[Path, int]] = []
+        self._video = SegmentWriter(settings.video_path, settings.rate_hz, settings.fourcc)
         self._cap: Any = None
-        self._writer: Any = None
         self._t0: float | None = None
         self._k = 0
         self._last_frame_s: float | None = None
-        self._size = (0, 0)
         self.health.extra["frames_dropped"] = 0.0
+
+    @property
+    def frame_index(self) -> int:
+        """Frames written so far (the index the next frame gets)."""
+        return self._video.frame_index
+
+    @property
+    def segments(self) -> list[tuple[Path, int]]:
+        """(file, first frame index) of every segment written."""
+        return self._video.segments
 
     def stream_specs(self) -> list[StreamSpec]:
         """The frame-counter stream, naming the video file."""
@@ -109,9 +117,7 @@ class CameraDriver(Driver):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.release()
+        self._video.end_segment()
 
     def read(self, timeout_s: float) -> list[Chunk]:
         """Capture the frames due within ``timeout_s``; write them; return their index and time."""
@@ -181,45 +187,11 @@ class CameraDriver(Driver):
         return self._keep(frames, np.asarray(stamps)) if frames else []
 
     def _keep(self, frames: list[np.ndarray], stamps: np.ndarray) -> list[Chunk]:
-        if self._writer is None:
-            self._new_segment(frames[0], float(stamps[0]))
-        height, width = self._size
-        good = [i for i, f in enumerate(frames) if f.shape[:2] == (height, width)]
-        # A frame of another size cannot go into this video: it is bad, not published, so every
-        # published index still names a written frame.
-        self.health.frames_bad += len(frames) - len(good)
-        for i in good:
-            self._writer.write(frames[i])
-        n = len(good)
-        if n == 0:
+        refused = self._video.refused
+        ts, rows = self._video.write(frames, stamps)
+        # A frame of another size cannot go into this video: it is bad, not published.
+        self.health.frames_bad += self._video.refused - refused
+        if len(ts) == 0:
             return []
-        index = self.frame_index + np.arange(n, dtype=np.float64)
-        self.frame_index += n
-        self.health.frames_ok += n
-        return [Chunk(0, np.asarray(stamps)[good], index.reshape(n, 1))]
-
-    def _new_segment(self, frame: np.ndarray, first_lsl_s: float) -> None:
-        import cv2
-
-        base = Path(self.settings.video_path)
-        path, number = base, 1
-        while path.exists():  # never overwrite: a restarted process or a reused folder appends
-            number += 1
-            path = base.with_name(f"{base.stem}.part{number}{base.suffix}")
-        height, width = frame.shape[:2]
-        fourcc = cv2.VideoWriter.fourcc(*self.settings.fourcc)
-        writer = cv2.VideoWriter(str(path), fourcc, self.settings.rate_hz, (width, height))
-        if not writer.isOpened():
-            raise DeviceError(f"camera: cannot write video {str(path)!r} with codec "
-                              f"{self.settings.fourcc!r} (check the folder and the codec)")
-        self._writer = writer
-        self._size = (height, width)
-        self.segments.append((path, self.frame_index))
-        index_file = base.with_name(f"{base.stem}.segments.csv")
-        new_file = not index_file.exists()
-        with index_file.open("a", newline="", encoding="utf-8") as fh:
-            out = csv.writer(fh)
-            if new_file:
-                out.writerow(["segment_file", "first_frame_index", "first_frame_lsl_time_s"])
-            out.writerow([path.name, self.frame_index, repr(first_lsl_s)])
-        log.info("camera: writing %s from frame %d", path, self.frame_index)
+        self.health.frames_ok += len(ts)
+        return [Chunk(0, ts, rows)]

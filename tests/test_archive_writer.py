@@ -54,7 +54,7 @@ def test_round_trip_keeps_every_value_and_the_metadata(tmp_path, uid):
         w.append(h_fp, ts, c)
     w.add_clock_offset(h_fp, 100.0, 0.25)
     w.add_clock_offset(h_fp, 110.0, 0.35)
-    w.append(h_cam, [100.0, 100.01], np.array([[0.0], [1.0]]))
+    w.append(h_cam, [100.0, 100.01], np.array([[0.0, 0.0, -1.0], [1.0, 0.0, -1.0]]))
     stage = StageRecord(0, "baseline", "baseline", 100.0, 100.5, belt_speed_m_s=3.0, end_reason="time")
     w.append(h_mk, [100.0, 100.5], [[marker("stage_start", stage="baseline")],
                                     [marker("stage_end", **stage.to_marker_fields())]])
@@ -88,7 +88,7 @@ def test_round_trip_keeps_every_value_and_the_metadata(tmp_path, uid):
         # Offsets interpolate linearly between measurements (0.25 s at 100 s, 0.35 s at 110 s).
         assert np.allclose(rec.timestamps, raw + 0.25 + (raw - 100.0) * 0.01)
         ts, data, spec = s.streams[cam.source_id]
-        assert spec.can_drop_samples and data.ravel().tolist() == [0.0, 1.0]
+        assert spec.can_drop_samples and data[:, 0].tolist() == [0.0, 1.0]
         assert [m["text"] for m in s.markers][1] == "operator note: ünïcode ok"
         assert [m["source_id"] for m in s.markers] == [mk.source_id, "", mk.source_id]
         assert s.stages == [stage]

@@ -1,4 +1,4 @@
-"""Summarise a session file: streams, durations, measured rates, gaps, steps per stage.
+"""Summarise a session file: streams, durations, measured rates, gaps, steps per stage, video files.
 
 Reads with labsuite.archive.reader; ``labsuite inspect`` prints :func:`format_summary`, reports
 and tests use :func:`summarize` (plain dict, JSON-ready).
@@ -43,6 +43,16 @@ def summarize(session: Session) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for e in events:
         counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    video = []
+    frames = session.video_frames
+    for seg in session.video_segments:
+        mine = frames[frames["segment"] == seg.row]
+        video.append({
+            "camera": seg.camera, "segment": seg.part, "file": seg.file, "exists": seg.exists,
+            "frames": len(mine),
+            "first_s": float(mine["time_s"][0]) if len(mine) else None,
+            "last_s": float(mine["time_s"][-1]) if len(mine) else None,
+            "size_bytes": seg.path.stat().st_size if seg.exists and seg.path is not None else None})
     return {
         "path": str(session.path),
         "status": session.status,
@@ -65,6 +75,8 @@ def summarize(session: Session) -> dict[str, Any]:
         "markers": len(session.markers),
         "calibration_records": len(session.calibration),
         "events": counts,
+        "video": video,
+        "video_missing": [v["file"] for v in video if not v["exists"]],
         "errors": [e["detail"] for e in events if e["kind"] in ("error", "late_stream_refused")],
     }
 
@@ -116,6 +128,17 @@ def format_summary(s: dict[str, Any]) -> str:
         lines += _table(stage_rows)
     else:
         lines.append("stages: none recorded")
+    if s["video"]:
+        video_rows: list[tuple[str, ...]] = [("video file", "camera", "segment", "frames", "seconds",
+                                              "on disk")]
+        for v in s["video"]:
+            span = "-" if v["first_s"] is None else f"{v['last_s'] - v['first_s']:.1f}"
+            disk = f"{v['size_bytes'] / 1e6:.1f} MB" if v["exists"] else "MISSING"
+            video_rows.append((v["file"], v["camera"], str(v["segment"]), str(v["frames"]), span, disk))
+        lines += _table(video_rows)
+        for name in s["video_missing"]:
+            lines.append(f"  MISSING video file: {name} (not beside the session file; "
+                         "`labsuite video` cannot show its frames)")
     ev = ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"
     lines.append(f"markers: {s['markers']}   calibration records: {s['calibration_records']}   "
                  f"events: {ev}")

@@ -1,4 +1,4 @@
-"""The session file layout (format version 2): names, attribute keys and small helpers.
+"""The session file layout (format version 3): names, attribute keys and small helpers.
 
 Shared by the writer (labsuite.archive.writer) and the reader (labsuite.archive.reader) so both
 agree on every name; docs/archive.md documents the same layout for readers without labsuite.
@@ -20,8 +20,10 @@ from labsuite.streams.contracts import Channel, StreamSpec
 
 FORMAT_NAME = "labsuite-session"
 # 1: the first layout. 2: adds a ``checksums`` dataset to every growing group and the root
-# attribute ``header_sha256``; readers of 2 read 1 (nothing to verify there).
-FORMAT_VERSION = 2
+# attribute ``header_sha256``; readers of 2 read 1 (nothing to verify there). 3: adds the
+# ``video`` group (segments and the frame table); readers of 3 read 1 and 2 (no frame table).
+FORMAT_VERSION = 3
+FIRST_VIDEO_VERSION = 3
 
 STREAMS = "streams"
 STEPS = "steps"
@@ -29,6 +31,16 @@ MARKERS = "markers"
 STAGES = "stages"
 CALIBRATION = "calibration"
 EVENTS = "events"
+# Format 3: the video that belongs to the session (labsuite.video), one group holding two more.
+VIDEO = "video"
+VIDEO_SEGMENTS = "video/segments"  # text log: one JSON object per video segment file
+VIDEO_FRAMES = "video/frames"  # group with a ``table`` of FRAME_DTYPE, one row per frame written
+FRAME_DTYPE = np.dtype([
+    ("frame_index", np.int64),  # the camera's frame index (runs on across its segments)
+    ("time_s", np.float64),  # raw LSL time of the frame, as the camera stream's time_stamps
+    ("segment", np.int64),  # row of video/segments: which file (and which camera)
+    ("position", np.int64),  # the frame's number in that file, from 0
+])
 
 # In a stream group.
 TIME_STAMPS = "time_stamps"  # (n,) float64, raw LSL timestamps as received

@@ -1,4 +1,4 @@
-"""Read a session file into numpy arrays: streams, steps, markers, stages, calibration, events.
+"""Read a session file into numpy arrays: streams, steps, markers, stages, calibration, events, video.
 
 The other end of labsuite.archive.writer: works on complete files, on files cut short by a crash
 (``complete`` is False) and on files still being written (SWMR read; call :meth:`Session.refresh`).
@@ -28,6 +28,7 @@ from labsuite.errors import ArchiveError, LabsuiteError
 from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE, empty_steps
 from labsuite.streams.contracts import KIND_MARKERS, StreamSpec
+from labsuite.video.naming import resolve_stored
 
 MARKER_DTYPE = np.dtype([("time_s", np.float64), ("text", object), ("source_id", object)])
 
@@ -87,6 +88,30 @@ def corrected_times(raw: np.ndarray, clock_offsets: np.ndarray) -> np.ndarray:
         return raw.copy()
     order = np.argsort(co[:, 0], kind="stable")
     return raw + np.interp(raw, co[order, 0], co[order, 1])
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    """One video file of the session (a row of ``video/segments``).
+
+    ``file`` is the path relative to the session file's folder as stored; ``path`` where that is
+    (None when the stored name is not a safe relative path); ``camera`` the camera stream's
+    source_id; ``part`` its segment number (1 = the camera's first file).
+    """
+
+    row: int
+    camera: str
+    part: int
+    file: str
+    path: Path | None
+    first_frame_index: int
+    first_time_s: float
+    record: dict[str, Any]
+
+    @property
+    def exists(self) -> bool:
+        """True when the video file is where the session file says."""
+        return self.path is not None and self.path.is_file()
 
 
 class DamagedFileError(ArchiveError):
@@ -308,6 +333,25 @@ class Session:
         return arr
 
     @property
+    def video_segments(self) -> list[VideoSegment]:
+        """The session's video files, in the order they were started (empty before format 3)."""
+        return list(self._video_segments)
+
+    @property
+    def video_frames(self) -> np.ndarray:
+        """The frame table (``layout.FRAME_DTYPE``), ``time_s`` corrected like stream timestamps.
+
+        One row per frame written: frame index, time, ``segment`` (index into
+        :attr:`video_segments`) and the frame's position in that file.
+        """
+        return self._video_frames
+
+    @property
+    def video_frames_raw(self) -> np.ndarray:
+        """:attr:`video_frames` with ``time_s`` as the camera stamped it (what the file stores)."""
+        return self._video_frames_raw
+
+    @property
     def stages(self) -> list[StageRecord]:
         """The protocol stages as run (from ``stage_end`` markers), in order of their end."""
         return list(self._stages)
@@ -375,6 +419,11 @@ class Session:
             if groups[name] is not None:
                 log = self._guard(name, lambda n=name: self._read_log(n, groups[n]))
             self._logs[name] = log if log is not None else (np.empty(0), [])
+        self._video_segments: list[VideoSegment] = []
+        self._video_frames = np.empty(0, dtype=L.FRAME_DTYPE)
+        self._video_frames_raw = self._video_frames
+        if self._version >= L.FIRST_VIDEO_VERSION:
+            self._guard(L.VIDEO, self._read_video)
         self._stages = self._parse_log(L.STAGES, lambda obj, t: StageRecord.from_marker(obj))
         self._calibration = self._parse_log(L.CALIBRATION, lambda obj, t: obj)
         self._events = self._parse_log(L.EVENTS, lambda obj, t: {**obj, "time_s": float(t)})
@@ -460,6 +509,62 @@ class Session:
         raw = raw[:n]
         co = self._read_clock(where, g)
         return StreamData(key, spec, corrected_times(raw, co), raw, data, co, late)
+
+    def _read_video(self) -> None:
+        """The video group (format 3): segment records, then the frame table up to its first bad row."""
+        assert self._file is not None
+        for name in (L.VIDEO, L.VIDEO_SEGMENTS, L.VIDEO_FRAMES):
+            if not isinstance(self._file.get(name), h5py.Group):
+                self._problem(name, "the required group is missing (format 3 writes it); no video "
+                              "frames read")
+                return
+        ts, texts = self._read_log(L.VIDEO_SEGMENTS, self._file[L.VIDEO_SEGMENTS])
+        for i, (t, text) in enumerate(zip(ts, texts, strict=True)):
+            try:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                camera, part, file = obj["camera"], obj["segment"], obj["file"]
+                if not isinstance(camera, str) or not isinstance(file, str) or \
+                        isinstance(part, bool) or not isinstance(part, int) or part < 1:
+                    raise ValueError("expected camera and file as text and segment >= 1")
+                first = obj.get("first_frame_index", -1)
+                first = int(first) if isinstance(first, int) and not isinstance(first, bool) else -1
+            except (ValueError, TypeError, KeyError) as exc:
+                self._problem(L.VIDEO_SEGMENTS, f"row {i} is not a valid segment record ({exc}); rows "
+                              f"{i}.. left out")
+                break
+            try:
+                path: Path | None = resolve_stored(self.path, file)
+            except ArchiveError as exc:
+                self._problem(L.VIDEO_SEGMENTS, f"row {i}: {exc}")
+                path = None
+            self._video_segments.append(VideoSegment(i, camera, part, file, path, first, float(t), obj))
+        g = self._file[L.VIDEO_FRAMES]
+        table = _dataset(g, "table", 1)
+        if table.dtype != L.FRAME_DTYPE:
+            raise ValueError(f"video/frames/table has dtype {table.dtype}, expected {L.FRAME_DTYPE}")
+        n = self._trusted(L.VIDEO_FRAMES, g, table.shape[0])
+        n = self._on_disk(L.VIDEO_FRAMES, n, table)
+        rows, n = self._read_rows(L.VIDEO_FRAMES, table, n)
+        n = self._verify(L.VIDEO_FRAMES, g, n, {"table": (rows, 1)})
+        rows = np.array(rows[:n], dtype=L.FRAME_DTYPE)
+        bad = (rows["segment"] < 0) | (rows["segment"] >= len(self._video_segments)) | \
+            (rows["position"] < 0) | ~np.isfinite(rows["time_s"])
+        if bad.any():
+            k = int(np.argmax(bad))
+            self._problem(L.VIDEO_FRAMES, f"row {k} names segment {int(rows['segment'][k])} (of "
+                          f"{len(self._video_segments)}), position {int(rows['position'][k])}, time "
+                          f"{float(rows['time_s'][k])!r}: rows {k}..{n - 1} left out")
+            rows = rows[:k]
+        self._video_frames_raw = rows.copy()
+        # Frame times on this machine's clock: each camera's own measured clock offsets.
+        for seg_rows in _group_by_camera(rows, self._video_segments):
+            cam = self._video_segments[int(rows["segment"][seg_rows[0]])].camera
+            sd = self._streams.get(cam)
+            if sd is not None:
+                rows["time_s"][seg_rows] = corrected_times(rows["time_s"][seg_rows], sd.clock_offsets)
+        self._video_frames = rows
 
     def _trusted(self, where: str, g: Any, n: int) -> int:
         """Rows the writer confirmed complete (it writes the count after the rows reached the disk)."""
@@ -662,6 +767,14 @@ def open_session(path: str | os.PathLike[str], *, allow_damaged: bool = False) -
     A damaged file raises :class:`DamagedFileError` unless ``allow_damaged``.
     """
     return Session(path, allow_damaged=allow_damaged)
+
+
+def _group_by_camera(rows: np.ndarray, segments: list[VideoSegment]) -> list[np.ndarray]:
+    """Indices of ``rows`` per camera (rows of one camera share its clock offsets)."""
+    if len(rows) == 0:
+        return []
+    cams = np.array([segments[int(k)].camera for k in rows["segment"]], dtype=object)
+    return [np.flatnonzero(cams == cam) for cam in dict.fromkeys(cams.tolist())]
 
 
 def _dataset(g: Any, name: str, ndim: int) -> Any:

@@ -3,7 +3,9 @@
 The recorder role of DESIGN.md: acquisition readers (labsuite.streams.acquisition) pull each stream
 on their own thread and hand chunks straight to the writer's queue; clock offsets, gaps, losses and
 reconnects go into the file too. The steps stream also fills the step table and stage_end markers
-the stage table. Used by ``labsuite record`` and by the session runner (``run_recorder`` role).
+the stage table; camera streams fill the frame table and the list of video segments, with each
+file's path relative to the session file (labsuite.video.naming). Used by ``labsuite record`` and
+by the session runner (``run_recorder`` role).
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from labsuite.archive.layout import validate_participant_id
+from labsuite.archive.layout import FRAME_DTYPE, validate_participant_id
 from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings, expected_bytes_per_s
 from labsuite.errors import ArchiveError, ConfigError
 from labsuite.steps import STEP_FIELD_NAMES, empty_steps
-from labsuite.streams.contracts import KIND_STEPS, StreamSpec
+from labsuite.streams.contracts import (
+    CAMERA_FRAME_INDEX,
+    CAMERA_POSITION,
+    CAMERA_SEGMENT,
+    KIND_CAMERA,
+    KIND_STEPS,
+    StreamSpec,
+)
+from labsuite.video.naming import relative_to_session, segment_path
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,7 @@ class _Recorded:
         self.handle: StreamHandle | None = None
         self.offsets_sent = 0
         self.refused = False
+        self.video_rows: dict[int, int] = {}  # camera segment number -> row of video/segments
 
 
 class Recorder:
@@ -266,6 +277,8 @@ class Recorder:
             writer.append(rec.handle, ts, data)
             if rec.handle.spec.kind == KIND_STEPS:
                 writer.append_steps(steps_from_stream(rec.handle.spec, data))
+            elif rec.handle.spec.kind == KIND_CAMERA:
+                self._video_frames(rec, rec.handle.spec, ts, data)
         except ArchiveError as exc:
             if writer.failed is not None:
                 self._error = writer.failed
@@ -273,6 +286,41 @@ class Recorder:
             else:
                 rec.refused = True
                 self._on_message(str(exc))
+
+    def _video_frames(self, rec: _Recorded, spec: StreamSpec, ts: np.ndarray, data: np.ndarray) -> None:
+        """Frame-table rows for a camera chunk; a new segment number gets its segment record first."""
+        video = str(spec.setup.get("camera", {}).get("video_file", "")) if isinstance(
+            spec.setup.get("camera"), dict) else ""
+        labels = spec.labels
+        if not video or CAMERA_SEGMENT not in labels or CAMERA_POSITION not in labels:
+            return  # a frame counter without video (or an older camera): nothing to link
+        rows = np.asarray(data, dtype=np.float64).reshape(len(ts), -1)
+        part = rows[:, labels.index(CAMERA_SEGMENT)]
+        keep = np.isfinite(part) & (part >= 1)
+        if not keep.any():
+            return
+        rows, part, ts = rows[keep], part[keep].astype(np.int64), np.asarray(ts)[keep]
+        index = rows[:, labels.index(CAMERA_FRAME_INDEX)].astype(np.int64)
+        writer = self.writer
+        for p in np.unique(part):
+            if int(p) in rec.video_rows:
+                continue
+            first = int(np.argmax(part == p))
+            file, inside = relative_to_session(segment_path(video, int(p)), self.path)
+            if not inside:
+                self._on_message(f"camera {spec.source_id}: video {segment_path(video, int(p))} is not "
+                                 f"in the session file's folder; stored as {file!r}: copy it beside "
+                                 f"{self.path.name} to review it")
+            rec.video_rows[int(p)] = writer.add_video_segment(
+                {"camera": spec.source_id, "camera_name": spec.name, "segment": int(p), "file": file,
+                 "first_frame_index": int(index[first]), "rate_hz": spec.rate_hz,
+                 "beside_session": inside}, float(ts[first]))
+        out = np.empty(len(ts), dtype=FRAME_DTYPE)
+        out["frame_index"] = index
+        out["time_s"] = ts
+        out["segment"] = [rec.video_rows[int(p)] for p in part]
+        out["position"] = rows[:, labels.index(CAMERA_POSITION)].astype(np.int64)
+        writer.append_video_frames(out)
 
     def _on_event(self, rec: _Recorded, kind: str, detail: str) -> None:
         if self._writer is not None and self._writer.failed is None:

@@ -2,7 +2,8 @@
 
 Sits beside the reader (labsuite.archive.reader), which reads every stream up to its last
 consistent row and lists what it left out; ``labsuite recover`` writes those rows with the
-ordinary SessionWriter into a new file (never over the original), restores the original root
+ordinary SessionWriter into a new file (never over the original), with the video segments and
+frame table (the video files themselves stay where they are), restores the original root
 attributes, and records where the copy came from and what was lost, so reports and exports
 work on what survived and still say it is a recovered copy.
 """
@@ -37,6 +38,7 @@ class RecoveryReport:
     source_status: str
     kept: list[tuple[str, int]] = field(default_factory=list)  # (what, rows)
     lost: list[str] = field(default_factory=list)  # the reader's problems with the original
+    notes: list[str] = field(default_factory=list)
 
 
 def recover(source: str | Path, out: str | Path) -> RecoveryReport:
@@ -81,6 +83,14 @@ def recover(source: str | Path, out: str | Path) -> RecoveryReport:
             for rec in s.calibration:
                 writer.set_calibration(rec, timestamp=0.0)
             report.kept.append(("calibration records", len(s.calibration)))
+            for seg in s.video_segments:
+                writer.add_video_segment(seg.record, seg.first_time_s)
+            report.kept.append(("video segments", len(s.video_segments)))
+            writer.append_video_frames(s.video_frames_raw)
+            report.kept.append(("video frames", len(s.video_frames_raw)))
+            if s.video_segments and out.parent.resolve() != source.parent.resolve():
+                report.notes.append(f"the video files stay beside {source.name} (their names are stored "
+                                    f"relative to the session file): copy them into {out.parent} too")
             for ev in s.events:
                 writer.log_event(str(ev.get("kind", "")), str(ev.get("detail", "")),
                                  source_id=str(ev.get("source_id", "")), timestamp=float(ev["time_s"]))
@@ -107,6 +117,7 @@ def format_report(rep: RecoveryReport) -> str:
     """The terminal text of a recovery."""
     lines = [f"recovered {rep.source} ({rep.source_status}) into {rep.out}"]
     lines += [f"  kept: {what}: {rows} rows" for what, rows in rep.kept]
+    lines += [f"  note: {n}" for n in rep.notes]
     if rep.lost:
         lines += [f"  lost: {p}" for p in rep.lost]
     elif rep.source_status != STATUS_DAMAGED:

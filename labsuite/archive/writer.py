@@ -262,6 +262,25 @@ class SessionWriter:
             g = f.create_group(name)
             g.attrs["description"] = doc
             self._targets["/" + name] = self._text_target(g, with_time=True)
+        video = f.create_group(L.VIDEO)
+        video.attrs["description"] = ("the session's video files (beside the session file) and the "
+                                      "frame table: which frame of which file was taken when")
+        seg = f.create_group(L.VIDEO_SEGMENTS)
+        seg.attrs["description"] = ("one JSON object per video segment: camera, segment, file "
+                                    "(relative to the session file's folder), first frame")
+        self._targets["/" + L.VIDEO_SEGMENTS] = self._text_target(seg, with_time=True)
+        frames = f.create_group(L.VIDEO_FRAMES)
+        ds = frames.create_dataset("table", (0,), maxshape=(None,), chunks=(4096,), dtype=L.FRAME_DTYPE,
+                                   **self._compression())
+        ds.attrs["description"] = json.dumps({
+            "frame_index": "the camera's frame index", "time_s": "raw LSL time of the frame, s",
+            "segment": "row of video/segments (file and camera)",
+            "position": "frame number within that file, from 0"})
+        tgt = _Target(table=ds)
+        tgt.committed = _committed(frames)
+        tgt.checksums = _checksums(frames)
+        self._targets["/" + L.VIDEO_FRAMES] = tgt
+        self._video_segments = 0
         for slot in self._late_free:
             g = f[L.STREAMS].create_group(slot)
             g.attrs["late_slot"] = True
@@ -386,6 +405,26 @@ class SessionWriter:
             raise ArchiveError(f"append_steps: expected a STEP_DTYPE structured array, got dtype {arr.dtype}")
         self._put(("steps", arr.copy().reshape(-1)), 0)
 
+    def add_video_segment(self, record: Mapping[str, Any], first_time_s: float) -> int:
+        """Store one video segment's record (JSON); returns its row, for the frames' ``segment``."""
+        try:
+            text = json.dumps(L._jsonable(dict(record)), separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise ArchiveError(f"video segment record: not serialisable as JSON ({exc})") from None
+        with self._lock:
+            row = self._video_segments
+            self._video_segments += 1
+            self._put_locked(("text", "/" + L.VIDEO_SEGMENTS, np.array([float(first_time_s)]), [text],
+                              False), 0)
+        return row
+
+    def append_video_frames(self, frames: np.ndarray) -> None:
+        """Queue rows of the frame table (``layout.FRAME_DTYPE``)."""
+        arr = np.asarray(frames)
+        if arr.dtype != L.FRAME_DTYPE:
+            raise ArchiveError(f"append_video_frames: expected a FRAME_DTYPE array, got dtype {arr.dtype}")
+        self._put(("frames", arr.copy().reshape(-1)), 0)
+
     def append_marker(self, timestamp: float, text: str) -> None:
         """Queue a marker of this process (LSL local time); ``stage_end`` markers fill the stage table."""
         self._put(("text", "/" + L.MARKERS, np.array([float(timestamp)]), [str(text)], True), 0)
@@ -464,6 +503,15 @@ class SessionWriter:
         if not self._started:
             with self._lock:
                 self._start_locked()
+        self._enqueue(op, n)
+
+    def _put_locked(self, op: tuple[Any, ...], n: int) -> None:
+        """:meth:`_put` for a caller that holds ``self._lock`` already."""
+        self._raise_if_failed()
+        self._start_locked()
+        self._enqueue(op, n)
+
+    def _enqueue(self, op: tuple[Any, ...], n: int) -> None:
         if n:
             with self._count_lock:
                 self._queued += n
@@ -581,6 +629,8 @@ class SessionWriter:
             self._targets[key].clock_rows.append((local_time, offset))
         elif kind == "steps":
             self._targets["/steps"].add_table(op[1])
+        elif kind == "frames":
+            self._targets["/" + L.VIDEO_FRAMES].add_table(op[1])
         elif kind == "late_spec":
             _, key, text = op
             self._targets[key].spec_log.add_text(None, [text])  # type: ignore[union-attr]

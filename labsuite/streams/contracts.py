@@ -372,6 +372,11 @@ def imu_spec(
     )
 
 
+CAMERA_FRAME_INDEX = "frame_index"
+CAMERA_SEGMENT = "segment"
+CAMERA_POSITION = "position"
+
+
 def camera_spec(
     source_id: str,
     *,
@@ -381,11 +386,18 @@ def camera_spec(
     model: str = "simulated camera",
     video_file: str = "",
 ) -> StreamSpec:
-    """Describe a camera frame-counter stream: one frame index per frame; frames may drop."""
+    """Describe a camera frame-counter stream: one sample per frame written; frames may drop.
+
+    Channels: ``frame_index`` (runs on across segments), ``segment`` (the video file's part number,
+    1 = ``video_file`` itself, 0 = no video written) and ``position`` (the frame's number in that
+    file, from 0). ``video_file`` is the first segment's path as the camera wrote it.
+    """
     return StreamSpec(
         name=name or "labsuite-camera",
         kind=KIND_CAMERA,
-        channels=(Channel("frame_index", "count", "FrameIndex"),),
+        channels=(Channel(CAMERA_FRAME_INDEX, "count", "FrameIndex"),
+                  Channel(CAMERA_SEGMENT, "count", "VideoSegment"),
+                  Channel(CAMERA_POSITION, "count", "FramePosition")),
         rate_hz=rate_hz,
         dtype="float64",
         source_id=source_id,
