@@ -170,7 +170,7 @@ def test_frames_show_the_feet_where_the_gait_plan_puts_them():
         for frac in (0.0, 0.5, 0.95):  # at the strike, mid-stance, just before toe-off
             t = st.strike_s + frac * st.contact_s
             img = render_frame(rows, t, 17)
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 75])
+            _ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 75])
             dec = cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(int)
             colour = LEFT_HEEL_BGR if st.foot == "left" else RIGHT_HEEL_BGR
             mask = (np.abs(dec - np.array(colour)).sum(axis=2) < 120)
@@ -317,13 +317,13 @@ def test_frame_table_round_trip_recover_and_inspect(tmp_path, uid):
     assert ("video frames", 100) in rep.kept and any("copy them" in n for n in rep.notes)
     with open_session(out / "fixed.h5") as s:
         assert np.array_equal(s.video_frames_raw, frames)
-        assert [g.record for g in s.video_segments][0]["first_frame_index"] == 0
+        assert next(g.record for g in s.video_segments)["first_frame_index"] == 0
 
 
 def test_damaged_frame_table_is_reported_and_older_formats_still_read(tmp_path, uid):
     import h5py
 
-    path, frames = _session_with_video(tmp_path, uid)
+    path, _frames = _session_with_video(tmp_path, uid)
     with h5py.File(path, "r+") as f:
         f["video/frames/table"][60] = (60, 100.6, 7, 10)  # segment 7 does not exist
     with open_session(path, allow_damaged=True) as s:

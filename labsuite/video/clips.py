@@ -48,7 +48,8 @@ def step_caption(step: np.ndarray | None, number: int | None, t_from_start_s: fl
         f"VALR {_fmt(float(step['valr_bw_per_s']), 1, 'BW/s')}  VILR "
         f"{_fmt(float(step['vilr_bw_per_s']), 1, 'BW/s')}" + (f"  ({how})" if how else ""),
         f"peak {_fmt(float(step['peak_vgrf_bw']), 2, 'BW')}  contact "
-        f"{_fmt(float(step['contact_s']) * 1000, 0, 'ms')}  cadence {_fmt(float(step['cadence_spm']), 0, 'spm')}",
+        f"{_fmt(float(step['contact_s']) * 1000, 0, 'ms')}  "
+        f"cadence {_fmt(float(step['cadence_spm']), 0, 'spm')}",
     ]
 
 
