@@ -52,6 +52,7 @@ TRUNK_M = 0.52
 HEAD_R_M = 0.1
 ARM_M = 0.55
 SWING_LIFT_M = 0.14  # highest heel lift in running swing (walking: half)
+RECONNECT_S = 0.5  # a camera back after a cable fault delivers frames again after this (USB re-enumeration)
 
 
 def to_px(x_m: float, z_m: float) -> tuple[int, int]:
@@ -261,6 +262,8 @@ class SimFilmingCamera(Driver):
         self._t0 = 0.0
         self._k = 0
         self._opened_s = 0.0
+        self._following = False
+        self._faulted = False
         self.health.extra["frames_dropped"] = 0.0
 
     @property
@@ -282,18 +285,29 @@ class SimFilmingCamera(Driver):
         return float(pylsl.local_clock())
 
     def open(self) -> None:
-        """Start the frame clock (and follow the gait plan); the segment opens at the first frame."""
-        if self._plan is not None:
+        """Start the frame clock (and follow the gait plan); the segment opens at the first frame.
+
+        After a cable fault the camera needs ``RECONNECT_S`` before it delivers frames again.
+        """
+        if self._plan is not None and not self._following:
             self._plan.start()
-        self._t0 = self._opened_s = self._now()
+            self._following = True
+        now = self._now()
+        self._opened_s = now
+        self._t0 = now + (RECONNECT_S if self._faulted else 0.0)
+        self._faulted = False
         self._k = 0
 
     def close(self) -> None:
-        """Finish the segment; a later open films into a new one (safe twice)."""
-        if self._plan is not None:
-            self._plan.stop()
+        """Finish the segment; a later open films into a new one (safe twice).
+
+        The gait plan is followed on through a cable fault (the runner does not stop running).
+        """
         if self._video is not None:
             self._video.end_segment()
+        if self._plan is not None and self._following and not self._faulted:
+            self._plan.stop()
+            self._following = False
 
     def _due(self, timeout_s: float) -> np.ndarray:
         period = 1.0 / self.settings.rate_hz
@@ -310,6 +324,7 @@ class SimFilmingCamera(Driver):
         """Film the frames that fell due; raise DeviceError at a simulated cable fault."""
         s = self.settings
         if s.disconnect_every_s is not None and self._now() - self._opened_s >= s.disconnect_every_s:
+            self._faulted = True
             raise DeviceError(f"simulated camera {s.source_id}: connection lost (simulated cable "
                               f"fault after {s.disconnect_every_s:g} s of filming)")
         k = self._due(timeout_s)

@@ -358,7 +358,10 @@ class SimCamera(_GridDevice):
             (~keep).sum())
         if not keep.any():
             return []
-        return [Chunk(0, self._times(k[keep]), k[keep].astype(np.float64).reshape(-1, 1))]
+        kept = k[keep].astype(np.float64)
+        # frame_index, segment 0 and position -1: a frame counter that writes no video
+        rows = np.column_stack([kept, np.zeros_like(kept), -np.ones_like(kept)])
+        return [Chunk(0, self._times(k[keep]), rows)]
 
 
 class SimTreadmill(TreadmillDriver):

@@ -92,6 +92,12 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool, suffixes: Seq
         raise ConfigError(f"--out {p}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {p}: folder {folder} is not writable by this user")
+    try:  # a real probe: /proc and read-only mounts pass os.access for root
+        fd, probe = tempfile.mkstemp(prefix=".labsuite-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"--out {p}: folder {folder} is not writable ({exc.strerror or exc})") from None
     if p.is_dir():
         raise ConfigError(f"--out {p}: is a folder; expected a file name")
     if p.exists() and not overwrite:
@@ -138,12 +144,13 @@ def write_clip(frames: Iterable[tuple[np.ndarray, float]], out: Path, rate_hz: f
                     h, w = img.shape[:2]
                     stream = container.add_stream("libx264", rate=max(1, round(rate_hz)))
                     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                    stream.time_base = Fraction(1, 1000)
+                    # Millisecond time stamps: each frame keeps its own time (variable frame rate).
+                    stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
                     stream.options = {"crf": "18", "preset": "veryfast"}
                     t_first = float(t)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
                 pts = max(last_pts + 1, round((float(t) - t_first) * 1000))
-                frame.pts, frame.time_base, last_pts = pts, stream.time_base, pts
+                frame.pts, frame.time_base, last_pts = pts, Fraction(1, 1000), pts
                 for packet in stream.encode(frame):
                     container.mux(packet)
                 n += 1

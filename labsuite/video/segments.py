@@ -5,7 +5,7 @@ virtual runner). Each written frame gets three numbers, published on the camera 
 in the session's frame table: its frame index (runs on across the segments of one driver), its
 segment (the file's part number, see :mod:`labsuite.video.naming`) and its position in that file.
 The writer is OpenCV's, MJPG in AVI by default: every frame is a key frame, so reading frame N
-back seeks exactly, and encoding costs about 0.7 ms per 320x240 frame (measured here).
+back seeks exactly, and encoding costs about 0.4 ms per 320x240 frame (scripts/bench_video.py).
 """
 
 from __future__ import annotations
