@@ -152,9 +152,14 @@ def test_video_cli_errors_are_one_clear_line(session, tmp_path):
                            capture_output=True, text=True, timeout=60)
         return r.returncode, r.stdout, r.stderr
 
-    code, out, err = run(path, "--step", "10", "--out", tmp_path / "ok.png")
+    with open_session(path) as s:
+        steps = session_steps(s)
+        times, _, _ = _camera_frames(s, _cam.source_id)
+    # a step whose strike the camera filmed (not one in a reconnect gap)
+    n = next(i + 1 for i, t in enumerate(steps["strike_s"]) if np.min(np.abs(times - t)) < 0.006)
+    code, out, err = run(path, "--step", n, "--out", tmp_path / "ok.png")
     assert code == 0 and "wrote" in out and "from the strike" in out, err
-    code, _, err = run(path, "--step", "10", "--out", tmp_path / "ok.png")
+    code, _, err = run(path, "--step", n, "--out", tmp_path / "ok.png")
     assert code == 1 and "exists; give --overwrite" in err
     for args, msg in (((path, "--step", "0", "--out", tmp_path / "a.png"), "has steps 1.."),
                       ((path, "--step", "100000", "--out", tmp_path / "a.png"), "has steps 1.."),
@@ -173,7 +178,7 @@ def test_video_cli_errors_are_one_clear_line(session, tmp_path):
     moved = video.with_suffix(".moved")
     video.rename(moved)
     try:
-        code, _, err = run(path, "--step", "10", "--out", tmp_path / "b.png")
+        code, _, err = run(path, "--step", n, "--out", tmp_path / "b.png")
         assert code == 1 and "is missing" in err and video.name in err
         res = subprocess.run([sys.executable, "-m", "labsuite", "inspect", str(path)], capture_output=True,
                              text=True, timeout=60)
