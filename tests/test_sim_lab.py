@@ -243,7 +243,11 @@ def test_participant_follows_the_session_metronome_over_tens_of_steps(uid):
         # The participant's reader must be connected to our markers before the metronome starts.
         assert _wait(lambda: markers.have_consumers(), 20)
         t_cmd = pylsl.local_clock()
-        markers.push_sample([marker(EVENT_METRONOME, spm=target)])
+        # junk first, in the same chunk: another program's text, broken JSON, a JSON list, a bad
+        # field; the participant must still hear the metronome that follows
+        markers.push_chunk([["hello from another app"], ["{not json"], ["[1, 2]"],
+                            ['{"event": "metronome", "spm": "fast"}'],
+                            [marker(EVENT_METRONOME, spm=target)]])
         time.sleep(16.0)
         _, rows = plan.ring.latest()
         steps = [gait.PlannedStep.from_vector(r) for r in rows]

@@ -230,3 +230,102 @@ def test_discover_lists_visible_streams_with_their_contracts(uid):
     assert any(s.source_id == f"{uid}-imu" for s in only_imu)
     assert all(s.kind == c.KIND_IMU for s in only_imu)
     del outlets
+
+
+def test_caller_pulls_sees_nothing_until_it_pulls_then_all_of_it_in_its_own_thread(uid):
+    spec = c.imu_spec(f"{uid}-imu", location="left distal tibia", side="left", rate_hz=500.0)
+    calls: list[tuple[int, np.ndarray, np.ndarray]] = []
+    events: list[str] = []
+    reader = StreamReader(
+        spec.source_id, caller_pulls=True,
+        on_chunk=lambda r, ts, d: calls.append((threading.get_ident(), ts.copy(), d[:, 0].copy())),
+        on_event=lambda r, kind, text: events.append(kind)).start()
+    raw = StreamReader(spec.source_id, raw_timestamps=True, caller_pulls=True).start()
+    source = _CounterSource(spec).start()
+    try:
+        assert reader.wait_connected(15.0) and raw.wait_connected(15.0)
+        assert _wait(lambda: reader.connected and raw.connected, 10.0)
+        time.sleep(1.0)
+        # the worker found and opened the stream but pulled nothing: the owner decides when
+        assert calls == [] and reader.stats().samples == 0
+        n = reader.pull()
+        assert n >= 400, n  # a second of samples at 500 Hz, drained at once (several chunks if need be)
+        assert {ident for ident, _, _ in calls} == {threading.get_ident()}
+        counter = np.concatenate([k for _, _, k in calls])
+        assert len(counter) == n and np.all(np.diff(counter) == 1)
+        # pulling again drains only what arrived meanwhile; a second call at once finds ~nothing
+        time.sleep(0.2)
+        assert 50 <= reader.pull() <= 400
+        assert reader.pull() <= 10
+        # timestamps: consumers get them corrected onto this clock, the archive's reader raw
+        raw_ts: list[np.ndarray] = []
+        raw.on_chunk = lambda r, ts, d: raw_ts.append(ts.copy())
+        assert raw.pull() > 0
+        ring_ts, _ = raw.ring.latest(len(np.concatenate(raw_ts)))
+        np.testing.assert_array_equal(ring_ts, np.concatenate(raw_ts) + raw.offset_s)
+        ring_ts, _ = reader.ring.latest(len(calls[-1][1]))
+        np.testing.assert_array_equal(ring_ts, calls[-1][1])
+        # a source that dies is found lost by the pull, reported by the worker, and found again
+        source.stop()
+        assert _wait(lambda: (reader.pull(), EVENT_LOST in events)[1], 15.0)
+        assert not reader.connected and reader.pull() == 0
+        source = _CounterSource(spec, t0=source.t0).start()
+        assert _wait(lambda: EVENT_RECONNECTED in events, 15.0)
+        assert _wait(lambda: reader.pull() > 0, 10.0)
+        assert reader.stats().reconnects == 1
+        with pytest.raises(ConfigError, match="caller_pulls"):
+            StreamReader(spec.source_id).pull()
+    finally:
+        source.stop()
+        reader.stop()
+        raw.stop()
+
+
+@pytest.mark.parametrize("caller_pulls", [False, True])
+def test_a_failing_callback_is_counted_logged_once_and_the_reader_goes_on(uid, caller_pulls, caplog):
+    spec = c.imu_spec(f"{uid}-imu", location="left distal tibia", side="left", rate_hz=500.0)
+    good: list[np.ndarray] = []
+    events: list[tuple[str, str]] = []
+
+    def on_chunk(reader, ts, data):
+        if len(good) % 2 == 0:
+            good.append(np.empty(0))
+            raise ValueError("a consumer bug")
+        good.append(data[:, 0].copy())
+
+    def on_event(reader, kind, text):
+        events.append((kind, text))
+        if kind == "connected":
+            raise RuntimeError("an on_event bug")
+
+    reader = StreamReader(spec.source_id, on_chunk=on_chunk, on_event=on_event,
+                          caller_pulls=caller_pulls).start()
+    source = _CounterSource(spec).start()
+    try:
+        with caplog.at_level("ERROR", logger="labsuite.streams.acquisition"):
+            assert reader.wait_connected(15.0)
+
+            def enough() -> bool:
+                if caller_pulls:
+                    reader.pull()
+                    time.sleep(0.02)
+                return reader.stats().chunks >= 20
+
+            assert _wait(enough, 20.0)
+        reader.stop()
+        st = reader.stats()
+        # every other chunk failed; the reader kept pulling and counted each failure
+        failed = sum(1 for g in good if len(g) == 0)
+        assert st.callback_errors == failed + 1 and failed >= 10  # + the on_event failure
+        assert len(good) == st.chunks and sum(len(g) for g in good) > 0
+        logged = [r for r in caplog.records if "raised" in r.getMessage()]
+        # logged once per distinct error, with its cause (the traceback)
+        assert len(logged) == 2, [r.getMessage() for r in logged]
+        assert all(r.exc_info is not None for r in logged)
+        assert {m.split(" raised ")[0].split(": ")[-1] for m in (r.getMessage() for r in logged)} == {
+            "on_chunk", "on_event"}
+        reported = [text for kind, text in events if kind == "callback_error"]
+        assert reported == ["on_chunk raised ValueError: a consumer bug"]
+    finally:
+        source.stop()
+        reader.stop()

@@ -29,7 +29,7 @@ from labsuite.drivers.treadmill import (
     TreadmillDriver,
     TreadmillSettings,
 )
-from labsuite.errors import ConfigError
+from labsuite.errors import ConfigError, LabsuiteError
 from labsuite.realtime.geometry import lab_to_plate
 from labsuite.streams import contracts as c
 from labsuite.streams.acquisition import StreamQuery, StreamReader
@@ -150,19 +150,22 @@ def run_participant(stop: Any, settings: SimLabSettings) -> None:
         idx_l = reader.spec.channel_index(c.SPEED_LEFT) if reader.spec else 1
         speed = float(0.5 * (data[-1, idx_r] + data[-1, idx_l]))
         with lock:
-            inbox.append(("speed", float(ts[-1] + reader.offset_s), speed))
+            inbox.append(("speed", float(ts[-1]), speed))
 
     def on_marker(reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         for t, row in zip(ts, data, strict=True):
             try:
                 msg = decode(str(row[0]))
-            except ConfigError:
+            except LabsuiteError as exc:  # another program's junk must not deafen the participant
+                log.warning("participant: ignored a marker: %s", exc)
                 continue
             if msg.get("event") == EVENT_METRONOME:
                 spm = msg.get("spm")
+                if spm is not None and (isinstance(spm, bool) or not isinstance(spm, (int, float))):
+                    log.warning("participant: ignored a metronome marker with spm %r", spm)
+                    continue
                 with lock:
-                    inbox.append(("metronome", float(t + reader.offset_s),
-                                  None if spm is None else float(spm)))
+                    inbox.append(("metronome", float(t), None if spm is None else float(spm)))
 
     readers = [
         StreamReader(StreamQuery(source_id=settings.source_id("treadmill")), on_chunk=on_belt,

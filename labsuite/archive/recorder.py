@@ -260,7 +260,9 @@ class Recorder:
         def on_event(reader: Any, kind: str, detail: str) -> None:
             self._on_event(rec, kind, detail)
 
-        rec.reader = StreamReader(StreamQuery(source_id=rec.source_id), on_chunk=on_chunk, on_event=on_event)
+        # raw timestamps: the file keeps what the sender stamped, with the measured offsets beside them
+        rec.reader = StreamReader(StreamQuery(source_id=rec.source_id), on_chunk=on_chunk,
+                                  on_event=on_event, raw_timestamps=True)
         rec.reader.start()
 
     def _on_chunk(self, rec: _Recorded, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:

@@ -270,7 +270,7 @@ class LiveFeed:
         rows = np.empty((len(ts), 3))
         rows[:, COL_FZ] = grf[:, 2]
         rows[:, COL_COP_X:] = cop
-        ring.write(ts + reader.offset_s, rows)
+        ring.write(ts, rows)
 
     def _geometry_of(self, belt: str, reader: StreamReader) -> tuple[Any, np.ndarray, np.ndarray]:
         spec = reader.spec
@@ -313,7 +313,7 @@ class LiveFeed:
             except LabsuiteError as exc:
                 self.errors.append(str(exc))
                 continue
-            self.apply_marker(float(t + reader.offset_s), obj)
+            self.apply_marker(float(t), obj)
 
     # ---- markers ---------------------------------------------------------------------------
     def apply_marker(self, t_s: float, obj: Mapping[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """The session role over LSL: feeds the stage machine and publishes its markers and treadmill commands.
 
 Reads ``labsuite-steps`` (step records), the force-plate streams (for the force watchdog and the
-weigh-in) and the operator stream; publishes markers on ``labsuite-session-<lab>-markers`` and
-commands plus a 0.1 s heartbeat on ``labsuite-session-<lab>-commands``. The rules live in
+weigh-in) and the operator stream through StreamReaders it pulls from its own loop; publishes
+markers on ``labsuite-session-<lab>-markers`` and commands plus a 0.1 s heartbeat on
+``labsuite-session-<lab>-commands``. The rules live in
 :class:`~labsuite.protocol.machine.SessionMachine`; this file only moves data.
 """
 
@@ -25,12 +26,19 @@ from labsuite.protocol.machine import Action, SessionMachine
 from labsuite.protocol.schema import Protocol
 from labsuite.steps import STEP_FIELD_NAMES, rows_to_steps
 from labsuite.streams import messages as msg
+from labsuite.streams.acquisition import (
+    EVENT_CALLBACK_ERROR,
+    EVENT_CONNECTED,
+    EVENT_LOST,
+    EVENT_RECONNECTED,
+    StreamQuery,
+    StreamReader,
+)
 from labsuite.streams.contracts import FZ, commands_spec, markers_spec
 
 log = logging.getLogger(__name__)
 
 _PARTICIPANT = r"^[A-Za-z0-9_-]{1,32}$"
-_RESOLVER_RENEW_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,10 @@ class Session:
         self._push_lock = threading.Lock()
         self._markers: Any = None
         self._commands: Any = None
-        self._inputs: _Inputs | None = None
-        self._input_thread: threading.Thread | None = None
+        # one reader per input stream; the session loop pulls them (caller_pulls) right before
+        # its watchdogs look, so a process stalled by load never mistakes data it has not pulled
+        # yet for data that stopped
+        self._readers: dict[str, StreamReader] = {}
         self._force_last: dict[str, float] = {}
         self._force_fz: dict[str, float] = {}
         self._thread: threading.Thread | None = None
@@ -134,10 +144,10 @@ class Session:
         now = pylsl.local_clock()
         for sid in s.force_source_ids:
             self._force_last[sid] = now
-        self._inputs = _Inputs(self, [s.steps_source_id, *s.force_source_ids, s.operator_source_id])
-        self._input_thread = threading.Thread(target=self._inputs.run, args=(self._stop,),
-                                              name="session-inputs", daemon=True)
-        self._input_thread.start()
+        for sid in dict.fromkeys([s.steps_source_id, *s.force_source_ids, s.operator_source_id]):
+            self._readers[sid] = StreamReader(
+                StreamQuery(source_id=sid), on_chunk=self._on_chunk, on_event=self._on_reader_event,
+                caller_pulls=True, buffer_s=30.0).start()
         # the heartbeat runs from now on, so a treadmill that connects sees a live session
         self._thread = threading.Thread(target=self._loop, name="session", daemon=True)
         self._thread.start()
@@ -145,7 +155,7 @@ class Session:
 
     def wait_ready(self, timeout_s: float | None = None) -> list[str]:
         """Wait for the treadmill, force plates and processor; return what is still missing."""
-        if self._inputs is None or self._commands is None:
+        if not self._readers or self._commands is None:
             raise ConfigError("Session.wait_ready(): call open() first")
         deadline = time.monotonic() + (self.settings.connect_timeout_s if timeout_s is None else timeout_s)
         missing: list[str] = []
@@ -153,10 +163,10 @@ class Session:
             missing = []
             if not self._commands.have_consumers():
                 missing.append(f"treadmill (nobody reads {self.settings.commands_source_id})")
-            if not self._inputs.connected(self.settings.steps_source_id):
+            if not self._readers[self.settings.steps_source_id].connected:
                 missing.append(f"processor (stream {self.settings.steps_source_id})")
             for sid in self.settings.force_source_ids:
-                if not self._inputs.samples.get(sid):
+                if not self._readers[sid].stats().samples:
                     missing.append(f"force plate (stream {sid})")
             if not missing:
                 break
@@ -203,8 +213,10 @@ class Session:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        if self._input_thread is not None:
-            self._input_thread.join(timeout_s)
+        for reader in self._readers.values():
+            reader.request_stop()
+        for reader in self._readers.values():
+            reader.stop(timeout_s)
         self._markers = None
         self._commands = None
 
@@ -254,9 +266,18 @@ class Session:
         self._ops.put((op.OP_EMERGENCY_STOP, {"source": source}))
         return t
 
-    # ---- input callbacks (input thread) ---------------------------------------------------------
-    def _on_chunk(self, sid: str, spec: Any, ts: np.ndarray, data: np.ndarray) -> None:
+    # ---- input callbacks (the session loop's thread, from StreamReader.pull) ----------------------
+    def _on_reader_event(self, reader: StreamReader, kind: str, detail: str) -> None:
+        # gaps are the recorder's to keep; the session notes what changes whether it can run
+        if kind in (EVENT_CONNECTED, EVENT_LOST, EVENT_RECONNECTED, EVENT_CALLBACK_ERROR):
+            import pylsl
+
+            self._note(pylsl.local_clock(), f"{reader.query.source_id}: {kind}: {detail}")
+
+    def _on_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         s = self.settings
+        sid, spec = reader.query.source_id, reader.spec
+        assert spec is not None  # a reader hands over chunks only once it has the description
         if sid == s.steps_source_id:
             if spec.labels != STEP_FIELD_NAMES:
                 self._note(ts[-1], f"ignored steps from {sid}: channels {list(spec.labels[:3])}... "
@@ -298,8 +319,8 @@ class Session:
             if now >= next_hb:
                 self._heartbeat(now)
                 next_hb = now + s.heartbeat_period_s
-            assert self._inputs is not None
-            self._inputs.pull()
+            for reader in self._readers.values():
+                reader.pull()
             now = pylsl.local_clock()
             with self._machine_lock:
                 actions = self._drain_ops(now)
@@ -383,80 +404,3 @@ class Session:
         """Return the machine's progress snapshot (thread-safe)."""
         with self._machine_lock:
             return self.machine.live()
-
-
-class _Inputs:
-    """Find the session's input streams with one ContinuousResolver; pull them from the session loop.
-
-    Opening happens on this object's thread (it may block for a moment); pulling happens on the
-    session loop right before the watchdogs run, so a process stalled by load never mistakes data
-    it has not pulled yet for data that stopped. One resolver for all streams: concurrent one-shot
-    resolves in one process were measured to miss streams that a continuous resolver sees at once.
-    """
-
-    def __init__(self, session: Session, source_ids: list[str]) -> None:
-        self.session = session
-        self.source_ids = list(dict.fromkeys(source_ids))
-        # source_id -> (inlet, spec, clock offset s); replaced whole, never mutated in place
-        self.inlets: dict[str, tuple[Any, Any, float]] = {}
-        self.samples: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def connected(self, sid: str) -> bool:
-        """True while the stream ``sid`` has an open inlet."""
-        return sid in self.inlets
-
-    def run(self, stop: threading.Event) -> None:
-        """Resolve and open the streams (again after a loss) until ``stop`` is set."""
-        import pylsl
-
-        from labsuite.streams.contracts import StreamSpec
-
-        resolver = pylsl.ContinuousResolver(forget_after=5.0)
-        renew_at = time.monotonic() + _RESOLVER_RENEW_S
-        try:
-            while not stop.wait(0.1):
-                if len(self.inlets) >= len(self.source_ids):
-                    continue
-                now = time.monotonic()
-                if now >= renew_at:
-                    # a resolver started alongside others in one process was seen to stay blind;
-                    # a fresh one finds the streams at once
-                    del resolver
-                    resolver = pylsl.ContinuousResolver(forget_after=5.0)
-                    renew_at = now + _RESOLVER_RENEW_S
-                for info in sorted(resolver.results(), key=lambda i: -i.created_at()):
-                    sid = info.source_id()
-                    if sid not in self.source_ids or sid in self.inlets:
-                        continue
-                    inlet = pylsl.StreamInlet(info, max_buflen=30, recover=False)
-                    try:
-                        spec = StreamSpec.from_info(inlet.info(timeout=2.0))
-                        inlet.open_stream(timeout=2.0)
-                        offset = float(inlet.time_correction(timeout=2.0))
-                    except (pylsl.util.LostError, pylsl.util.TimeoutError) as exc:
-                        self.session._note(pylsl.local_clock(), f"{sid}: could not open: {exc}")
-                        continue
-                    with self._lock:
-                        self.inlets = {**self.inlets, sid: (inlet, spec, offset)}
-                    self.session._note(pylsl.local_clock(), f"{sid}: connected ({spec.name})")
-        finally:
-            with self._lock:
-                self.inlets = {}
-            del resolver
-
-    def pull(self) -> None:
-        """Pull every open inlet once (non-blocking) and hand the chunks to the session."""
-        import pylsl
-
-        for sid, (inlet, spec, offset) in self.inlets.items():
-            try:
-                data, ts = inlet.pull_chunk(timeout=0.0, max_samples=4096)
-            except pylsl.util.LostError:
-                with self._lock:
-                    self.inlets = {k: v for k, v in self.inlets.items() if k != sid}
-                self.session._note(pylsl.local_clock(), f"{sid}: lost")
-                continue
-            if ts:
-                self.samples[sid] = self.samples.get(sid, 0) + len(ts)
-                self.session._on_chunk(sid, spec, np.asarray(ts, dtype=float) + offset, data)

@@ -52,8 +52,8 @@ class LiveRunner:
     side to one, ``treadmill`` (optional) is the belt-speed stream used for step length.
     ``settings`` is a template: its rate and plate geometry are replaced by what the force-plate
     streams announce (``desc/setup/force_platform``) once they are all connected; samples that
-    arrive before that are not processed. Timestamps are corrected onto this machine's clock
-    (raw + the reader's measured offset). Steps go to the LSL stream ``steps_spec(steps_source_id)``
+    arrive before that are not processed. Timestamps are on this machine's clock (the readers
+    correct them). Steps go to the LSL stream ``steps_spec(steps_source_id)``
     (one sample per step, stamped with its toe-off time) and to :attr:`steps_queue` as
     STEP_DTYPE arrays; when the queue is full the oldest item is dropped and counted.
     """
@@ -183,7 +183,7 @@ class LiveRunner:
                 self._ensure_processor()
                 if self.processor is None:
                     return
-                steps = self.processor.feed_plate(belt, ts + reader.offset_s, data)
+                steps = self.processor.feed_plate(belt, ts, data)
             except LabsuiteError as exc:
                 self._reject(f"belt {belt}: {exc}")
                 return
@@ -200,7 +200,7 @@ class LiveRunner:
             if self.processor is None:
                 return
             try:
-                steps = self.processor.feed_imu(side, ts + reader.offset_s, data)
+                steps = self.processor.feed_imu(side, ts, data)
             except LabsuiteError as exc:
                 self._reject(f"IMU {side}: {exc}")
                 return

@@ -1,10 +1,15 @@
-"""Lab-side acquisition: resolve LSL streams, pull them on worker threads, survive drivers dying.
+"""Lab-side acquisition: resolve LSL streams, pull them, survive drivers dying.
 
 A :class:`StreamReader` owns one stream: it resolves it (by source_id, type or name), pulls chunks
 straight into a preallocated buffer (``pull_chunk(dest_obj=...)``), keeps the latest samples in a
 :class:`RingBuffer`, measures the clock offset every few seconds, counts gaps and dropped samples
 against the nominal rate, and when the source is lost re-resolves it and carries on, recording
-the gap. Consumers get each chunk through ``on_chunk`` on the reader's thread.
+the gap. Consumers get each chunk through ``on_chunk``: on the reader's thread, or, for a reader
+made with ``caller_pulls=True``, in the thread that calls :meth:`StreamReader.pull`.
+
+Timestamps: consumers get them on this machine's clock (the sender's raw timestamp plus the
+clock offset measured last, ``time_correction``). Only the archive asks for raw timestamps
+(``raw_timestamps=True``), because it stores the measured offsets beside them, as XDF does.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ EVENT_CONNECTED = "connected"
 EVENT_LOST = "lost"
 EVENT_RECONNECTED = "reconnected"
 EVENT_GAP = "gap"
+EVENT_CALLBACK_ERROR = "callback_error"
+
+# A callback error is logged (with its traceback) the first time it is seen; repeats are counted.
+_MAX_LOGGED_CALLBACK_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,24 @@ class ReaderStats:
     reconnects: int
     connected: bool
     last_timestamp: float
+    callback_errors: int = 0
 
 
 class StreamReader:
-    """Read one LSL stream on a worker thread into a ring buffer; reconnect when it comes back.
+    """Read one LSL stream into a ring buffer; find it again when it comes back.
 
-    ``on_chunk(reader, timestamps_raw, data)`` runs on the worker thread for every chunk; ``data``
-    is a view into a reused buffer, so copy it if you keep it. Corrected time is raw + ``offset_s``.
+    ``on_chunk(reader, timestamps, data)`` runs for every chunk; ``timestamps`` are on this
+    machine's clock (raw + ``offset_s``; raw with ``raw_timestamps=True``, for the archive alone);
+    ``data`` is a view into a reused buffer, so copy it if you keep it. An exception raised by
+    ``on_chunk`` or ``on_event`` never stops the reader: it is counted (``stats().callback_errors``),
+    logged with its traceback the first time, and passed to ``on_event`` as ``callback_error``.
+
+    Two ways to pull. By default the worker thread pulls (every ``pull_timeout_s`` at most) and
+    calls ``on_chunk`` there. With ``caller_pulls=True`` the worker only finds, opens, reconnects
+    and measures the clock offset; the owner calls :meth:`pull` from its own loop, which drains
+    what the inlet holds at once and calls ``on_chunk`` in that thread. A watchdog that pulls
+    right before it looks never mistakes data that its stalled process has not pulled yet for
+    data that stopped (the session's force watchdog, the treadmill's heartbeat watchdog).
     """
 
     def __init__(
@@ -99,6 +119,8 @@ class StreamReader:
         pull_timeout_s: float = 0.02,
         clock_check_s: float = 5.0,
         rate_window_s: float = 5.0,
+        caller_pulls: bool = False,
+        raw_timestamps: bool = False,
     ) -> None:
         self.query = StreamQuery(source_id=query) if isinstance(query, str) else query
         if buffer_s <= 0:
@@ -110,6 +132,8 @@ class StreamReader:
         self.pull_timeout_s = pull_timeout_s
         self.clock_check_s = clock_check_s
         self.rate_window_s = rate_window_s
+        self.caller_pulls = caller_pulls
+        self.raw_timestamps = raw_timestamps
         self.spec: StreamSpec | None = None
         self.ring: RingBuffer | None = None
         self.offset_s = 0.0
@@ -120,10 +144,17 @@ class StreamReader:
         self._gaps = 0
         self._dropped = 0
         self._reconnects = 0
+        self._callback_errors = 0
+        self._logged_errors: set[tuple[str, str]] = set()
         self._connected = False
         self._last_ts = float("nan")
         self._recent: deque[tuple[float, int]] = deque()  # (last timestamp of chunk, n) for the rate
         self._buf: np.ndarray | None = None
+        # caller_pulls: the open inlet the caller pulls from; the lock keeps the worker from
+        # closing it (or asking it for the clock offset) in the middle of a pull
+        self._inlet: Any = None
+        self._inlet_lock = threading.Lock()
+        self._lost = threading.Event()
         self._stop = threading.Event()
         self._connected_once = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,6 +183,40 @@ class StreamReader:
         """Block until the stream was found once (True) or the timeout passed (False)."""
         return self._connected_once.wait(timeout_s)
 
+    @property
+    def connected(self) -> bool:
+        """True while the stream has an open inlet."""
+        return self._connected
+
+    def pull(self) -> int:
+        """Pull what the stream holds now, without waiting; return the number of samples.
+
+        Only for a reader made with ``caller_pulls=True``. Every chunk goes to ``on_chunk`` in the
+        calling thread before this returns (a backlog larger than ``max_chunk`` comes as several
+        chunks). Returns 0 while the stream is not connected; a loss found here is handed to the
+        worker thread, which reports it and looks for the stream again.
+        """
+        import pylsl
+
+        if not self.caller_pulls:
+            raise ConfigError("StreamReader.pull(): this reader pulls on its own thread; make it "
+                              "with caller_pulls=True to pull from yours")
+        total = 0
+        with self._inlet_lock:
+            inlet, spec = self._inlet, self.spec
+            if inlet is None or spec is None:
+                return 0
+            try:
+                while True:
+                    n = self._pull_once(inlet, spec, 0.0)
+                    total += n
+                    if n < self.max_chunk:
+                        break
+            except pylsl.util.LostError:
+                self._inlet = None
+                self._lost.set()
+        return total
+
     # ---- state -----------------------------------------------------------------------------
     def stats(self) -> ReaderStats:
         """Return a snapshot of the counters, measured rate (last few seconds) and lag."""
@@ -168,7 +233,7 @@ class StreamReader:
         lag = (pylsl.local_clock() - (self._last_ts + self.offset_s)
                if np.isfinite(self._last_ts) else float("nan"))
         return ReaderStats(self._samples, self._chunks, self._gaps, self._dropped, rate, lag,
-                           self._reconnects, self._connected, self._last_ts)
+                           self._reconnects, self._connected, self._last_ts, self._callback_errors)
 
     def clock_offsets(self) -> np.ndarray:
         """Return the measured clock offsets as a (k, 2) array of [local_time, offset_s]."""
@@ -181,7 +246,29 @@ class StreamReader:
         self.events.append((pylsl.local_clock(), kind, detail))
         log.info("%s %s: %s", self.query, kind, detail)
         if self.on_event is not None:
-            self.on_event(self, kind, detail)
+            try:
+                self.on_event(self, kind, detail)
+            except Exception as exc:  # a consumer's bug must not stop the stream: count, log once
+                self._callback_failed("on_event", exc, report=False)
+
+    def _deliver(self, ts: np.ndarray, data: np.ndarray) -> None:
+        if self.on_chunk is None:
+            return
+        try:
+            self.on_chunk(self, ts, data)
+        except Exception as exc:  # a consumer's bug must not stop the stream: count, log once
+            self._callback_failed("on_chunk", exc, report=True)
+
+    def _callback_failed(self, which: str, exc: Exception, *, report: bool) -> None:
+        self._callback_errors += 1
+        key = (type(exc).__name__, str(exc)[:200])
+        if key in self._logged_errors or len(self._logged_errors) >= _MAX_LOGGED_CALLBACK_ERRORS:
+            return
+        self._logged_errors.add(key)
+        log.error("%s: %s raised %s: %s; the reader goes on (repeats are counted in "
+                  "stats().callback_errors)", self.query, which, key[0], exc, exc_info=exc)
+        if report:
+            self._event(EVENT_CALLBACK_ERROR, f"{which} raised {key[0]}: {key[1]}")
 
     def _run(self) -> None:
         import pylsl
@@ -246,13 +333,18 @@ class StreamReader:
             # 184 ports), so another lab's new outlets got ports outside it and could not be found.
             resolver = None
             try:
-                self._pull_loop(inlet, spec)
+                if self.caller_pulls:
+                    self._serve_caller(inlet)
+                else:
+                    self._pull_loop(inlet, spec)
             except pylsl.util.LostError:
                 dead.add(uid)
                 lost_at = time.monotonic()
                 self._event(EVENT_LOST, f"{spec.name} ({spec.source_id}) lost; waiting for it to return")
             finally:
                 self._connected = False
+                with self._inlet_lock:
+                    self._inlet = None
                 inlet.close_stream()
                 # Destroy the dead inlet before connecting again: while it lives, liblsl's own
                 # recovery attempt for it delays the next connection by seconds.
@@ -273,35 +365,56 @@ class StreamReader:
 
     def _pull_loop(self, inlet: Any, spec: StreamSpec) -> None:
         next_clock = 0.0
-        period = 1.0 / spec.rate_hz if spec.rate_hz > 0 else 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_clock:
                 self._check_clock(inlet)
                 next_clock = now + self.clock_check_s
-            if self._buf is not None:
-                _, ts_list = inlet.pull_chunk(timeout=self.pull_timeout_s, max_samples=self.max_chunk,
-                                              dest_obj=self._buf)
-                n = len(ts_list)
-                if n == 0:
-                    continue
-                ts = np.asarray(ts_list, dtype=np.float64)
-                data = self._buf[:n]
-            else:
-                samples, ts_list = inlet.pull_chunk(timeout=self.pull_timeout_s,
-                                                    max_samples=self.max_chunk)
-                n = len(ts_list)
-                if n == 0:
-                    continue
-                ts = np.asarray(ts_list, dtype=np.float64)
-                data = np.asarray(samples, dtype=object).reshape(n, -1)
-            self._account(ts, period, spec)
-            assert self.ring is not None
-            self.ring.write(ts + self.offset_s, data)
-            if self.on_chunk is not None:
-                self.on_chunk(self, ts, data)
+            self._pull_once(inlet, spec, self.pull_timeout_s)
 
-    def _account(self, ts: np.ndarray, period: float, spec: StreamSpec) -> None:
+    def _serve_caller(self, inlet: Any) -> None:
+        """caller_pulls: hand the open inlet to :meth:`pull`; measure the clock; notice a loss."""
+        import pylsl
+
+        self._check_clock(inlet)  # the first measurement may block: do it before handing over
+        self._lost.clear()
+        with self._inlet_lock:
+            self._inlet = inlet
+        next_clock = time.monotonic() + self.clock_check_s
+        while not self._stop.wait(0.05):
+            if self._lost.is_set():
+                raise pylsl.util.LostError("lost while the owner pulled")
+            if time.monotonic() >= next_clock:
+                # after the first measurement liblsl answers from its background estimate at once
+                with self._inlet_lock:
+                    self._check_clock(inlet, timeout_s=0.1)
+                next_clock = time.monotonic() + self.clock_check_s
+
+    def _pull_once(self, inlet: Any, spec: StreamSpec, timeout_s: float) -> int:
+        """One pull_chunk: count, keep in the ring, hand to on_chunk; return the samples pulled."""
+        if self._buf is not None:
+            _, ts_list = inlet.pull_chunk(timeout=timeout_s, max_samples=self.max_chunk,
+                                          dest_obj=self._buf)
+            n = len(ts_list)
+            if n == 0:
+                return 0
+            data = self._buf[:n]
+        else:
+            samples, ts_list = inlet.pull_chunk(timeout=timeout_s, max_samples=self.max_chunk)
+            n = len(ts_list)
+            if n == 0:
+                return 0
+            data = np.asarray(samples, dtype=object).reshape(n, -1)
+        raw = np.asarray(ts_list, dtype=np.float64)
+        self._account(raw, spec)
+        corrected = raw + self.offset_s
+        assert self.ring is not None
+        self.ring.write(corrected, data)
+        self._deliver(raw if self.raw_timestamps else corrected, data)
+        return n
+
+    def _account(self, ts: np.ndarray, spec: StreamSpec) -> None:
+        period = 1.0 / spec.rate_hz if spec.rate_hz > 0 else 0.0
         n = len(ts)
         if period > 0:
             prev = self._last_ts
@@ -321,11 +434,11 @@ class StreamReader:
         while self._recent and self._recent[0][0] < ts[-1] - self.rate_window_s:
             self._recent.popleft()
 
-    def _check_clock(self, inlet: Any) -> None:
+    def _check_clock(self, inlet: Any, timeout_s: float = 2.0) -> None:
         import pylsl
 
         try:
-            offset = inlet.time_correction(timeout=2.0)
+            offset = inlet.time_correction(timeout=timeout_s)
         except pylsl.util.TimeoutError:
             return
         self.offset_s = float(offset)
