@@ -30,10 +30,10 @@ from labsuite.drivers.treadmill import (
     TreadmillSettings,
 )
 from labsuite.errors import ConfigError, LabsuiteError
+from labsuite.markers import Metronome, decode
 from labsuite.realtime.geometry import lab_to_plate
 from labsuite.streams import contracts as c
 from labsuite.streams.acquisition import StreamQuery, StreamReader
-from labsuite.streams.messages import EVENT_METRONOME, decode
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +155,16 @@ def run_participant(stop: Any, settings: SimLabSettings) -> None:
     def on_marker(reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         for t, row in zip(ts, data, strict=True):
             try:
-                msg = decode(str(row[0]))
+                marker = decode(str(row[0]))
             except LabsuiteError as exc:  # another program's junk must not deafen the participant
                 log.warning("participant: ignored a marker: %s", exc)
                 continue
-            if msg.get("event") == EVENT_METRONOME:
-                spm = msg.get("spm")
-                if spm is not None and (isinstance(spm, bool) or not isinstance(spm, (int, float))):
-                    log.warning("participant: ignored a metronome marker with spm %r", spm)
+            if isinstance(marker, Metronome):
+                if marker.problems:
+                    log.warning("participant: ignored a metronome marker: %s", marker.problems[0])
                     continue
                 with lock:
-                    inbox.append(("metronome", float(t), None if spm is None else float(spm)))
+                    inbox.append(("metronome", float(t), marker.spm))
 
     readers = [
         StreamReader(StreamQuery(source_id=settings.source_id("treadmill")), on_chunk=on_belt,

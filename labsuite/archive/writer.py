@@ -33,7 +33,7 @@ from labsuite import __version__
 from labsuite.archive import layout as L
 from labsuite.archive.integrity import WriterLock
 from labsuite.errors import ArchiveError, ConfigError, DeviceError, LabsuiteError
-from labsuite.stages import EVENT_STAGE_END, StageRecord
+from labsuite.markers import StageEnd, from_fields
 from labsuite.steps import STEP_DTYPE, STEP_FIELDS
 from labsuite.streams.contracts import KIND_MARKERS, StreamSpec
 from labsuite.streams.messages import decode
@@ -651,13 +651,15 @@ class SessionWriter:
             obj = decode(text)
         except DeviceError:
             return  # kept verbatim in the markers; not a stage record
-        if obj.get("event") != EVENT_STAGE_END:
+        if obj.get("event") != StageEnd.EVENT:
             return
         try:
-            rec = StageRecord.from_marker(obj)
+            marker = from_fields(obj, strict=True)
         except LabsuiteError as exc:
             self._apply(("event", "bad_stage_marker", str(exc), ""))
             return
+        assert isinstance(marker, StageEnd)
+        rec = marker.record
         row = json.dumps(rec.to_marker_fields(), separators=(",", ":"))
         end = rec.end_s if math.isfinite(rec.end_s) else t
         self._targets["/" + L.STAGES].add_text(np.array([end]), [row])

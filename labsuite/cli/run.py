@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from labsuite import markers as mk
+
 COMMAND = "run"
 HELP = "run a protocol session end to end: drivers, processor, recorder and the stage machine"
 
@@ -122,40 +124,40 @@ class Console:
     # ---- actions from the session ---------------------------------------------------------------
     def on_action(self, action: Any) -> None:
         """Print what matters to the operator; answer check-ins from the pain script."""
-        name = action.name
-        if name in ("beat", "belt", "heartbeat"):
+        m = action.marker  # None for a treadmill command
+        if m is None or m.FREQUENT:
             return
-        f = action.fields
-        if name == "stage_start":
-            target = f.get("target_cadence_spm")
-            extra = f", target {target:.1f} spm ({f['band_low_spm']:.1f}-{f['band_high_spm']:.1f})" \
-                if target is not None else ""
-            self.say(f"== stage {f['index'] + 1}: {f['name']} ({f['kind']}, {f['duration_s']:g} s, "
-                     f"belt {f['belt_speed_m_s']:g} m/s{extra})")
-            if f.get("instructions"):
-                self.say(f"   say: {f['instructions']}")
-        elif name == "stage_end":
-            self.say(f"-- {f['name']} ended ({f['end_reason']})")
-        elif name == "baseline":
-            if f.get("ok"):
-                self.say(f"   baseline: {f['cadence_spm']:.1f} spm, VALR {_fmt(f['valr_bw_per_s'])} BW/s, "
-                         f"tibial {_fmt(f['tibial_peak_g'])} g over {f['n_steps']} steps")
+        if isinstance(m, mk.StageStart):
+            extra = (f", target {m.target_cadence_spm:.1f} spm ({m.band_low_spm:.1f}-{m.band_high_spm:.1f})"
+                     if math.isfinite(m.target_cadence_spm) else "")
+            self.say(f"== stage {m.index + 1}: {m.name} ({m.kind}, {m.duration_s:g} s, "
+                     f"belt {m.belt_speed_m_s:g} m/s{extra})")
+            if m.instructions:
+                self.say(f"   say: {m.instructions}")
+        elif isinstance(m, mk.StageEnd):
+            self.say(f"-- {m.record.name} ended ({m.record.end_reason})")
+        elif isinstance(m, mk.Baseline):
+            if m.ok:
+                self.say(f"   baseline: {m.cadence_spm:.1f} spm, VALR {_fmt(m.valr_bw_per_s)} BW/s, "
+                         f"tibial {_fmt(m.tibial_peak_g)} g over {m.n_steps} steps")
             else:
-                self.say(f"   baseline FAILED: {f.get('detail')}")
-        elif name == "body_weight":
-            self.say(f"   weigh-in: {f['mass_kg']:.1f} kg")
-        elif name == "checkin_request":
-            self._checkin(int(f["id"]), str(f.get("reason")))
-        elif name == "checkin":
-            self.say(f"   pain {f['pain']}/10 recorded (rule: {f['action']})")
-        elif name == "operator_decision_required":
-            self.say(f"!! PAUSED for pain {f.get('pain')}: press r to resume or q to end the session")
-        elif name in ("paused", "resumed", "operator"):
-            self.say(f"   {name}: {json.dumps({k: v for k, v in f.items() if k != 'event'})}")
-        elif name in ("safety_stop", "emergency_stop"):
-            self.say(f"!! {name.upper()}: {f.get('detail') or f.get('source')}")
-        elif name == "session_end":
-            self.say(f"== session ended: {f['reason']}")
+                self.say(f"   baseline FAILED: {m.detail}")
+        elif isinstance(m, mk.BodyWeight):
+            self.say(f"   weigh-in: {m.mass_kg:.1f} kg")
+        elif isinstance(m, mk.CheckinRequest):
+            self._checkin(m.id, m.reason)
+        elif isinstance(m, mk.Checkin):
+            self.say(f"   pain {m.pain}/10 recorded (rule: {m.action})")
+        elif isinstance(m, mk.DecisionRequired):
+            self.say(f"!! PAUSED for pain {m.pain}: press r to resume or q to end the session")
+        elif isinstance(m, (mk.Paused, mk.Resumed, mk.Operator)):
+            self.say(f"   {m.event}: {json.dumps(m.fields())}")
+        elif isinstance(m, mk.SafetyStop):
+            self.say(f"!! {m.event.upper()}: {m.detail or m.reason}")
+        elif isinstance(m, mk.EmergencyStop):
+            self.say(f"!! {m.event.upper()}: {m.source}")
+        elif isinstance(m, mk.SessionEnd):
+            self.say(f"== session ended: {m.reason}")
 
     def _checkin(self, checkin_id: int, reason: str) -> None:
         if self.pain_script is not None:

@@ -3,8 +3,8 @@
 Readers from :mod:`labsuite.streams.acquisition` pull the plates, IMUs, treadmill, camera, the
 ``labsuite-steps`` stream and the session's markers on their worker threads. Plate chunks are turned
 into lab-frame vertical force and COP (:func:`~labsuite.realtime.geometry.plate_to_lab`) on those
-threads and kept in ring buffers; markers update a :class:`SessionView`. The GUI timer only calls
-:meth:`LiveFeed.snapshot` (copies) and draws.
+threads and kept in ring buffers; markers update a :class:`~labsuite.markers.SessionState`. The
+GUI timer only calls :meth:`LiveFeed.snapshot` (copies) and draws.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ import re
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from labsuite.errors import ConfigError, DeviceError, LabsuiteError
+from labsuite.markers import Marker, SessionState, decode, from_fields
 from labsuite.protocol.operator import check_lab_id, markers_source_id
-from labsuite.stages import EVENT_STAGE_END, EVENT_STAGE_START
 from labsuite.steps import STEP_DTYPE, STEP_FIELD_NAMES, rows_to_steps
-from labsuite.streams import messages as msg
 from labsuite.streams.acquisition import ReaderStats, StreamQuery, StreamReader
 from labsuite.streams.contracts import FORCE_PLATE_CHANNELS, setup_floats
 from labsuite.streams.ring import RingBuffer
@@ -106,50 +105,6 @@ class FeedSettings:
         return cls(stage_step_limits=limits, **kwargs)
 
 
-@dataclass
-class SessionView:
-    """What the markers said about the session so far (plain data, copied into snapshots)."""
-
-    state: str = "waiting"  # waiting, running, paused, finished
-    protocol: str = ""
-    stage_index: int = -1
-    stage_name: str = ""
-    stage_kind: str = ""
-    stage_duration_s: float = math.nan
-    stage_start_s: float = math.nan
-    target_spm: float = math.nan
-    band_spm: tuple[float, float] = (math.nan, math.nan)
-    belt_speed_m_s: float = math.nan
-    instructions: str = ""
-    paused_s: float = 0.0  # paused time within the current stage (closed pauses)
-    paused_since_s: float = math.nan
-    feedback_on: bool = False
-    cue_band: tuple[float, float] | None = None
-    cue_target_spm: float = math.nan
-    valr_max_bw_per_s: float = math.nan
-    tibial_max_g: float = math.nan
-    metronome_spm: float | None = None
-    beat_n: int = 0
-    beat_s: float = math.nan  # LSL time of the last beat
-    pending_checkins: tuple[int, ...] = ()
-    baseline_valr_bw_per_s: float = math.nan
-    end_reason: str = ""
-    alert: str = ""
-    stages_done: tuple[tuple[str, str], ...] = ()  # (name, end_reason)
-
-    def active_s(self, now_s: float) -> float:
-        """Active (unpaused) time in the current stage at LSL time ``now_s``."""
-        if not math.isfinite(self.stage_start_s):
-            return math.nan
-        paused = self.paused_s + (now_s - self.paused_since_s if math.isfinite(self.paused_since_s)
-                                  else 0.0)
-        return max(0.0, now_s - self.stage_start_s - paused)
-
-    def time_left_s(self, now_s: float) -> float:
-        """Stage time left at ``now_s`` (NaN when no stage)."""
-        return max(0.0, self.stage_duration_s - self.active_s(now_s))
-
-
 @dataclass(frozen=True)
 class BeltTrace:
     """The last ``window_s`` of one belt: LSL times (s), vertical GRF (N), lab COP x, y (m)."""
@@ -178,7 +133,7 @@ class Snapshot:
     traces: tuple[BeltTrace, ...]
     steps: np.ndarray
     steps_total: int
-    session: SessionView
+    session: SessionState
     events: tuple[str, ...]
     stage_steps: int
     stage_step_limit: int | None
@@ -202,7 +157,7 @@ class LiveFeed:
         self._readers: dict[str, StreamReader] = {k: self._make_reader(k) for k in self._sources}
         self._steps = np.empty(0, dtype=STEP_DTYPE)
         self._steps_total = 0
-        self._view = SessionView()
+        self._view = SessionState()
         self._events: deque[str] = deque(maxlen=200)
         self.errors: deque[str] = deque(maxlen=50)
         self.bad_chunks = 0
@@ -309,87 +264,21 @@ class LiveFeed:
     def _markers_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         for t, row in zip(ts, data, strict=True):
             try:
-                obj = msg.decode(str(row[0]))
+                m = decode(str(row[0]))
             except LabsuiteError as exc:
                 self.errors.append(str(exc))
                 continue
-            self.apply_marker(float(t), obj)
+            self.errors.extend(m.problems)
+            self.apply_marker(float(t), m)
 
     # ---- markers ---------------------------------------------------------------------------
-    def apply_marker(self, t_s: float, obj: Mapping[str, Any]) -> None:
-        """Update the session view from one decoded marker stamped ``t_s`` (LSL time)."""
-        event = str(obj.get("event", ""))
+    def apply_marker(self, t_s: float, marker: Marker | Mapping[str, Any]) -> None:
+        """Fold one marker stamped ``t_s`` (LSL time) into the session view; a dict is decoded."""
+        m = marker if isinstance(marker, Marker) else from_fields(marker)
         with self._lock:
-            v = self._view
-            text = _describe(event, obj)
-            if text:
-                self._events.append(text)
-            if event == "session_start":
-                v.state = "running"
-                v.protocol = str(obj.get("protocol") or "")
-            elif event == EVENT_STAGE_START:
-                stages_done = v.stages_done
-                self._view = v = replace(
-                    SessionView(), state="running" if v.state != "finished" else v.state,
-                    protocol=v.protocol, pending_checkins=v.pending_checkins,
-                    baseline_valr_bw_per_s=v.baseline_valr_bw_per_s, stages_done=stages_done,
-                    beat_n=v.beat_n, beat_s=v.beat_s)
-                v.stage_index = int(obj.get("index", -1))
-                v.stage_name = str(obj.get("name") or "")
-                v.stage_kind = str(obj.get("kind") or "")
-                v.stage_duration_s = _num(obj.get("duration_s"))
-                v.stage_start_s = t_s
-                v.target_spm = _num(obj.get("target_cadence_spm"))
-                v.band_spm = (_num(obj.get("band_low_spm")), _num(obj.get("band_high_spm")))
-                v.belt_speed_m_s = _num(obj.get("belt_speed_m_s"))
-                v.instructions = str(obj.get("instructions") or "")
-            elif event == EVENT_STAGE_END:
-                v.stages_done = (*v.stages_done, (str(obj.get("name")), str(obj.get("end_reason"))))
-            elif event == "cue":
-                v.feedback_on = bool(obj.get("feedback_on"))
-                low, high = _num(obj.get("band_low_spm")), _num(obj.get("band_high_spm"))
-                v.cue_band = (low, high) if math.isfinite(low) and math.isfinite(high) else None
-                v.cue_target_spm = _num(obj.get("target_spm"))
-                v.valr_max_bw_per_s = _num(obj.get("valr_max_bw_per_s"))
-                v.tibial_max_g = _num(obj.get("tibial_max_g"))
-                spm = obj.get("metronome_spm")
-                v.metronome_spm = None if spm is None else float(spm)
-            elif event == msg.EVENT_METRONOME:
-                spm = obj.get("spm")
-                v.metronome_spm = None if spm is None else float(spm)
-            elif event == msg.EVENT_BEAT:
-                v.beat_n = int(obj.get("n", v.beat_n + 1))
-                v.beat_s = t_s
-            elif event == "paused":
-                v.state = "paused"
-                v.paused_since_s = t_s
-            elif event == "resumed":
-                if math.isfinite(v.paused_since_s):
-                    v.paused_s += max(0.0, t_s - v.paused_since_s)
-                v.paused_since_s = math.nan
-                v.state = "running"
-            elif event == "checkin_request":
-                v.pending_checkins = (*v.pending_checkins, int(obj.get("id", 0)))
-            elif event == "checkin":
-                answered = obj.get("id")
-                pending = list(v.pending_checkins)
-                if answered is not None and int(answered) in pending:
-                    pending.remove(int(answered))
-                elif pending:
-                    pending.pop(0)
-                v.pending_checkins = tuple(pending)
-            elif event == "baseline":
-                v.baseline_valr_bw_per_s = _num(obj.get("valr_bw_per_s"))
-            elif event in ("safety_stop", "emergency_stop"):
-                v.alert = text
-            elif event == "session_end":
-                v.state = "finished"
-                v.end_reason = str(obj.get("reason") or "")
-                v.feedback_on = False
-                v.metronome_spm = None
-                if math.isfinite(v.paused_since_s):
-                    v.paused_s += max(0.0, t_s - v.paused_since_s)
-                    v.paused_since_s = math.nan
+            if not m.FREQUENT and m.event:
+                self._events.append(m.describe())
+            self._view.apply(t_s, m)
 
     # ---- snapshots (GUI thread) ------------------------------------------------------------
     def snapshot(self, now_s: float | None = None) -> Snapshot:
@@ -411,7 +300,7 @@ class LiveFeed:
         with self._lock:
             steps = self._steps.copy()
             total = self._steps_total
-            view = replace(self._view)
+            view = self._view.copy()
             events = tuple(self._events)
         in_stage = int(np.sum(steps["strike_s"] >= view.stage_start_s)) \
             if math.isfinite(view.stage_start_s) else 0
@@ -429,21 +318,3 @@ class LiveFeed:
             rows.append(HealthRow(label, str(r.query.source_id),
                                   spec.rate_hz if spec is not None else math.nan, r.stats()))
         return rows
-
-
-def _num(value: Any) -> float:
-    """A marker number, NaN for null or junk."""
-    try:
-        return math.nan if value is None else float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _describe(event: str, obj: Mapping[str, Any]) -> str:
-    """A one-line text for the operator's event log ('' for events too frequent to list)."""
-    if event in (msg.EVENT_BEAT, "cue", "belt", msg.EVENT_METRONOME, ""):
-        return ""
-    fields = ", ".join(f"{k}={v}" for k, v in obj.items()
-                       if k not in ("event", "instructions", "summary_json", "feedback_json"))
-    return f"{event}: {fields}"[:200]
-

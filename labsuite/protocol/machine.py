@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import markers as mk
 from labsuite.errors import ConfigError
 from labsuite.protocol.schema import (
     BaselineStage,
@@ -21,25 +22,9 @@ from labsuite.protocol.schema import (
     Protocol,
     RetentionStage,
 )
-from labsuite.stages import EVENT_STAGE_END, EVENT_STAGE_START, StageRecord
+from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE
 from labsuite.streams import messages as msg
-
-# Marker events published by the session (besides stage_start/stage_end, metronome and beat).
-EVENT_SESSION_START = "session_start"
-EVENT_SESSION_END = "session_end"
-EVENT_CUE = "cue"
-EVENT_BASELINE = "baseline"
-EVENT_BODY_WEIGHT = "body_weight"
-EVENT_CHECKIN_REQUEST = "checkin_request"
-EVENT_CHECKIN = "checkin"
-EVENT_OPERATOR = "operator"
-EVENT_PAUSED = "paused"
-EVENT_RESUMED = "resumed"
-EVENT_SAFETY_STOP = "safety_stop"
-EVENT_EMERGENCY_STOP = "emergency_stop"
-EVENT_BELT = "belt"
-EVENT_DECISION_REQUIRED = "operator_decision_required"
 
 DEFAULT_BAND_PERCENT = 3.0
 SUMMARY_LAST_STEPS = 30
@@ -54,12 +39,21 @@ STATE_FINISHED = "finished"
 
 @dataclass(frozen=True)
 class Action:
-    """One thing to publish: ``channel`` is 'marker' or 'command'; ``text`` the JSON; ``t_s`` LSL time."""
+    """One thing to publish: ``channel`` is 'marker' or 'command'; ``text`` the JSON; ``t_s`` LSL time.
+
+    ``marker`` is the event itself for a marker (decoded from ``text`` when not given), None for
+    a command.
+    """
 
     channel: str
     name: str
     text: str
     t_s: float
+    marker: mk.Marker | None = None
+
+    def __post_init__(self) -> None:
+        if self.marker is None and self.channel == "marker":
+            object.__setattr__(self, "marker", mk.decode(self.text))
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -111,7 +105,9 @@ class SessionMachine:
         self.participant = participant
         self.state = STATE_IDLE
         self.stage_index = -1
-        self.records: list[StageRecord] = []
+        # every marker published, folded by the same reducer the console and the report use:
+        # stage records and pending check-ins are read from it
+        self.view = mk.SessionState()
         self.end_reason = ""
         self.baseline_cadence_spm = math.nan
         self.baseline_valr_bw_per_s = math.nan
@@ -120,7 +116,6 @@ class SessionMachine:
             protocol.participant.body_mass_kg)
         self.pain: list[tuple[float, int, str]] = []  # (time, pain 0-10, reason)
         self._checkin_id = 0
-        self._pending_checkins: list[int] = []
         self._pause_reason = ""
         self._stage_start_s = math.nan
         self._active_s = 0.0
@@ -139,7 +134,7 @@ class SessionMachine:
         self._last_contact_s = math.nan
         self._force_samples: list[float] = []
         # cues
-        self._cue_state: dict[str, Any] = {}
+        self._cue: mk.Cue | None = None  # the cue state last published
         self._metronome_spm: float | None = None
         self._next_beat_s = math.nan
         self._beat_n = 0
@@ -175,7 +170,12 @@ class SessionMachine:
     @property
     def pending_checkins(self) -> tuple[int, ...]:
         """Ids of check-ins asked and not yet answered."""
-        return tuple(self._pending_checkins)
+        return self.view.pending_checkins
+
+    @property
+    def records(self) -> list[StageRecord]:
+        """The stages run so far, as published in their stage_end markers."""
+        return list(self.view.records)
 
     def belt_speed_m_s(self, now_s: float) -> float:
         """Return the belt speed expected from the commands sent (ramps included), m/s."""
@@ -210,7 +210,7 @@ class SessionMachine:
             "valr_bw_per_s": _finite_mean(valid["valr_bw_per_s"]),
             "baseline_valr_bw_per_s": self.baseline_valr_bw_per_s,
             "tibial_peak_g": _finite_mean(valid["tibial_peak_g"]),
-            "feedback_on": bool(self._cue_state.get("feedback_on", False)),
+            "feedback_on": bool(self._cue is not None and self._cue.feedback_on),
             "pause_reason": self._pause_reason,
         }
 
@@ -220,11 +220,12 @@ class SessionMachine:
         if self.state != STATE_IDLE:
             raise ConfigError(f"session already {self.state}; start() is called once")
         p = self.protocol
-        out = [self._marker(now_s, EVENT_SESSION_START, protocol=p.name, participant=self.participant,
-                            programme=p.programme.name if p.programme else None,
-                            programme_session=self.programme_session,
-                            programme_sessions=len(p.programme.sessions) if p.programme else None,
-                            stages=len(p.stages))]
+        out = [self._marker(now_s, mk.SessionStart(
+            protocol=p.name, participant=self.participant,
+            programme=p.programme.name if p.programme else None,
+            programme_session=self.programme_session,
+            programme_sessions=len(p.programme.sessions) if p.programme else None,
+            stages=len(p.stages)))]
         self.state = STATE_RUNNING
         self._last_s = now_s
         self._last_force_s = now_s  # the force watchdog counts from the start
@@ -274,13 +275,13 @@ class SessionMachine:
     # ---- operator ------------------------------------------------------------------------------
     def pause(self, now_s: float, *, reason: str = "operator", source: str = "api") -> list[Action]:
         """Pause: stage clock frozen, metronome off, belt ramped to a stop."""
-        out = [self._marker(now_s, EVENT_OPERATOR, action="pause", source=source)] \
+        out = [self._marker(now_s, mk.Operator(action="pause", source=source))] \
             if reason == "operator" else []
         if self.state != STATE_RUNNING:
             return out
         self.state = STATE_PAUSED
         self._pause_reason = reason
-        out.append(self._marker(now_s, EVENT_PAUSED, reason=reason, stage=self.stage.name))
+        out.append(self._marker(now_s, mk.Paused(reason=reason, stage=self.stage.name)))
         out += self._set_metronome(now_s, None)
         out += self._belt(now_s, 0.0)
         self._stats.consecutive_in_band = 0
@@ -288,44 +289,44 @@ class SessionMachine:
 
     def resume(self, now_s: float, *, source: str = "api") -> list[Action]:
         """Resume after a pause: belt back to the stage speed, cues on again."""
-        out = [self._marker(now_s, EVENT_OPERATOR, action="resume", source=source)]
+        out = [self._marker(now_s, mk.Operator(action="resume", source=source))]
         if self.state != STATE_PAUSED:
             return out
         self.state = STATE_RUNNING
         self._pause_reason = ""
-        out.append(self._marker(now_s, EVENT_RESUMED, stage=self.stage.name))
+        out.append(self._marker(now_s, mk.Resumed(stage=self.stage.name)))
         out += self._belt(now_s, self.protocol.stage_speed_m_s(self.stage_index))
-        self._cue_state = {}  # republish the cue state
+        self._cue = None  # republish the cue state
         out += self._update_cues(now_s)
         return out
 
     def skip(self, now_s: float, *, source: str = "api") -> list[Action]:
         """End the current stage now (reason 'skipped') and go to the next."""
-        out = [self._marker(now_s, EVENT_OPERATOR, action="skip", source=source)]
+        out = [self._marker(now_s, mk.Operator(action="skip", source=source))]
         if self.state not in (STATE_RUNNING, STATE_PAUSED):
             return out
         if self.state == STATE_PAUSED:
             self.state = STATE_RUNNING
             self._pause_reason = ""
-            out.append(self._marker(now_s, EVENT_RESUMED, stage=self.stage.name))
+            out.append(self._marker(now_s, mk.Resumed(stage=self.stage.name)))
         return out + self._end_stage(now_s, "skipped")
 
     def abort(self, now_s: float, *, source: str = "api") -> list[Action]:
         """End the session now: belt ramped to a stop, stage ended as 'aborted'."""
-        out = [self._marker(now_s, EVENT_OPERATOR, action="abort", source=source)]
+        out = [self._marker(now_s, mk.Operator(action="abort", source=source))]
         return out + self._finish(now_s, "aborted", stage_reason="aborted")
 
     def emergency_stop(self, now_s: float, *, source: str = "api") -> list[Action]:
         """Emergency stop: the command first, then the markers; the session ends."""
         out = [self._command(now_s, msg.CMD_EMERGENCY_STOP, source=source),
-               self._marker(now_s, EVENT_EMERGENCY_STOP, source=source)]
+               self._marker(now_s, mk.EmergencyStop(source=source))]
         self._belt_from = self._belt_to = 0.0
         self._belt_t0 = now_s
         return out + self._finish(now_s, "emergency_stop", stage_reason="safety_stop", stop_belt=False)
 
     def request_checkin(self, now_s: float, *, source: str = "api") -> list[Action]:
         """Ask for a pain rating now (on request)."""
-        out = [self._marker(now_s, EVENT_OPERATOR, action="checkin", source=source)]
+        out = [self._marker(now_s, mk.Operator(action="checkin", source=source))]
         return out + self._ask(now_s, "request")
 
     def answer_pain(self, now_s: float, pain: int, *, checkin_id: int | None = None,
@@ -334,10 +335,8 @@ class SessionMachine:
         if isinstance(pain, bool) or not isinstance(pain, (int, np.integer)) or not 0 <= pain <= 10:
             raise ConfigError(f"pain rating: expected an integer 0-10, got {pain!r}")
         pain = int(pain)
-        if checkin_id is None:
-            checkin_id = self._pending_checkins[0] if self._pending_checkins else 0
-        if checkin_id in self._pending_checkins:
-            self._pending_checkins.remove(checkin_id)
+        if checkin_id is None:  # the checkin marker below takes it off the pending list
+            checkin_id = self.pending_checkins[0] if self.pending_checkins else 0
         rules = self.protocol.checkins
         first = self.pain[0][1] if self.pain else pain
         self.pain.append((now_s, pain, str(checkin_id)))
@@ -348,16 +347,16 @@ class SessionMachine:
             action = "stop"
         elif rules.pause_at is not None and pain >= rules.pause_at:
             action = "pause"
-        out = [self._marker(now_s, EVENT_CHECKIN, id=checkin_id, pain=pain, first_pain=first,
-                            action=action, source=source)]
+        out = [self._marker(now_s, mk.Checkin(id=checkin_id, pain=pain, first_pain=first,
+                                              action=action, source=source))]
         if self.state == STATE_FINISHED or self.state == STATE_IDLE:
             return out
         if action == "stop":
             out += self._finish(now_s, "pain_stop", stage_reason="pain_stop")
         elif action == "pause":
             out += self.pause(now_s, reason="pain")
-            out.append(self._marker(now_s, EVENT_DECISION_REQUIRED, reason="pain", pain=pain,
-                                    options=["resume", "abort"]))
+            out.append(self._marker(now_s, mk.DecisionRequired(reason="pain", pain=pain,
+                                                               options=("resume", "abort"))))
         return out
 
     # ---- internals: stages ------------------------------------------------------------------------
@@ -372,12 +371,12 @@ class SessionMachine:
         self._force_samples = []
         self._target_spm, self._band = self._resolve_target(stage)
         speed = p.stage_speed_m_s(index)
-        out = [self._marker(now_s, EVENT_STAGE_START, index=index, name=stage.name, kind=stage.kind,
-                            duration_s=stage.duration_s, target_cadence_spm=self._target_spm,
-                            band_low_spm=self._band[0], band_high_spm=self._band[1],
-                            belt_speed_m_s=speed, instructions=stage.instructions)]
+        out = [self._marker(now_s, mk.StageStart(
+            index=index, name=stage.name, kind=stage.kind, duration_s=stage.duration_s,
+            target_cadence_spm=self._target_spm, band_low_spm=self._band[0],
+            band_high_spm=self._band[1], belt_speed_m_s=speed, instructions=stage.instructions))]
         out += self._belt(now_s, speed)
-        self._cue_state = {}
+        self._cue = None
         out += self._update_cues(now_s)
         return out
 
@@ -417,9 +416,10 @@ class SessionMachine:
             out += self._measure_baseline(now_s, stage)
         if stage.kind == "quiet_standing" and self._force_samples:
             self.body_mass_kg = float(np.mean(self._force_samples)) / GRAVITY_M_S2
-            out.append(self._marker(now_s, EVENT_BODY_WEIGHT, mass_kg=round(self.body_mass_kg, 2),
-                                    force_n=round(float(np.mean(self._force_samples)), 1),
-                                    samples=len(self._force_samples)))
+            out.append(self._marker(now_s, mk.BodyWeight(
+                mass_kg=round(self.body_mass_kg, 2),
+                force_n=round(float(np.mean(self._force_samples)), 1),
+                samples=len(self._force_samples))))
             summary["body_mass_kg"] = self.body_mass_kg
         record = StageRecord(
             index=self.stage_index, name=stage.name, kind=stage.kind,
@@ -429,9 +429,7 @@ class SessionMachine:
             belt_speed_m_s=self.protocol.stage_speed_m_s(self.stage_index),
             end_reason=reason, feedback_json=json.dumps(self._feedback_config(stage)),
             summary_json=json.dumps(_json_safe(summary)))
-        self.records.append(record)
-        out.append(Action("marker", EVENT_STAGE_END, msg.marker(EVENT_STAGE_END,
-                                                                **record.to_marker_fields()), now_s))
+        out.append(self._marker(now_s, mk.StageEnd(record=record)))
         if reason in ("aborted", "safety_stop", "pain_stop", "interrupted"):
             return out
         checkin = stage.checkin if stage.checkin is not None else self.protocol.checkins.at_stage_boundaries
@@ -455,22 +453,23 @@ class SessionMachine:
         out += self._set_metronome(now_s, None)
         self.state = STATE_FINISHED
         self.end_reason = reason
-        out.append(self._marker(now_s, EVENT_SESSION_END, reason=reason, stages_run=len(self.records)))
+        out.append(self._marker(now_s, mk.SessionEnd(reason=reason, stages_run=len(self.records))))
         return out
 
     def _measure_baseline(self, now_s: float, stage: BaselineStage) -> list[Action]:
         steps = self._stats.steps[-stage.measure_last_steps:]
         if len(steps) < MIN_BASELINE_STEPS:
-            return [self._marker(now_s, EVENT_BASELINE, ok=False, n_steps=len(steps),
-                                 detail=f"only {len(steps)} steps; at least {MIN_BASELINE_STEPS} needed")]
+            return [self._marker(now_s, mk.Baseline(
+                ok=False, n_steps=len(steps),
+                detail=f"only {len(steps)} steps; at least {MIN_BASELINE_STEPS} needed"))]
         valid = _valid_loading(steps)
         self.baseline_cadence_spm = cadence_from_steps(steps)
         self.baseline_valr_bw_per_s = _finite_mean(valid["valr_bw_per_s"])
         self.baseline_tibial_g = _finite_mean(valid["tibial_peak_g"])
-        return [self._marker(now_s, EVENT_BASELINE, ok=True, n_steps=len(steps),
-                             cadence_spm=self.baseline_cadence_spm,
-                             valr_bw_per_s=self.baseline_valr_bw_per_s,
-                             tibial_peak_g=self.baseline_tibial_g)]
+        return [self._marker(now_s, mk.Baseline(ok=True, n_steps=len(steps),
+                                                cadence_spm=self.baseline_cadence_spm,
+                                                valr_bw_per_s=self.baseline_valr_bw_per_s,
+                                                tibial_peak_g=self.baseline_tibial_g))]
 
     def _take_steps(self, now_s: float, steps: np.ndarray) -> list[Action]:
         stage = self.stage
@@ -573,17 +572,16 @@ class SessionMachine:
                     metronome = None
             if cues.visual_band:
                 band = self._band
-        state = {"stage": stage.name, "feedback_on": on,
-                 "metronome_spm": metronome,
-                 "band_low_spm": band[0] if band else None,
-                 "band_high_spm": band[1] if band else None,
-                 "target_spm": self._target_spm if band else None,
-                 "valr_max_bw_per_s": valr_max, "tibial_max_g": tib_max}
-        state = _json_safe(state)
+        cue = mk.Cue(stage=stage.name, feedback_on=on, metronome_spm=metronome,
+                     band_low_spm=band[0] if band else math.nan,
+                     band_high_spm=band[1] if band else math.nan,
+                     target_spm=self._target_spm if band else math.nan,
+                     valr_max_bw_per_s=valr_max, tibial_max_g=tib_max)
         out: list[Action] = []
-        if state != self._cue_state:
-            self._cue_state = state
-            out.append(self._marker(now_s, EVENT_CUE, **state))
+        # compared as published (NaN is null there, and equal to itself)
+        if self._cue is None or cue.encode() != self._cue.encode():
+            self._cue = cue
+            out.append(self._marker(now_s, cue))
         out += self._set_metronome(now_s, metronome)
         return out
 
@@ -597,7 +595,7 @@ class SessionMachine:
             last_beat = self._next_beat_s - 60.0 / previous if previous else math.nan
             self._next_beat_s = last_beat + 60.0 / spm if math.isfinite(last_beat) else now_s
             self._next_beat_s = max(self._next_beat_s, now_s)
-        return [self._marker(now_s, msg.EVENT_METRONOME, spm=spm)]
+        return [self._marker(now_s, mk.Metronome(spm=spm))]
 
     def _beats(self, now_s: float) -> list[Action]:
         spm = self._metronome_spm
@@ -610,7 +608,7 @@ class SessionMachine:
             self._next_beat_s = now_s
         while self._next_beat_s <= now_s:
             self._beat_n += 1
-            out.append(self._marker(self._next_beat_s, msg.EVENT_BEAT, n=self._beat_n, spm=spm))
+            out.append(self._marker(self._next_beat_s, mk.Beat(n=self._beat_n, spm=spm)))
             self._next_beat_s += period
         return out
 
@@ -629,7 +627,7 @@ class SessionMachine:
                                 accel_m_s2=s.accel_m_s2)
         else:
             cmd = self._command(now_s, msg.CMD_STOP, decel_m_s2=s.accel_m_s2)
-        return [cmd, self._marker(now_s, EVENT_BELT, speed_m_s=speed_m_s, accel_m_s2=s.accel_m_s2)]
+        return [cmd, self._marker(now_s, mk.Belt(speed_m_s=speed_m_s, accel_m_s2=s.accel_m_s2))]
 
     def _watchdogs(self, now_s: float) -> list[Action]:
         if self._belt_to <= 0 and self.belt_speed_m_s(now_s) <= 0:
@@ -651,7 +649,7 @@ class SessionMachine:
     def _safety_stop(self, now_s: float, reason: str, detail: str) -> list[Action]:
         s = self.protocol.safety
         out = [self._command(now_s, msg.CMD_STOP, decel_m_s2=s.stop_decel_m_s2, reason=reason),
-               self._marker(now_s, EVENT_SAFETY_STOP, reason=reason, detail=detail)]
+               self._marker(now_s, mk.SafetyStop(reason=reason, detail=detail))]
         self._belt_from, self._belt_to, self._belt_t0 = self.belt_speed_m_s(now_s), 0.0, now_s
         self._belt_rate = s.stop_decel_m_s2
         return out + self._finish(now_s, f"safety_stop:{reason}", stage_reason="safety_stop",
@@ -660,14 +658,14 @@ class SessionMachine:
     # ---- internals: check-ins and encoding --------------------------------------------------------
     def _ask(self, now_s: float, reason: str) -> list[Action]:
         self._checkin_id += 1
-        self._pending_checkins.append(self._checkin_id)
         stage = self.stage
-        return [self._marker(now_s, EVENT_CHECKIN_REQUEST, id=self._checkin_id, reason=reason,
-                             stage=stage.name if stage is not None else None,
-                             question="pain 0-10")]
+        return [self._marker(now_s, mk.CheckinRequest(
+            id=self._checkin_id, reason=reason, stage=stage.name if stage is not None else None,
+            question="pain 0-10"))]
 
-    def _marker(self, t_s: float, event: str, **fields: Any) -> Action:
-        return Action("marker", event, msg.marker(event, **fields), t_s)
+    def _marker(self, t_s: float, marker: mk.Marker) -> Action:
+        self.view.apply(t_s, marker)
+        return Action("marker", marker.event, marker.encode(), t_s, marker)
 
     def _command(self, t_s: float, name: str, **fields: Any) -> Action:
         return Action("command", name, msg.command(name, **fields), t_s)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.markers import Paused, SessionEnd
 from labsuite.protocol import operator as op
 from labsuite.protocol.machine import Action, SessionMachine
 from labsuite.protocol.schema import Protocol
@@ -276,7 +277,7 @@ class Session:
 
     def _on_chunk(self, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         s = self.settings
-        sid, spec = reader.query.source_id, reader.spec
+        sid, spec = str(reader.query.source_id), reader.spec
         assert spec is not None  # a reader hands over chunks only once it has the description
         if sid == s.steps_source_id:
             if spec.labels != STEP_FIELD_NAMES:
@@ -391,7 +392,7 @@ class Session:
                     outlet.push_sample([a.text], a.t_s)
         for a in actions:
             self.published.append(a)
-            if a.name in ("safety_stop", "emergency_stop", "session_end", "paused"):
+            if a.marker is not None and (a.marker.safety or isinstance(a.marker, (SessionEnd, Paused))):
                 self._note(a.t_s, a.text)
             if self.on_action is not None:
                 self.on_action(a)

@@ -1,8 +1,10 @@
-"""Markers and commands on the LSL bus: small JSON strings with an ``event`` or ``cmd`` field.
+"""Commands on the LSL bus, and the JSON encoding that commands and markers share.
 
-The session publishes markers (stage changes, cues, metronome, check-ins) and treadmill commands
-(speed, stop, emergency stop, heartbeat); drivers and the recorder read them. One JSON object per
-LSL string sample keeps them readable in any XDF/LSL viewer and parseable without labsuite.
+The session publishes treadmill commands (speed, stop, emergency stop, heartbeat, incline) on
+its commands stream; the treadmill driver obeys them. Its markers (stages, cues, beats, check-ins)
+are defined once in :mod:`labsuite.markers`; operator commands in :mod:`labsuite.protocol.operator`.
+One JSON object per LSL string sample keeps all three readable in any XDF/LSL viewer and parseable
+without labsuite.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ TREADMILL_COMMANDS = (CMD_SPEED, CMD_STOP, CMD_EMERGENCY_STOP, CMD_HEARTBEAT, CM
 HEARTBEAT_PERIOD_S = 0.1
 HEARTBEAT_TIMEOUT_S = 0.5
 
-# Marker events (session -> everyone). The protocol runner defines more; these are read by drivers.
-EVENT_METRONOME = "metronome"  # fields: spm (None = metronome off)
-EVENT_BEAT = "beat"  # fields: n, spm
+# Two marker names kept here until labsuite/report.py reads markers through labsuite.markers
+# (whose Metronome and Beat events they name); use the marker classes.
+EVENT_METRONOME = "metronome"
+EVENT_BEAT = "beat"
 
 
 def encode(kind_field: str, name: str, /, **fields: Any) -> str:
