@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite.constants import GRAVITY_M_S2
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.drivers.serial_plate import DeviceClock
 from labsuite.errors import ConfigError, DeviceError
@@ -32,7 +33,6 @@ from labsuite.streams.contracts import StreamSpec, imu_spec
 
 log = logging.getLogger(__name__)
 
-STANDARD_GRAVITY_M_S2 = 9.80665
 END, ESC, ESC_END, ESC_ESC = 0x0A, 0xDB, 0xDC, 0xDD
 BINARY_INERTIAL = 0x80 + ord("I")
 _BINARY_INERTIAL = struct.Struct("<Q6f")
@@ -226,7 +226,7 @@ class XIMU3Driver(Driver):
         for ts, block in self._mapped:
             values = np.asarray(block)
             gyro = np.deg2rad(values[:, 0:3]) @ self.rotation.T
-            acc = values[:, 3:6] * STANDARD_GRAVITY_M_S2 @ self.rotation.T
+            acc = values[:, 3:6] * GRAVITY_M_S2 @ self.rotation.T
             chunks.append(Chunk(0, ts, np.hstack([acc, gyro]).astype(np.float32)))
         return chunks
 

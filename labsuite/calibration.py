@@ -18,12 +18,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import CalibrationError, ConfigError
 from labsuite.labconfig import parse_yaml_model
 from labsuite.streams.contracts import StreamSpec, force_plate_spec
 from labsuite.yamlfile import read_text
 
-STANDARD_GRAVITY_M_S2 = 9.80665
 SCHEMA_ID = "labsuite-calibration/1"
 _ID = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -219,7 +219,7 @@ def parse_calibration(text: str, file: str = "<calibration>") -> PlateCalibratio
     geo = model.geometry
     corners = np.asarray(geo.corners_m, dtype=float)
     try:
-        from labsuite.realtime.geometry import plate_axes
+        from labsuite.plates import plate_axes
 
         plate_axes(corners)
     except ConfigError as exc:
@@ -363,7 +363,7 @@ class PlateCalibrator:
 
 def verify_known_load(channels: np.ndarray, cal: PlateCalibration, mass_kg: float,
                       point_m: tuple[float, float] | None = None, *,
-                      gravity_m_s2: float = STANDARD_GRAVITY_M_S2,
+                      gravity_m_s2: float = GRAVITY_M_S2,
                       today: _dt.date | None = None, note: str = "") -> Verification:
     """Check a static known mass on the plate: vertical force and COP against the file's tolerance.
 
@@ -371,7 +371,7 @@ def verify_known_load(channels: np.ndarray, cal: PlateCalibration, mass_kg: floa
     ``point_m`` (lab x, y in m; None: check the force only). The force error is |Fz_lab − m·g| of
     the mean; the COP error the distance between the mean COP and ``point_m``.
     """
-    from labsuite.realtime.geometry import plate_to_lab
+    from labsuite.plates import plate_to_lab
 
     if not (math.isfinite(mass_kg) and mass_kg > 0):
         raise ConfigError(f"mass_kg: expected a known mass > 0 kg, got {mass_kg!r}")

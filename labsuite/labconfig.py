@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from labsuite import ids
 from labsuite.errors import ConfigError
 from labsuite.yamlfile import format_path, node_positions, parse_yaml, read_text
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from labsuite.drivers.base import Driver
 
 SCHEMA_ID = "labsuite-lab/1"
-_NAME = r"^[A-Za-z0-9_-]{1,32}$"
 DEFAULT_CALIBRATION_MAX_AGE_DAYS = 365
 
 M = TypeVar("M", bound=BaseModel)
@@ -78,7 +78,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_Name = Annotated[str, Field(pattern=_NAME)]
+_Name = Annotated[str, Field(pattern=ids.DEVICE_NAME_PATTERN)]
+_LabId = Annotated[str, Field(pattern=ids.LAB_ID_PATTERN)]
 _Rate = Annotated[float, Field(gt=0, le=100_000)]
 _Port = Annotated[int, Field(gt=0, lt=65536)]
 _Belt = Literal["left", "right", "single"]
@@ -170,7 +171,7 @@ class LabModel(_Strict):
     """The lab file (schema ``labsuite-lab/1``)."""
 
     schema_: Literal["labsuite-lab/1"] = Field(alias="schema")
-    lab_id: _Name
+    lab_id: _LabId
     calibration_max_age_days: Annotated[int, Field(ge=1, le=3650)] = DEFAULT_CALIBRATION_MAX_AGE_DAYS
     devices: Annotated[list[Device], Field(min_length=1)]
 
@@ -208,7 +209,7 @@ class LabConfig:
     @property
     def session_commands_source_id(self) -> str:
         """Where the session publishes treadmill commands and its heartbeat (as the simulated lab)."""
-        return f"labsuite-session-{self.lab_id}-commands"
+        return ids.commands_source_id(self.lab_id)
 
     def device(self, name: str) -> Any:
         """The validated settings of one device; ConfigError listing the names if unknown."""
@@ -220,7 +221,7 @@ class LabConfig:
     def source_id(self, name: str) -> str:
         """The stable source_id of a device's stream."""
         self.device(name)
-        return f"labsuite-{self.lab_id}-{name}"
+        return ids.device_source_id(self.lab_id, name)
 
     def calibration_warnings(self, today: Any = None) -> list[str]:
         """Warnings for calibrations older than the lab's ``calibration_max_age_days``."""
@@ -295,7 +296,7 @@ def _treadmill_settings(lab_id: str, dev: BertecTreadmillDevice, where: str) -> 
 
     try:
         return TreadmillSettings(
-            source_id=f"labsuite-{lab_id}-{dev.name}", name=f"labsuite-{dev.name}",
+            source_id=ids.device_source_id(lab_id, dev.name), name=f"labsuite-{dev.name}",
             manufacturer="Bertec", model="instrumented treadmill", state_rate_hz=dev.state_rate_hz,
             max_speed_m_s=dev.max_speed_m_s, max_reverse_m_s=dev.max_reverse_m_s,
             default_accel_m_s2=dev.default_accel_m_s2, max_accel_m_s2=dev.max_accel_m_s2,

@@ -87,8 +87,8 @@ def main() -> int:
     from labsuite.drivers.sim.lab import SimLabSettings, sim_lab_roles
     from labsuite.feedback.feed import FeedSettings, LiveFeed
     from labsuite.feedback.windows import GuiController
+    from labsuite.ids import markers_source_id
     from labsuite.processes import Supervisor
-    from labsuite.protocol.operator import markers_source_id
     from labsuite.protocol.orchestrate import run_processor
     from labsuite.streams import messages as msg
     from labsuite.streams.contracts import markers_spec

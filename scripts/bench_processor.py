@@ -30,8 +30,8 @@ import numpy as np
 from scipy import signal
 
 from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
+from labsuite.plates import lab_to_plate, plate_axes, plate_centre
 from labsuite.realtime import _kernels as K
-from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre
 from labsuite.realtime.processor import (
     PlateGeometry,
     ProcessorSettings,

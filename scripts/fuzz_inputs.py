@@ -62,7 +62,7 @@ def make_session(path: Path, duration_s: float = 20.0, seed: int = 1) -> Path:
     from labsuite.archive.writer import SessionWriter
     from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
     from labsuite.drivers.sim.lab import PLATE_ORIGIN_M, belt_corners
-    from labsuite.realtime.geometry import lab_to_plate
+    from labsuite.plates import lab_to_plate
     from labsuite.realtime.processor import GRAVITY_M_S2, PlateGeometry, ProcessorSettings, process_arrays
     from labsuite.stages import StageRecord
     from labsuite.streams.contracts import force_plate_spec, imu_spec, markers_spec

@@ -15,7 +15,7 @@ from labsuite.archive.export import export_c3d, export_csv, read_c3d_events
 from labsuite.archive.reader import open_session
 from labsuite.archive.writer import SessionWriter
 from labsuite.errors import ArchiveError
-from labsuite.realtime.geometry import lab_to_plate
+from labsuite.plates import lab_to_plate
 from labsuite.stages import StageRecord
 from labsuite.steps import empty_steps
 from labsuite.streams.contracts import force_plate_spec, imu_spec, markers_spec

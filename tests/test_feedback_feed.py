@@ -16,7 +16,8 @@ from lsl_helpers import plain_inlet
 
 from labsuite.errors import ConfigError
 from labsuite.feedback.feed import FeedSettings, LiveFeed
-from labsuite.protocol.operator import OperatorConsole, operator_source_id
+from labsuite.ids import operator_source_id
+from labsuite.protocol.operator import OperatorConsole
 from labsuite.protocol.schema import parse_protocol
 from labsuite.steps import STEP_FIELDS, empty_steps, steps_to_rows
 from labsuite.streams.contracts import Channel, StreamSpec

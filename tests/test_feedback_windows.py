@@ -18,8 +18,9 @@ from lsl_helpers import plain_inlet
 
 from labsuite.drivers.sim.lab import SimLabSettings, sim_lab_roles
 from labsuite.feedback.feed import FeedSettings, LiveFeed
+from labsuite.ids import operator_source_id
 from labsuite.processes import Supervisor
-from labsuite.protocol.operator import OperatorConsole, operator_source_id
+from labsuite.protocol.operator import OperatorConsole
 from labsuite.protocol.schema import parse_protocol
 from labsuite.protocol.session import Session, SessionSettings
 from labsuite.realtime.live import LiveRunner

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from labsuite.plates import lab_to_plate, plate_axes, plate_centre, plate_to_lab
 from labsuite.realtime import _kernels as K
-from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre, plate_to_lab
 
 try:
     from tests import naive_realtime as naive

@@ -10,7 +10,7 @@ import pytest
 
 from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 from labsuite.errors import ConfigError
-from labsuite.realtime.geometry import lab_to_plate
+from labsuite.plates import lab_to_plate
 from labsuite.realtime.live import LiveRunner
 from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, process_arrays
 from labsuite.steps import STEP_FIELD_NAMES, rows_to_steps

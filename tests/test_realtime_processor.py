@@ -8,7 +8,7 @@ import pytest
 
 from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 from labsuite.errors import ConfigError, DeviceError
-from labsuite.realtime.geometry import lab_to_plate
+from labsuite.plates import lab_to_plate
 from labsuite.realtime.processor import (
     PlateGeometry,
     ProcessorSettings,

@@ -28,9 +28,9 @@ from labsuite.cli import main as cli_main
 from labsuite.drivers.sim import gait
 from labsuite.drivers.sim.lab import PLATE_ORIGIN_M, belt_corners
 from labsuite.errors import ConfigError
+from labsuite.plates import lab_to_plate
 from labsuite.protocol.machine import SessionMachine
 from labsuite.protocol.schema import parse_protocol
-from labsuite.realtime.geometry import lab_to_plate
 from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, StepProcessor
 from labsuite.streams import contracts as c
 from labsuite.streams import messages as msg

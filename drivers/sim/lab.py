@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -30,8 +29,9 @@ from labsuite.drivers.treadmill import (
     TreadmillSettings,
 )
 from labsuite.errors import ConfigError, LabsuiteError
+from labsuite.ids import check_lab_id, commands_source_id, markers_source_id, sim_source_id
 from labsuite.markers import Metronome, decode
-from labsuite.realtime.geometry import lab_to_plate
+from labsuite.plates import lab_to_plate
 from labsuite.streams import contracts as c
 from labsuite.streams.acquisition import StreamQuery, StreamReader
 
@@ -44,7 +44,6 @@ PLATE_ORIGIN_M = np.array([0.0, 0.0, -0.04])  # surface centre 40 mm above the s
 DEVICES_SPLIT = ("fp-left", "fp-right", "imu-left", "imu-right", "camera", "treadmill")
 DEVICES_SINGLE = ("fp-single", "imu-left", "imu-right", "camera", "treadmill")
 
-_LAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
 
 def belt_corners(belt: str) -> np.ndarray:
@@ -78,8 +77,7 @@ class SimLabSettings:
     chunk_s: float = 0.01
 
     def __post_init__(self) -> None:
-        if not _LAB_ID.match(self.lab_id):
-            raise ConfigError(f"lab_id: expected 1-40 letters, digits, '-' or '_', got {self.lab_id!r}")
+        check_lab_id(self.lab_id)
         for name in ("plate_rate_hz", "imu_rate_hz", "camera_rate_hz", "treadmill_rate_hz", "chunk_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -104,17 +102,17 @@ class SimLabSettings:
 
     def source_id(self, device: str) -> str:
         """The stable source_id of a simulated device (or 'gait' for the participant's plan)."""
-        return f"labsuite-sim-{self.lab_id}-{device}"
+        return sim_source_id(self.lab_id, device)
 
     @property
     def session_markers_source_id(self) -> str:
         """Where the session publishes its markers (the participant listens for the metronome)."""
-        return f"labsuite-session-{self.lab_id}-markers"
+        return markers_source_id(self.lab_id)
 
     @property
     def session_commands_source_id(self) -> str:
         """Where the session publishes treadmill commands and its heartbeat."""
-        return f"labsuite-session-{self.lab_id}-commands"
+        return commands_source_id(self.lab_id)
 
     def stream_specs(self) -> dict[str, list[c.StreamSpec]]:
         """The streams each device publishes, by device name."""

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from labsuite.errors import ConfigError
 from labsuite.streams.contracts import Channel, StreamSpec
 
 FORMAT_NAME = "labsuite-session"
@@ -58,16 +57,6 @@ UNHASHED_ATTRS = ("complete", "end_lsl_s", HEADER_SHA256, "recovered_from", "rec
 LATE_SPEC = "spec"  # late slots: a text log holding the stream description as JSON
 
 LATE_PREFIX = "late_"
-
-PARTICIPANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-
-def validate_participant_id(participant_id: str) -> str:
-    """Return ``participant_id`` if it is a pseudonymous id safe in a path; ConfigError otherwise."""
-    if not isinstance(participant_id, str) or not PARTICIPANT_RE.match(participant_id):
-        raise ConfigError(f"participant_id: expected 1-32 characters from A-Z a-z 0-9 _ - "
-                          f"(a pseudonymous id, never a name), got {participant_id!r}")
-    return participant_id
 
 
 def stream_key(source_id: str, taken: set[str]) -> str:

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from labsuite.archive.layout import FRAME_DTYPE, validate_participant_id
+from labsuite.archive.layout import FRAME_DTYPE
 from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings, expected_bytes_per_s
 from labsuite.errors import ArchiveError, ConfigError
+from labsuite.ids import check_participant_id
 from labsuite.steps import STEP_FIELD_NAMES, empty_steps
 from labsuite.streams.contracts import (
     CAMERA_FRAME_INDEX,
@@ -67,7 +68,7 @@ class RecorderSettings:
     exclude_source_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        validate_participant_id(self.participant_id)
+        check_participant_id(self.participant_id, "participant_id")
         if not (math.isfinite(self.wait_s) and self.wait_s > 0):
             raise ConfigError(f"wait_s: expected a positive number of seconds, got {self.wait_s!r}")
         if not (math.isfinite(self.expected_duration_s) and self.expected_duration_s > 0):

@@ -33,6 +33,7 @@ from labsuite import __version__
 from labsuite.archive import layout as L
 from labsuite.archive.integrity import WriterLock
 from labsuite.errors import ArchiveError, ConfigError, DeviceError, LabsuiteError
+from labsuite.ids import check_participant_id
 from labsuite.markers import StageEnd, from_fields
 from labsuite.steps import STEP_DTYPE, STEP_FIELDS
 from labsuite.streams.contracts import KIND_MARKERS, StreamSpec
@@ -143,7 +144,7 @@ class SessionWriter:
         self.settings = settings or WriterSettings()
         self._on_event = on_event
         self._stages_from_markers = stages_from_markers
-        L.validate_participant_id(participant_id)
+        check_participant_id(participant_id, "participant_id")
         if mass_kg is not None and not (math.isfinite(mass_kg) and 0 < mass_kg < 500):
             raise ConfigError(f"mass_kg: expected a body mass in kg (0..500), got {mass_kg!r}")
         if session_number is not None and int(session_number) < 0:

@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
     """Analyse the file and write the step table."""
     import numpy as np
 
+    from labsuite.constants import GRAVITY_M_S2
     from labsuite.errors import ConfigError, DataFileError
     from labsuite.realtime.files import load_c3d, load_text, parse_map
-    from labsuite.realtime.processor import GRAVITY_M_S2, BadRun, ProcessorSettings, process_arrays
+    from labsuite.realtime.processor import BadRun, ProcessorSettings, process_arrays
     from labsuite.steps import FOOT_NAMES, METHOD_NAMES, PATTERN_NAMES, STEP_FIELD_NAMES
 
     path = Path(args.file)

@@ -2,7 +2,7 @@
 
 Readers from :mod:`labsuite.streams.acquisition` pull the plates, IMUs, treadmill, camera, the
 ``labsuite-steps`` stream and the session's markers on their worker threads. Plate chunks are turned
-into lab-frame vertical force and COP (:func:`~labsuite.realtime.geometry.plate_to_lab`) on those
+into lab-frame vertical force and COP (:class:`~labsuite.plates.PlateGeometry`) on those
 threads and kept in ring buffers; markers update a :class:`~labsuite.markers.SessionState`. The
 GUI timer only calls :meth:`LiveFeed.snapshot` (copies) and draws.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -21,16 +20,15 @@ from typing import Any
 import numpy as np
 
 from labsuite.errors import ConfigError, DeviceError, LabsuiteError
+from labsuite.ids import check_lab_id, check_participant_id, markers_source_id
 from labsuite.markers import Marker, SessionState, decode, from_fields
-from labsuite.protocol.operator import check_lab_id, markers_source_id
+from labsuite.plates import PlateGeometry
 from labsuite.steps import STEP_DTYPE, STEP_FIELD_NAMES, rows_to_steps
 from labsuite.streams.acquisition import ReaderStats, StreamQuery, StreamReader
-from labsuite.streams.contracts import FORCE_PLATE_CHANNELS, setup_floats
 from labsuite.streams.ring import RingBuffer
 
 log = logging.getLogger(__name__)
 
-_PARTICIPANT = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 PLATE_BELTS = ("left", "right", "single")
 IMU_SIDES = ("left", "right")
 
@@ -64,9 +62,8 @@ class FeedSettings:
 
     def __post_init__(self) -> None:
         check_lab_id(self.lab_id)
-        if self.participant_id and not _PARTICIPANT.match(self.participant_id):
-            raise ConfigError(f"participant id: expected 1-32 letters, digits, '-' or '_' "
-                              f"(a pseudonym, never a name), got {self.participant_id!r}")
+        if self.participant_id:
+            check_participant_id(self.participant_id)
         belts = [b for b, _ in self.plates]
         if sorted(belts) not in (["left", "right"], ["single"]):
             raise ConfigError(f"FeedSettings.plates: expected belts left and right, or single; "
@@ -147,7 +144,7 @@ class LiveFeed:
         s = settings
         self._lock = threading.Lock()
         self._rings: dict[str, RingBuffer] = {}
-        self._geometry: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+        self._geometry: dict[str, tuple[Any, PlateGeometry]] = {}
         # slot name -> source_id, in table order
         self._sources: dict[str, str] = {f"plate:{b}": sid for b, sid in s.plates}
         self._sources.update({f"imu:{side}": sid for side, sid in s.imus})
@@ -208,11 +205,9 @@ class LiveFeed:
 
     # ---- reader callbacks (worker threads) -------------------------------------------------
     def _plate_chunk(self, belt: str, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
-        from labsuite.realtime.geometry import plate_to_lab
-
         try:
-            spec, corners, origin = self._geometry_of(belt, reader)
-            grf, cop, _ = plate_to_lab(np.asarray(data, dtype=np.float64)[:, :6], corners, origin)
+            spec, plate = self._geometry_of(belt, reader)
+            grf, cop, _ = plate.to_lab(np.asarray(data, dtype=np.float64)[:, :6])
         except LabsuiteError as exc:
             self.bad_chunks += 1
             self.errors.append(f"plate {belt}: {exc}")
@@ -227,24 +222,14 @@ class LiveFeed:
         rows[:, COL_COP_X:] = cop
         ring.write(ts, rows)
 
-    def _geometry_of(self, belt: str, reader: StreamReader) -> tuple[Any, np.ndarray, np.ndarray]:
+    def _geometry_of(self, belt: str, reader: StreamReader) -> tuple[Any, PlateGeometry]:
         spec = reader.spec
         cached = self._geometry.get(belt)
         if cached is not None and cached[0] is spec:
             return cached
         if spec is None:
             raise DeviceError(f"plate {belt}: no stream description yet")
-        if spec.labels[:6] != FORCE_PLATE_CHANNELS:
-            raise DeviceError(f"stream {spec.name!r}: channels {list(spec.labels[:6])}, expected "
-                              f"{list(FORCE_PLATE_CHANNELS)} for a force plate")
-        corners = setup_floats(spec, "force_platform", "corners_m")
-        if corners.size != 12:
-            raise DeviceError(f"stream {spec.name!r}: desc/setup/force_platform/corners_m has "
-                              f"{corners.size} numbers, expected 12")
-        origin = setup_floats(spec, "force_platform", "origin_m")
-        if origin.size != 3:
-            origin = np.zeros(3)
-        out = (spec, corners.reshape(4, 3), origin.reshape(3))
+        out = (spec, PlateGeometry.from_spec(spec, belt=belt))
         self._geometry[belt] = out
         return out
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from labsuite import markers as mk
+from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError
 from labsuite.protocol.schema import (
     BaselineStage,
@@ -29,7 +30,6 @@ from labsuite.streams import messages as msg
 DEFAULT_BAND_PERCENT = 3.0
 SUMMARY_LAST_STEPS = 30
 MIN_BASELINE_STEPS = 5
-GRAVITY_M_S2 = 9.80665
 
 STATE_IDLE = "idle"
 STATE_RUNNING = "running"

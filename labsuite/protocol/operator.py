@@ -1,17 +1,17 @@
 """Operator commands over LSL: how a GUI (or any process) drives a running session.
 
-The session reads a JSON string stream whose source_id is ``labsuite-session-<lab_id>-operator``;
+The session reads a JSON string stream whose source_id is ``labsuite.ids.operator_source_id(lab)``;
 each sample is one command such as ``{"op":"pause"}`` or ``{"op":"pain","pain":2,"id":3}``.
 :class:`OperatorConsole` publishes them; the session (:mod:`labsuite.protocol.session`) obeys them.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Any
 
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.ids import check_lab_id, operator_source_id
 from labsuite.streams.contracts import commands_spec
 from labsuite.streams.messages import decode, encode
 
@@ -23,30 +23,6 @@ OP_EMERGENCY_STOP = "emergency_stop"
 OP_CHECKIN = "checkin"  # ask for a pain rating now
 OP_PAIN = "pain"  # fields: pain (0-10), id (the checkin_request id answered; optional)
 OPERATOR_COMMANDS = (OP_PAUSE, OP_RESUME, OP_SKIP, OP_ABORT, OP_EMERGENCY_STOP, OP_CHECKIN, OP_PAIN)
-
-_LAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-
-
-def check_lab_id(lab_id: str) -> str:
-    """Return ``lab_id`` if it is 1-40 letters, digits, '-' or '_'; ConfigError otherwise."""
-    if not isinstance(lab_id, str) or not _LAB_ID.match(lab_id):
-        raise ConfigError(f"lab_id: expected 1-40 letters, digits, '-' or '_', got {lab_id!r}")
-    return lab_id
-
-
-def markers_source_id(lab_id: str) -> str:
-    """The session's marker stream (stages, cues, beats, check-ins, operator actions)."""
-    return f"labsuite-session-{check_lab_id(lab_id)}-markers"
-
-
-def commands_source_id(lab_id: str) -> str:
-    """The session's treadmill command stream (speed, stop, emergency stop, heartbeat)."""
-    return f"labsuite-session-{check_lab_id(lab_id)}-commands"
-
-
-def operator_source_id(lab_id: str) -> str:
-    """The operator command stream the session obeys (published by the GUI or a console)."""
-    return f"labsuite-session-{check_lab_id(lab_id)}-operator"
 
 
 def operator_command(op: str, /, **fields: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -17,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labsuite import ids
 from labsuite.errors import ConfigError, DeviceError
-from labsuite.protocol import operator as op
 from labsuite.protocol.machine import Action
 from labsuite.protocol.schema import Protocol, load_protocol
 from labsuite.protocol.session import Session, SessionSettings
@@ -26,7 +25,6 @@ from labsuite.stages import StageRecord
 
 log = logging.getLogger(__name__)
 
-_PARTICIPANT = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,12 @@ class RunOptions:
     sim_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.participant_id, str) or not _PARTICIPANT.match(self.participant_id):
-            raise ConfigError(f"--participant: expected a pseudonymous id of 1-32 letters, digits, "
-                              f"'-' or '_' (never a name), got {self.participant_id!r}")
+        ids.check_participant_id(self.participant_id, "--participant")
         if self.simulate == (self.lab_file is not None):
             raise ConfigError("give exactly one of --simulate (the built-in simulated lab) or "
                               "--lab LAB.yaml (the lab's real devices)")
         if self.lab_id is not None:
-            op.check_lab_id(self.lab_id)
+            ids.check_lab_id(self.lab_id, "--lab-id")
         if self.mass_kg is not None and not (math.isfinite(self.mass_kg) and 20 <= self.mass_kg <= 250):
             raise ConfigError(f"--mass-kg: expected 20-250 kg, got {self.mass_kg!r}")
         if self.speed_m_s is not None and not (math.isfinite(self.speed_m_s) and 0 < self.speed_m_s <= 8):
@@ -164,7 +160,7 @@ def plan(protocol: Protocol, options: RunOptions) -> Plan:
             raise ConfigError(f"{options.lab_file}: the lab has no treadmill device to command")
         layout = "single" if "single" in plates else "split"
         mode = protocol.simulation.mode
-    steps_sid = f"labsuite-steps-{lab_id}"
+    steps_sid = ids.steps_source_id(lab_id)
     roles = list(device_roles)
     roles.append(("processor", run_processor,
                   {"plates": plates, "imus": imus, "treadmill": treadmill, "steps_source_id": steps_sid,
@@ -178,7 +174,7 @@ def plan(protocol: Protocol, options: RunOptions) -> Plan:
         session_file = Path(options.out_dir) / (
             f"{options.participant_id}{f'_s{n}' if n is not None else ''}_{stamp}.h5")
         sources = (*plates.values(), *imus.values(), treadmill, *extra_sources, steps_sid,
-                   op.markers_source_id(lab_id), op.commands_source_id(lab_id))
+                   ids.markers_source_id(lab_id), ids.commands_source_id(lab_id))
         rec = RecorderSettings(
             participant_id=options.participant_id, path=session_file,
             source_ids=tuple(s for s in sources if s), wait_s=2.0, mass_kg=mass,

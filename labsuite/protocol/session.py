@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import ids
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.markers import Paused, SessionEnd
 from labsuite.protocol import operator as op
@@ -39,7 +40,6 @@ from labsuite.streams.contracts import FZ, commands_spec, markers_spec
 
 log = logging.getLogger(__name__)
 
-_PARTICIPANT = r"^[A-Za-z0-9_-]{1,32}$"
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,8 @@ class SessionSettings:
     settle_s: float = 1.0
 
     def __post_init__(self) -> None:
-        import re
-
-        op.check_lab_id(self.lab_id)
-        if not isinstance(self.participant_id, str) or not re.match(_PARTICIPANT, self.participant_id):
-            raise ConfigError(f"participant id: expected 1-32 letters, digits, '-' or '_' "
-                              f"(a pseudonym, never a name), got {self.participant_id!r}")
+        ids.check_lab_id(self.lab_id)
+        ids.check_participant_id(self.participant_id)
         if not self.steps_source_id:
             raise ConfigError("steps_source_id: expected the processor's step stream source_id")
         for name in ("tick_s", "heartbeat_period_s", "connect_timeout_s"):
@@ -82,17 +78,17 @@ class SessionSettings:
     @property
     def markers_source_id(self) -> str:
         """Where markers go."""
-        return op.markers_source_id(self.lab_id)
+        return ids.markers_source_id(self.lab_id)
 
     @property
     def commands_source_id(self) -> str:
         """Where treadmill commands and the heartbeat go."""
-        return op.commands_source_id(self.lab_id)
+        return ids.commands_source_id(self.lab_id)
 
     @property
     def operator_source_id(self) -> str:
         """Where operator commands come from."""
-        return op.operator_source_id(self.lab_id)
+        return ids.operator_source_id(self.lab_id)
 
 
 class Session:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from labsuite.errors import ConfigError, DataFileError
-from labsuite.realtime.geometry import plate_axes
+from labsuite.plates import plate_axes
 from labsuite.realtime.processor import PlateGeometry
 
 TEXT_KEYS = ("fz", "fx", "fy", "copx", "copy")

@@ -166,8 +166,7 @@ class LiveRunner:
             if spec.kind != KIND_FORCE_PLATE:
                 raise DeviceError(f"stream {spec.name!r} for belt {belt!r} is a {spec.kind} "
                                   "stream, expected a force plate")
-            geom = PlateGeometry.from_spec(spec)
-            geoms.append(PlateGeometry(belt, geom.corners_m, geom.origin_m))
+            geoms.append(PlateGeometry.from_spec(spec, belt=belt))
             rates.add(spec.rate_hz)
         if len(rates) != 1:
             raise DeviceError(f"force-plate streams run at different rates {sorted(rates)}; "

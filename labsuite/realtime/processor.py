@@ -1,12 +1,12 @@
 """The step processor: force-plate and IMU chunks in, one record per completed foot contact out.
 
-Plain synchronous object (no threads, no LSL, no Qt), fed live by :mod:`labsuite.realtime.live`
+Plain synchronous object (no threads, no LSL, no Qt), fed live by :mod:`labsuite.lab.live`
 and offline by :func:`process_arrays`; both run the same numba kernels (``_kernels``), and any
 chunking of the input gives exactly the same steps.
 
 Pipeline per plate sample: causal Butterworth low-pass of the six plate channels (biquad cascade,
 state carried across chunks; delay ``filter_delay_s`` compensated when metrics are timed) →
-lab-frame GRF and COP (:mod:`geometry`) → hysteresis on the *raw* vertical force (on 50 N, off 25 N;
+lab-frame GRF and COP (:mod:`labsuite.plates`) → hysteresis on the *raw* vertical force (on 50 N, off 25 N;
 strike and toe-off at the crossings of the strike and toe-off thresholds, interpolated) →
 per-contact metrics on the filtered force (Milner et al. 2006 loading rates, Blackmore et al. 2016
 13 % fallback; COP measures from loaded samples only). Samples that cannot be real (non-finite,
@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.plates import PlateGeometry, lab_to_plate, plate_axes, plate_centre
 from labsuite.realtime import _kernels as K
-from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre
 from labsuite.steps import (
     FOOT_LEFT,
     FOOT_RIGHT,
@@ -42,10 +43,8 @@ from labsuite.steps import (
     empty_steps,
 )
 
-GRAVITY_M_S2 = 9.80665
 LAYOUTS = ("split", "single")
 MODES = ("run", "walk")
-PLATE_BELTS = ("left", "right", "single")
 IMU_SIDES = ("left", "right")
 _BLOCK = 1024  # samples per kernel call: bounds the ring size whatever the caller's chunk size
 _BLOCK_OFFLINE = 16384  # process_arrays feeds seconds at a time: fewer calls, a larger ring
@@ -71,63 +70,6 @@ _R_COLS = np.array([_COL[n] for n in _R_NAMES], dtype=np.int64)
  _C_ID, _C_DECIDED) = (_COL[n] for n in ("foot", "strike_s", "impact_peak_bw", "impact_peak_s",
                                          "valr_bw_per_s", "vilr_bw_per_s", "loading_rate_method",
                                          "tibial_peak_g", "record_kind", "step_id", "decided_s"))
-
-
-@dataclass(frozen=True)
-class PlateGeometry:
-    """Where one plate (belt) is: C3D CORNERS (4×3, lab frame, m) and ORIGIN (m), see geometry."""
-
-    belt: str
-    corners_m: tuple[tuple[float, float, float], ...]
-    origin_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    def __post_init__(self) -> None:
-        if self.belt not in PLATE_BELTS:
-            raise ConfigError(f"PlateGeometry.belt: expected one of {PLATE_BELTS}, got {self.belt!r}")
-        corners = np.asarray(self.corners_m, dtype=float)
-        try:
-            plate_axes(corners)
-        except ConfigError as exc:
-            raise ConfigError(f"PlateGeometry({self.belt}).{exc}") from None
-        origin = np.asarray(self.origin_m, dtype=float).ravel()
-        if origin.shape != (3,) or not np.isfinite(origin).all():
-            raise ConfigError(f"PlateGeometry({self.belt}).origin_m: expected 3 finite numbers, "
-                              f"got {self.origin_m!r}")
-        object.__setattr__(self, "corners_m", tuple(tuple(float(v) for v in row) for row in corners))
-        object.__setattr__(self, "origin_m", tuple(float(v) for v in origin))
-
-    @classmethod
-    def from_arrays(cls, belt: str, corners_m: Any, origin_m: Any = (0.0, 0.0, 0.0)) -> PlateGeometry:
-        """Build from array-likes (corners (4, 3) in m, origin (3,) in m)."""
-        corners = np.asarray(corners_m, dtype=float)
-        if corners.shape != (4, 3):
-            raise ConfigError(f"PlateGeometry({belt}).corners_m: expected shape (4, 3), "
-                              f"got {corners.shape}")
-        return cls(belt, tuple(map(tuple, corners)), tuple(np.asarray(origin_m, float).ravel()))
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> PlateGeometry:
-        """Read the geometry a force-plate stream carries in ``desc/setup/force_platform``."""
-        from labsuite.streams.contracts import setup_floats
-
-        belt = spec.setup.get("force_platform", {}).get("belt", "") if spec.setup else ""
-        corners = setup_floats(spec, "force_platform", "corners_m")
-        if corners.size != 12:
-            raise DeviceError(f"stream {spec.name!r}: desc/setup/force_platform/corners_m has "
-                              f"{corners.size} numbers, expected 12 (4 corners × xyz)")
-        origin = setup_floats(spec, "force_platform", "origin_m")
-        return cls.from_arrays(belt, corners.reshape(4, 3), origin)
-
-    @classmethod
-    def lab_aligned(cls, belt: str, half_length_m: float = 1.0, half_width_m: float = 0.5
-                    ) -> PlateGeometry:
-        """A plate whose frame is the lab frame (z up, centre at the lab origin).
-
-        Used for data already in the lab frame (text files, simulator output): feed it with
-        :meth:`StepProcessor.feed_lab`.
-        """
-        a, b = half_length_m, half_width_m
-        return cls(belt, ((a, b, 0.0), (-a, b, 0.0), (-a, -b, 0.0), (a, -b, 0.0)), (0.0, 0.0, 0.0))
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,16 @@ import numpy as np
 import yaml
 
 from labsuite.archive.reader import open_session
+from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.plates import plate_axes
 from labsuite.protocol.schema import parse_protocol
-from labsuite.realtime.geometry import plate_axes
 from labsuite.report.tables import stage_table, steps_in_stage
 from labsuite.stages import EVENT_STAGE_START, StageRecord
 from labsuite.steps import STEP_DTYPE
 from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_TREADMILL, setup_floats
 from labsuite.streams.messages import decode
 
-GRAVITY_M_S2 = 9.80665
 MOVING_KINDS = ("baseline", "cadence", "retention")
 
 # Marker events shown as safety / session events (names from labsuite.protocol.machine; repeated here

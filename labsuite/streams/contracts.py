@@ -20,7 +20,7 @@ Frames (fixed for all of labsuite):
   ``corners_m`` (4 corners × xyz in the lab frame, C3D order), ``origin_m`` (the position of the
   plate-surface centre in sensor coordinates, as ezc3d interprets C3D ORIGIN: surface offset
   c = origin_m[2]), ``type`` (C3D type, 2) and the calibration id. Converting to lab-frame ground
-  reaction force and COP is the processor's job (``labsuite.realtime.geometry``).
+  reaction force and COP is the processor's job (``labsuite.plates``).
 * **IMU streams**: ax ay az in m/s², gx gy gz in rad/s, sensor frame; for tibial sensors x runs along
   the tibia towards the knee (standing still reads ax ≈ +9.81), so tibial shock is a positive ax peak.
 """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from labsuite.errors import ConfigError
-from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_cop_3d, plate_to_lab
+from labsuite.plates import lab_to_plate, plate_axes, plate_cop_3d, plate_to_lab
 
 
 @pytest.fixture(scope="module")

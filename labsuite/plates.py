@@ -1,7 +1,11 @@
-"""Force-plate geometry: plate output (C3D FORCE_PLATFORM style) to lab-frame GRF, COP and free moment.
+"""The force-plate convention (C3D FORCE_PLATFORM): where a plate is, and its output in the lab frame.
 
-Sits between the force-plate streams and the step kernels; the simulator uses the exact inverse
-(:func:`lab_to_plate`) to publish realistic plate output. Conventions follow ezc3d exactly.
+One neutral home for plate geometry, below every box that needs it: drivers and the simulator
+(which publishes realistic plate output with the exact inverse :func:`lab_to_plate`), calibration,
+the step processor, the console and the report. :class:`PlateGeometry` is one plate's CORNERS and
+ORIGIN; :meth:`PlateGeometry.from_spec` reads them from a force-plate stream's metadata
+(``desc/setup/force_platform``, written by ``streams.contracts.force_plate_spec``). Conventions
+follow ezc3d exactly.
 
 Plate channels are Fx Fy Fz (N) and Mx My Mz (N·m) about the sensor origin, in the plate frame, as
 the force the participant exerts *on* the plate. The plate frame comes from the C3D CORNERS the way
@@ -13,11 +17,100 @@ z points *down*). ``origin_m`` is C3D ORIGIN as ezc3d uses it: the plate-surface
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from labsuite.errors import ConfigError
+from labsuite.errors import ConfigError, DeviceError
+from labsuite.streams.contracts import BELTS, FORCE_PLATE_CHANNELS, StreamSpec, setup_floats
 
 DEFAULT_COP_THRESHOLD_N = 50.0
+
+
+@dataclass(frozen=True)
+class PlateGeometry:
+    """Where one plate (belt) is: C3D CORNERS (4×3, lab frame, m) and ORIGIN (m)."""
+
+    belt: str
+    corners_m: tuple[tuple[float, float, float], ...]
+    origin_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.belt not in BELTS:
+            raise ConfigError(f"PlateGeometry.belt: expected one of {BELTS}, got {self.belt!r}")
+        corners = np.asarray(self.corners_m, dtype=float)
+        try:
+            plate_axes(corners)
+        except ConfigError as exc:
+            raise ConfigError(f"PlateGeometry({self.belt}).{exc}") from None
+        origin = np.asarray(self.origin_m, dtype=float).ravel()
+        if origin.shape != (3,) or not np.isfinite(origin).all():
+            raise ConfigError(f"PlateGeometry({self.belt}).origin_m: expected 3 finite numbers, "
+                              f"got {self.origin_m!r}")
+        object.__setattr__(self, "corners_m", tuple(tuple(float(v) for v in row) for row in corners))
+        object.__setattr__(self, "origin_m", tuple(float(v) for v in origin))
+
+    @property
+    def corners(self) -> np.ndarray:
+        """CORNERS as a (4, 3) array, m."""
+        return np.asarray(self.corners_m, dtype=np.float64)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """ORIGIN as a (3,) array, m."""
+        return np.asarray(self.origin_m, dtype=np.float64)
+
+    @classmethod
+    def from_arrays(cls, belt: str, corners_m: Any, origin_m: Any = (0.0, 0.0, 0.0)) -> PlateGeometry:
+        """Build from array-likes (corners (4, 3) in m, origin (3,) in m)."""
+        corners = np.asarray(corners_m, dtype=float)
+        if corners.shape != (4, 3):
+            raise ConfigError(f"PlateGeometry({belt}).corners_m: expected shape (4, 3), "
+                              f"got {corners.shape}")
+        return cls(belt, tuple(map(tuple, corners)), tuple(np.asarray(origin_m, float).ravel()))
+
+    @classmethod
+    def from_spec(cls, spec: StreamSpec, belt: str | None = None) -> PlateGeometry:
+        """Read the plate a force-plate stream describes (``desc/setup/force_platform``).
+
+        ``belt`` overrides the belt the stream names. DeviceError naming the stream and the field
+        when the channels are not Fx Fy Fz Mx My Mz or the geometry is missing or malformed.
+        """
+        where = f"stream {spec.name!r} ({spec.source_id})"
+        if spec.labels[:6] != FORCE_PLATE_CHANNELS:
+            raise DeviceError(f"{where}: channels {list(spec.labels[:6])}, expected "
+                              f"{list(FORCE_PLATE_CHANNELS)} for a force plate")
+        if belt is None:
+            belt = str(spec.setup.get("force_platform", {}).get("belt", "")) if spec.setup else ""
+        corners = setup_floats(spec, "force_platform", "corners_m")
+        if corners.size != 12:
+            raise DeviceError(f"{where}: desc/setup/force_platform/corners_m has {corners.size} "
+                              "numbers, expected 12 (4 corners × xyz)")
+        origin = setup_floats(spec, "force_platform", "origin_m")
+        if origin.size != 3:
+            raise DeviceError(f"{where}: desc/setup/force_platform/origin_m has {origin.size} "
+                              "numbers, expected 3 (x y z)")
+        try:
+            return cls.from_arrays(belt, corners.reshape(4, 3), origin)
+        except ConfigError as exc:
+            raise DeviceError(f"{where}: desc/setup/force_platform: {exc}") from None
+
+    @classmethod
+    def lab_aligned(cls, belt: str, half_length_m: float = 1.0, half_width_m: float = 0.5
+                    ) -> PlateGeometry:
+        """A plate whose frame is the lab frame (z up, centre at the lab origin).
+
+        Used for data already in the lab frame (text files, simulator output): feed it with
+        :meth:`StepProcessor.feed_lab`.
+        """
+        a, b = half_length_m, half_width_m
+        return cls(belt, ((a, b, 0.0), (-a, b, 0.0), (-a, -b, 0.0), (a, -b, 0.0)), (0.0, 0.0, 0.0))
+
+    def to_lab(self, channels: np.ndarray, threshold_n: float = DEFAULT_COP_THRESHOLD_N
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`plate_to_lab` for this plate."""
+        return plate_to_lab(channels, self.corners, self.origin, threshold_n)
 
 
 def plate_axes(corners_m: np.ndarray) -> np.ndarray:
