@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from labsuite import ids
 from labsuite.errors import ConfigError
 
 if TYPE_CHECKING:
+    from labsuite.calibration import PlateCalibration
     from labsuite.drivers.base import Driver
-    from labsuite.labconfig import LabConfig
+    from labsuite.drivers.treadmill import TreadmillSettings
 
 
 @dataclass(frozen=True)
@@ -73,24 +75,46 @@ def driver_info(kind: str) -> DriverInfo:
     raise ConfigError(f"unknown driver kind {kind!r}; expected one of {[d.kind for d in DRIVERS]}")
 
 
-def build_driver(config: LabConfig, device: Any, *, session_dir: str | Path | None = None) -> Driver:
-    """Build the Driver for one validated lab-file device entry."""
+def treadmill_settings(lab_id: str, device: Any, where: str) -> TreadmillSettings:
+    """The limits of a lab file's treadmill entry as TreadmillSettings; ConfigError prefixed ``where``."""
+    from labsuite.drivers.treadmill import TreadmillSettings
+
+    try:
+        return TreadmillSettings(
+            source_id=ids.device_source_id(lab_id, device.name), name=f"labsuite-{device.name}",
+            manufacturer="Bertec", model="instrumented treadmill", state_rate_hz=device.state_rate_hz,
+            max_speed_m_s=device.max_speed_m_s, max_reverse_m_s=device.max_reverse_m_s,
+            default_accel_m_s2=device.default_accel_m_s2, max_accel_m_s2=device.max_accel_m_s2,
+            stop_decel_m_s2=device.stop_decel_m_s2, emergency_decel_m_s2=device.emergency_decel_m_s2,
+            min_incline_deg=device.min_incline_deg, max_incline_deg=device.max_incline_deg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_driver(device: Any, *, lab_id: str, where: str, calibration: PlateCalibration | None = None,
+                 session_dir: str | Path | None = None) -> Driver:
+    """Build the Driver for one validated lab-file device entry of the lab ``lab_id``.
+
+    ``calibration`` is the plate's loaded calibration (force plates); ``where`` names the entry in
+    messages (file and device).
+    """
     info = driver_info(device.kind)
     ok, why = info.available()
     if not ok:
-        raise ConfigError(f"{config.file}: device {device.name!r} ({device.kind}) {why}")
-    source_id = config.source_id(device.name)
+        raise ConfigError(f"{where} ({device.kind}) {why}")
+    source_id = ids.device_source_id(lab_id, device.name)
     stream_name = f"labsuite-{device.name}"
     if device.kind == "bertec_treadmill":
         from labsuite.drivers.bertec import BertecSettings, BertecTreadmill
-        from labsuite.labconfig import _treadmill_settings
 
-        limits = _treadmill_settings(config.lab_id, device, f"{config.file}: device {device.name!r}")
+        limits = treadmill_settings(lab_id, device, where)
         return BertecTreadmill(BertecSettings(host=device.host, port=device.port, treadmill=limits))
     if device.kind in ("serial_plate", "qtm_plate", "nidaq_plate"):
         from labsuite.calibration import TareSettings
 
-        cal = config.calibrations[device.name]
+        if calibration is None:
+            raise ConfigError(f"{where}: a force plate needs its calibration")
+        cal = calibration
         tare = TareSettings(duration_s=device.tare_s)
         if device.kind == "serial_plate":
             from labsuite.drivers.serial_plate import SerialPlateDriver, SerialPlateSettings

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import CalibrationError, ConfigError
-from labsuite.labconfig import parse_yaml_model
 from labsuite.streams.contracts import StreamSpec, force_plate_spec
 from labsuite.yamlfile import read_text
+from labsuite.yamlmodel import parse_yaml_model
 
 SCHEMA_ID = "labsuite-calibration/1"
 _ID = r"^[A-Za-z0-9_.-]{1,64}$"

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labsuite import ids
+from labsuite.drivers.registry import build_driver, treadmill_settings
 from labsuite.errors import ConfigError
-from labsuite.yamlfile import format_path, node_positions, parse_yaml, read_text
+from labsuite.processes import RoleSpec
+from labsuite.yamlfile import read_text
+from labsuite.yamlmodel import parse_yaml_model
 
 if TYPE_CHECKING:
     from labsuite.calibration import PlateCalibration
@@ -24,52 +26,6 @@ if TYPE_CHECKING:
 
 SCHEMA_ID = "labsuite-lab/1"
 DEFAULT_CALIBRATION_MAX_AGE_DAYS = 365
-
-M = TypeVar("M", bound=BaseModel)
-
-
-# ---- YAML files with located errors (shared with calibration files) ------------------------
-
-def parse_yaml_model(text: str, file: str, model: type[M], *, what: str) -> M:
-    """Parse YAML ``text`` and validate it as ``model``; ConfigError listing every problem.
-
-    Each problem reads ``file:line: field.path: what was expected (got ...)``.
-    """
-    try:
-        node, data = parse_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        msg = " ".join(x for x in (exc.context, exc.problem) if x)
-        raise ConfigError(f"{file}{line}: invalid {what}: YAML syntax error: {msg}") from None
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(f"{file}: invalid {what}: expected a mapping of keys, got {got}")
-    positions = {path: line for path, (line, _col) in node_positions(node).items()}
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = [p for p in err["loc"] if not (isinstance(p, str) and (
-                p.startswith(("literal[", "function-")) or p in _KIND_TAGS))]
-            loc = ["schema" if p == "schema_" else p for p in loc]
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "missing":
-                msg = "required field is missing"
-            elif err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling against docs/devices.md)"
-            elif "input" in err and not isinstance(err["input"], (dict, list)):
-                msg = f"{msg} (got {err['input']!r})"
-            probe = tuple(loc)
-            while probe and probe not in positions:
-                probe = probe[:-1]
-            line_no = positions.get(probe, 0)
-            where = f"{file}:{line_no}" if line_no else file
-            problems.append(f"{where}: {format_path(loc) or '(top level)'}: {msg}")
-        unique = list(dict.fromkeys(problems))
-        raise ConfigError(f"{file}: invalid {what} ({len(unique)} problem"
-                          f"{'s' if len(unique) != 1 else ''})\n  " + "\n  ".join(unique)) from None
 
 
 # ---- lab file schema ---------------------------------------------------------------------------
@@ -234,9 +190,8 @@ class LabConfig:
 
     def build_driver(self, name: str, *, session_dir: str | Path | None = None) -> Driver:
         """Build the Driver of one device; ``session_dir`` is where cameras write their video."""
-        from labsuite.drivers.registry import build_driver
-
-        return build_driver(self, self.device(name), session_dir=session_dir)
+        return build_driver(self.device(name), lab_id=self.lab_id, where=f"{self.file}: device {name!r}",
+                            calibration=self.calibrations.get(name), session_dir=session_dir)
 
     def build_drivers(self, *, session_dir: str | Path | None = None) -> dict[str, Driver]:
         """Build every device's Driver, by device name."""
@@ -247,11 +202,11 @@ class LabConfig:
         return (self.session_commands_source_id
                 if isinstance(self.device(name), BertecTreadmillDevice) else None)
 
-    def roles(self, *, session_dir: str | Path | None = None) -> list[tuple[str, Any, dict[str, Any]]]:
-        """One Supervisor role per device as (name, target, kwargs), like ``sim_lab_roles``."""
-        return [(f"device-{n}", run_lab_device,
-                 {"lab_file": str(self.file), "device": n,
-                  "session_dir": None if session_dir is None else str(session_dir)})
+    def roles(self, *, session_dir: str | Path | None = None) -> list[RoleSpec]:
+        """One restartable Supervisor role per device, like ``sim_lab_roles``."""
+        return [RoleSpec(f"device-{n}", run_lab_device,
+                         {"lab_file": str(self.file), "device": n,
+                          "session_dir": None if session_dir is None else str(session_dir)})
                 for n in self.device_names]
 
 
@@ -260,7 +215,7 @@ def parse_lab_config(text: str, file: str | Path) -> LabConfig:
     from labsuite.calibration import load_calibration
 
     path = Path(file)
-    model = parse_yaml_model(text, str(path), LabModel, what="lab file")
+    model = parse_yaml_model(text, str(path), LabModel, what="lab file", tags=_KIND_TAGS)
     cals = {}
     for i, dev in enumerate(model.devices):
         cal_file = getattr(dev, "calibration", None)
@@ -279,7 +234,7 @@ def parse_lab_config(text: str, file: str | Path) -> LabConfig:
         cals[dev.name] = cal
     for i, dev in enumerate(model.devices):
         if isinstance(dev, BertecTreadmillDevice):
-            _treadmill_settings(model.lab_id, dev, f"{path}: devices[{i}]")
+            treadmill_settings(model.lab_id, dev, f"{path}: devices[{i}]")
         if isinstance(dev, NIDAQPlateDevice) and not dev.min_voltage_v < dev.max_voltage_v:
             raise ConfigError(f"{path}: devices[{i}].min_voltage_v: expected < max_voltage_v")
     return LabConfig(path, model, cals)
@@ -289,21 +244,6 @@ def load_lab_config(path: str | Path) -> LabConfig:
     """Read and validate a lab file; ConfigError naming file, line, field path and expectation."""
     p = Path(path)
     return parse_lab_config(read_text(p, "lab file"), p)
-
-
-def _treadmill_settings(lab_id: str, dev: BertecTreadmillDevice, where: str) -> Any:
-    from labsuite.drivers.treadmill import TreadmillSettings
-
-    try:
-        return TreadmillSettings(
-            source_id=ids.device_source_id(lab_id, dev.name), name=f"labsuite-{dev.name}",
-            manufacturer="Bertec", model="instrumented treadmill", state_rate_hz=dev.state_rate_hz,
-            max_speed_m_s=dev.max_speed_m_s, max_reverse_m_s=dev.max_reverse_m_s,
-            default_accel_m_s2=dev.default_accel_m_s2, max_accel_m_s2=dev.max_accel_m_s2,
-            stop_decel_m_s2=dev.stop_decel_m_s2, emergency_decel_m_s2=dev.emergency_decel_m_s2,
-            min_incline_deg=dev.min_incline_deg, max_incline_deg=dev.max_incline_deg)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
 
 
 def run_lab_device(stop: Any, lab_file: str, device: str, session_dir: str | None = None) -> None:

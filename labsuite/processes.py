@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,20 @@ def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any, log_le
     target(stop=stop, **kwargs)
 
 
+@dataclass(frozen=True)
+class RoleSpec:
+    """What to run as one process: ``target(stop=..., **kwargs)``, a module-level function.
+
+    ``restart``: start it again when it dies (a driver), or not (the recorder, which would start a
+    new file; the GUI, whose closing is the operator's decision).
+    """
+
+    name: str
+    target: Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    restart: bool = True
+
+
 @dataclass
 class Role:
     """One supervised process: ``target(stop=Event, **kwargs)`` must return when ``stop`` is set."""
@@ -111,6 +125,10 @@ class Supervisor:
         if name in self.roles:
             raise ConfigError(f"role {name!r} is already registered")
         self.roles[name] = Role(name, target, dict(kwargs or {}), restart, max_restarts_per_min)
+
+    def add_role(self, role: RoleSpec) -> None:
+        """Register a role described by a :class:`RoleSpec`."""
+        self.add(role.name, role.target, dict(role.kwargs), restart=role.restart)
 
     def start(self) -> Supervisor:
         """Start every role and the watcher thread that restarts dead ones."""

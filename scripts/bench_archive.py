@@ -102,8 +102,8 @@ def main() -> int:
     from labsuite.archive.writer import WriterSettings, expected_bytes_per_s
     from labsuite.drivers.sim import gait
     from labsuite.drivers.sim.lab import SimLabSettings, gait_plan_spec, sim_lab_roles
+    from labsuite.lab.live import run_processor
     from labsuite.processes import Supervisor
-    from labsuite.protocol.orchestrate import run_processor
 
     lab_id = f"bench{os.getpid()}"
     participant = gait.ParticipantSettings(mode="run", speed_m_s=3.0, mass_kg=70.0)
@@ -117,8 +117,8 @@ def main() -> int:
     sources = [s.source_id for s in specs] + [gait_plan_spec(lab).source_id, steps_sid, markers_sid]
 
     sup = Supervisor()
-    for name, target, kwargs in sim_lab_roles(lab):
-        sup.add(name, target, kwargs)
+    for role in sim_lab_roles(lab):
+        sup.add_role(role)
     sup.add("processor", run_processor, {"plates": plates, "imus": imus, "treadmill": treadmill,
                                          "steps_source_id": steps_sid, "layout": "split", "mode": "run",
                                          "mass_kg": participant.mass_kg})

@@ -21,6 +21,7 @@ Usage: python scripts/bench_gui.py [--duration-s 30] [--fps 40] [--plate-rate-hz
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -88,8 +89,8 @@ def main() -> int:
     from labsuite.feedback.feed import FeedSettings, LiveFeed
     from labsuite.feedback.windows import GuiController
     from labsuite.ids import markers_source_id
+    from labsuite.lab.live import run_processor
     from labsuite.processes import Supervisor
-    from labsuite.protocol.orchestrate import run_processor
     from labsuite.streams import messages as msg
     from labsuite.streams.contracts import markers_spec
 
@@ -98,8 +99,8 @@ def main() -> int:
     steps_sid = f"labsuite-steps-{lab_id}"
     probe_out = Path(tempfile.mkdtemp(prefix="bench_gui_")) / "strikes.json"
     sup = Supervisor()
-    for name, target, kwargs in sim_lab_roles(sim):
-        sup.add(name, target, kwargs, restart=False)
+    for role in sim_lab_roles(sim):
+        sup.add_role(dataclasses.replace(role, restart=False))
     sup.add("processor", run_processor, {
         "plates": {"left": sim.source_id("fp-left"), "right": sim.source_id("fp-right")},
         "imus": {"left": sim.source_id("imu-left"), "right": sim.source_id("imu-right")},

@@ -27,6 +27,8 @@ RULES = (
      "realtime/ is kernels and plain objects: no Qt, no LSL, no HDF5"),
     ("labsuite.streams", (*QT, "h5py", "labsuite.realtime", "labsuite.protocol", "labsuite.archive"),
      "acquisition moves samples; it neither processes, runs sessions nor writes files"),
+    ("labsuite.lab", ("labsuite.feedback", *QT),
+     "the composition root is headless: the CLI hands the GUI role in"),
 )
 # Qt only in the GUI's own modules (headless runs never import it)
 QT_ALLOWED = ("labsuite.feedback.windows", "labsuite.feedback.app")

@@ -152,7 +152,7 @@ def test_c3d_replay_streams_carry_calibrated_forces_and_geometry_in_metres(share
 
 def test_rbds_replay_through_the_live_processor_gives_the_analyze_steps(shared_data, uid, tmp_path):
     """RBDS001 as a live stream -> LiveRunner (the lab side) == `labsuite analyze` on the file."""
-    from labsuite.realtime.live import LiveRunner
+    from labsuite.lab.live import LiveRunner
     from labsuite.realtime.processor import PlateGeometry, ProcessorSettings
     from labsuite.steps import STEP_FIELD_NAMES
 

@@ -39,8 +39,9 @@ def test_documented_example_lab_file_is_valid(tmp_path):
     assert config.command_source_id("fp-left") is None
     assert config.calibrations["fp-left"].calibration_id == "example-left-2026-06"
     roles = config.roles(session_dir=tmp_path)
-    assert [r[0] for r in roles][:2] == ["device-treadmill", "device-fp-left"]
-    assert roles[0][1] is run_lab_device and roles[0][2]["lab_file"] == str(lab)
+    assert [r.name for r in roles][:2] == ["device-treadmill", "device-fp-left"]
+    assert roles[0].target is run_lab_device and roles[0].kwargs["lab_file"] == str(lab)
+    assert all(r.restart for r in roles)
     # Building needs no device: drivers open only when run.
     tm = config.build_driver("treadmill")
     assert isinstance(tm, BertecTreadmill) and tm.settings.max_speed_m_s == 4.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pylsl
@@ -19,11 +20,11 @@ from lsl_helpers import plain_inlet
 from labsuite.drivers.sim.lab import SimLabSettings, sim_lab_roles
 from labsuite.feedback.feed import FeedSettings, LiveFeed
 from labsuite.ids import operator_source_id
+from labsuite.lab.live import LiveRunner
 from labsuite.processes import Supervisor
 from labsuite.protocol.operator import OperatorConsole
 from labsuite.protocol.schema import parse_protocol
 from labsuite.protocol.session import Session, SessionSettings
-from labsuite.realtime.live import LiveRunner
 from labsuite.realtime.processor import PlateGeometry, ProcessorSettings
 from labsuite.streams.acquisition import StreamQuery, StreamReader
 from labsuite.streams.contracts import SPEED_RIGHT
@@ -66,8 +67,8 @@ class Rig:
             force_source_ids=(self.sim.source_id("fp-left"), self.sim.source_id("fp-right")),
             settle_s=1.0)).open()
         self.sup = Supervisor()
-        for name, target, kwargs in sim_lab_roles(self.sim):
-            self.sup.add(name, target, kwargs, restart=False)
+        for role in sim_lab_roles(self.sim):
+            self.sup.add_role(replace(role, restart=False))
         self.sup.start()
         template = ProcessorSettings(rate_hz=1000.0, plates=(PlateGeometry.lab_aligned("left"),
                                                            PlateGeometry.lab_aligned("right")),

@@ -13,8 +13,8 @@ from labsuite.cli import main
 from labsuite.cli.demo import demo_protocol_path
 from labsuite.cli.run import Console, format_live, format_summary, parse_pain_script
 from labsuite.errors import ConfigError
+from labsuite.lab.run import RunOptions, prepare
 from labsuite.protocol import operator as op
-from labsuite.protocol.orchestrate import RunOptions, prepare
 from labsuite.protocol.schema import load_protocol
 from labsuite.protocol.session import Session, SessionSettings
 from labsuite.stages import StageRecord
@@ -124,18 +124,35 @@ def test_demo_uses_the_demo_protocol():
 
 
 def test_plan_records_the_programme_session_and_all_streams(tmp_path):
-    from labsuite.protocol.orchestrate import plan
+    from labsuite.lab.run import plan
 
     options = RunOptions(protocol_path=REPO / "protocols" / "willy2016_cadence_programme.yaml",
                          participant_id="P3", simulate=True, programme_session=6, out_dir=tmp_path,
                          lab_id="plan")
     the_plan = plan(prepare(options), options)
-    rec = next(k["settings"] for name, _, k, _ in the_plan.roles if name == "recorder")
+    rec = next(r.kwargs["settings"] for r in the_plan.roles if r.name == "recorder")
     assert rec.session_number == 6 and the_plan.session_file.name.startswith("P3_s6_")
     assert {"labsuite-session-plan-markers", "labsuite-session-plan-commands",
             "labsuite-steps-plan", "labsuite-sim-plan-fp-left"} <= set(rec.source_ids)
     assert the_plan.session.force_source_ids == ("labsuite-sim-plan-fp-left", "labsuite-sim-plan-fp-right")
     assert the_plan.session.programme_session == 6
-    restart = {name: r for name, _, _, r in the_plan.roles}
+    restart = {r.name: r.restart for r in the_plan.roles}
     assert restart["recorder"] is False and restart["sim-fp-left"] is True
     assert list(tmp_path.iterdir()) == []  # planning starts nothing
+
+
+def test_the_gui_role_is_handed_in_by_the_cli(tmp_path):
+    from labsuite.cli.run import gui_role
+    from labsuite.lab.run import plan
+
+    options = RunOptions(protocol_path=REPO / "protocols" / "demo.yaml", participant_id="P3",
+                         simulate=True, out_dir=tmp_path, lab_id="guiplan")
+    protocol = prepare(options)
+    assert "gui" not in [r.name for r in plan(protocol, options).roles]
+    the_plan = plan(protocol, options, gui=gui_role)
+    gui = the_plan.roles[-1]
+    assert gui.name == "gui" and gui.restart is False
+    feed = gui.kwargs["settings"]
+    assert dict(feed.plates) == the_plan.streams.plates and feed.steps_source_id == "labsuite-steps-guiplan"
+    assert feed.session_file == str(the_plan.session_file) and feed.participant_id == "P3"
+    assert the_plan.streams.treadmill in feed.extra_source_ids

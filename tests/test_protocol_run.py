@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from labsuite.archive.reader import open_session
-from labsuite.protocol.orchestrate import RunOptions, run_protocol
+from labsuite.lab.run import RunOptions, run_protocol
 
 pytestmark = pytest.mark.slow
 

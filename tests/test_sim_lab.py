@@ -145,8 +145,8 @@ def test_simulate_command_streams_are_readable_by_a_plain_pylsl_client(uid):
 def test_killing_a_device_process_leaves_a_gap_and_the_others_running(uid):
     settings = SimLabSettings(lab_id=uid)
     sup = Supervisor(restart_delay_s=1.0)
-    for name, target, kwargs in sim_lab_roles(settings):
-        sup.add(name, target, kwargs)
+    for role in sim_lab_roles(settings):
+        sup.add_role(role)
     events: dict[str, list[str]] = {}
     watched = ["fp-left", "fp-right", "imu-left", "treadmill"]
     readers = {d: StreamReader(StreamQuery(source_id=settings.source_id(d)),
@@ -182,9 +182,9 @@ def test_killing_a_device_process_leaves_a_gap_and_the_others_running(uid):
 def test_treadmill_obeys_session_commands_and_participant_stands_when_the_belt_stops(uid):
     settings = SimLabSettings(lab_id=uid)
     sup = Supervisor()
-    for name, target, kwargs in sim_lab_roles(settings):
-        if name in ("sim-participant", "sim-fp-left", "sim-fp-right", "sim-treadmill"):
-            sup.add(name, target, kwargs)
+    for role in sim_lab_roles(settings):
+        if role.name in ("sim-participant", "sim-fp-left", "sim-fp-right", "sim-treadmill"):
+            sup.add_role(role)
     commands = pylsl.StreamOutlet(c.commands_spec(settings.session_commands_source_id).to_info())
     belt = StreamReader(settings.source_id("treadmill"), buffer_s=60).start()
     plates = [StreamReader(settings.source_id(f"fp-{b}"), buffer_s=60).start() for b in ("left", "right")]

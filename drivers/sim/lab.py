@@ -32,6 +32,7 @@ from labsuite.errors import ConfigError, LabsuiteError
 from labsuite.ids import check_lab_id, commands_source_id, markers_source_id, sim_source_id
 from labsuite.markers import Metronome, decode
 from labsuite.plates import lab_to_plate
+from labsuite.processes import RoleSpec
 from labsuite.streams import contracts as c
 from labsuite.streams.acquisition import StreamQuery, StreamReader
 
@@ -419,12 +420,11 @@ def run_device(stop: Any, settings: SimLabSettings, device: str) -> None:
     runner.run()
 
 
-def sim_lab_roles(settings: SimLabSettings) -> list[tuple[str, Any, dict[str, Any]]]:
-    """The processes of the simulated lab as (name, target, kwargs) for the Supervisor."""
-    roles: list[tuple[str, Any, dict[str, Any]]] = [
-        ("sim-participant", run_participant, {"settings": settings})]
-    roles += [(f"sim-{d}", run_device, {"settings": settings, "device": d}) for d in settings.devices]
-    return roles
+def sim_lab_roles(settings: SimLabSettings) -> list[RoleSpec]:
+    """The processes of the simulated lab (the participant, one per device), all restartable."""
+    return [RoleSpec("sim-participant", run_participant, {"settings": settings}),
+            *(RoleSpec(f"sim-{d}", run_device, {"settings": settings, "device": d})
+              for d in settings.devices)]
 
 
 def with_overrides(settings: SimLabSettings, **participant: Any) -> SimLabSettings:

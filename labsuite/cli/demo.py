@@ -42,8 +42,8 @@ def demo_protocol_path() -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run the demo session; 0 when it completed."""
     from labsuite.cli.run import execute
-    from labsuite.protocol.orchestrate import RunOptions
+    from labsuite.lab.run import RunOptions
 
     options = RunOptions(protocol_path=demo_protocol_path(), participant_id=args.participant,
-                         simulate=True, out_dir=args.out, gui=args.gui)
-    return execute(options, pain_script=[0], quiet=args.quiet)
+                         simulate=True, out_dir=args.out)
+    return execute(options, pain_script=[0], quiet=args.quiet, gui=args.gui)

@@ -148,8 +148,8 @@ def _maybe_start_processor(args: argparse.Namespace, message: Any) -> tuple[Any,
     imus = {side: sid for side, sid in imus.items() if side in ("left", "right")}
     treadmill = next((s.source_id for s in specs if s.kind == KIND_TREADMILL), None)
     steps_sid = f"labsuite-steps-record-{args.participant}-{os.getpid()}"
+    from labsuite.lab.live import run_processor
     from labsuite.processes import Supervisor
-    from labsuite.protocol.orchestrate import run_processor
 
     supervisor = Supervisor(on_event=lambda role, text: message(f"{role}: {text}"))
     supervisor.add("processor", run_processor, {

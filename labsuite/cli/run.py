@@ -281,10 +281,20 @@ def format_summary(records: list[Any], baseline: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def execute(options: Any, *, pain_script: list[int] | None, quiet: bool,
+def gui_role(protocol: Any, plan: Any) -> Any:
+    """The operator console and participant display as a role of the run (``--gui``)."""
+    from labsuite.feedback.app import gui_role as feedback_role
+
+    s = plan.streams
+    return feedback_role(protocol, lab_id=plan.lab_id, participant_id=plan.session.participant_id,
+                         session_file=plan.session_file, plates=s.plates, imus=s.imus,
+                         steps_source_id=s.steps, extra_source_ids=(s.treadmill, *s.extra))
+
+
+def execute(options: Any, *, pain_script: list[int] | None, quiet: bool, gui: bool = False,
             supervisor_hook: Any = None) -> int:
-    """Run a session with the terminal console; print the summary; return the exit code."""
-    from labsuite.protocol.orchestrate import prepare, run_protocol
+    """Run a session with the terminal console (and the windows with ``gui``); print the summary."""
+    from labsuite.lab.run import prepare, run_protocol
 
     protocol = prepare(options)  # a bad file fails here, before any process starts
     console = Console(pain_script, quiet)
@@ -294,7 +304,7 @@ def execute(options: Any, *, pain_script: list[int] | None, quiet: bool,
     console.say(KEYS_HELP)
     t0 = time.monotonic()
     try:
-        result = run_protocol(options, on_action=console.on_action,
+        result = run_protocol(options, gui=gui_role if gui else None, on_action=console.on_action,
                               on_status=(lambda text: None) if quiet else (lambda t: console.say(f"   {t}")),
                               on_session=console.attach, supervisor_hook=supervisor_hook)
     finally:
@@ -309,11 +319,12 @@ def execute(options: Any, *, pain_script: list[int] | None, quiet: bool,
 
 def run(args: argparse.Namespace) -> int:
     """Validate, then run the session; exit 0 when completed, 3 when ended early, 1 on errors."""
-    from labsuite.protocol.orchestrate import RunOptions
+    from labsuite.lab.run import RunOptions
 
     options = RunOptions(
         protocol_path=Path(args.protocol), participant_id=args.participant, simulate=args.simulate,
         out_dir=args.out, programme_session=args.session, lab_file=args.lab, lab_id=args.lab_id,
-        mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record, gui=args.gui,
+        mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record,
         connect_timeout_s=args.connect_timeout)
-    return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet)
+    return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet,
+                   gui=args.gui)

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
                               plate_rate_hz=args.plate_rate_hz, imu_rate_hz=1000.0)
     events: list[str] = []
     supervisor = Supervisor(on_event=lambda role, text: events.append(f"{role}: {text}"))
-    for name, target, kwargs in sim_lab_roles(settings):
-        supervisor.add(name, target, kwargs)
+    for role in sim_lab_roles(settings):
+        supervisor.add_role(role)
 
     # SIGTERM (a service manager, `timeout`) stops as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

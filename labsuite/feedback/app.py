@@ -1,8 +1,9 @@
 """Entry points of the feedback GUI: run it in this process, or as a Supervisor role of a session.
 
-``labsuite run --gui`` / ``labsuite demo --gui`` add :func:`run_gui_role` to their Supervisor
-(restart=False: closing the windows is the operator's decision). The GUI reads the lab's streams,
-the steps and the session markers, and publishes operator commands; it never touches the file.
+``labsuite run --gui`` / ``labsuite demo --gui`` hand :func:`gui_role` to the run, which adds it
+to its Supervisor (restart=False: closing the windows is the operator's decision). The GUI reads
+the lab's streams, the steps and the session markers, and publishes operator commands; it never
+touches the file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from labsuite.feedback.feed import FeedSettings, LiveFeed
+from labsuite.processes import RoleSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def run_gui_role(stop: Any, settings: FeedSettings, close_wait_s: float = 5.0) -
 
 def gui_role(protocol: Any, *, lab_id: str, participant_id: str, session_file: Any,
              plates: Mapping[str, str], steps_source_id: str, imus: Mapping[str, str] | None = None,
-             extra_source_ids: Iterable[str | None] = ()) -> tuple[str, Any, dict[str, Any], bool]:
-    """The GUI as a ``(name, target, kwargs, restart)`` role for ``labsuite run --gui``.
+             extra_source_ids: Iterable[str | None] = ()) -> RoleSpec:
+    """The GUI as a Supervisor role for ``labsuite run --gui`` (handed in by the CLI).
 
     ``plates`` maps belt to source_id, ``imus`` side to source_id; ``extra_source_ids`` (treadmill,
     camera, ...) appear in the health table; ``protocol`` gives the stages' step limits.
@@ -73,4 +75,4 @@ def gui_role(protocol: Any, *, lab_id: str, participant_id: str, session_file: A
         session_file="" if session_file is None else str(session_file),
         plates=tuple(plates.items()), imus=tuple((imus or {}).items()),
         extra_source_ids=tuple(s for s in extra_source_ids if s), steps_source_id=steps_source_id)
-    return ("gui", run_gui_role, {"settings": settings}, False)
+    return RoleSpec("gui", run_gui_role, {"settings": settings}, restart=False)

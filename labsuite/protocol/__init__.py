@@ -7,7 +7,9 @@ Data flow: step records (``labsuite-steps``) and force-plate streams in → stag
 * :mod:`~labsuite.protocol.machine` — :class:`SessionMachine`, the synchronous stage machine.
 * :mod:`~labsuite.protocol.session` — :class:`Session`, the LSL role around the machine.
 * :mod:`~labsuite.protocol.operator` — the operator command stream a GUI uses to drive a session.
-* :mod:`~labsuite.protocol.orchestrate` — ``labsuite run``: every role as a supervised process.
+
+``labsuite run`` (every role as a supervised process) is the composition root, :mod:`labsuite.lab`;
+this package imports neither the feedback windows nor the archive.
 
 ``docs/protocols.md`` is the reference for protocol authors and for the marker vocabulary.
 """

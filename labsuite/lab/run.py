@@ -12,12 +12,15 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from labsuite import ids
+from labsuite.archive.recorder import RecorderSettings, run_recorder
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.lab.live import run_processor
+from labsuite.processes import RoleSpec, Supervisor
 from labsuite.protocol.machine import Action
 from labsuite.protocol.schema import Protocol, load_protocol
 from labsuite.protocol.session import Session, SessionSettings
@@ -41,7 +44,6 @@ class RunOptions:
     mass_kg: float | None = None
     speed_m_s: float | None = None
     record: bool = True
-    gui: bool = False
     connect_timeout_s: float = 60.0
     settle_s: float = 2.0
     sim_overrides: dict[str, Any] = field(default_factory=dict)
@@ -102,79 +104,47 @@ def body_mass_kg(protocol: Protocol, options: RunOptions) -> float:
 
 
 @dataclass(frozen=True)
+class LabStreams:
+    """The source_ids of a run's streams: plates by belt, IMUs by side, treadmill, others, steps."""
+
+    plates: dict[str, str]
+    imus: dict[str, str]
+    treadmill: str | None
+    extra: tuple[str, ...]  # shown and recorded, not processed (camera, the simulator's plan)
+    steps: str
+
+
+@dataclass(frozen=True)
 class Plan:
-    """The processes and stream ids of one run."""
+    """The processes and stream ids of one run (nothing started)."""
 
     lab_id: str
-    roles: list[tuple[str, Any, dict[str, Any], bool]]
+    roles: tuple[RoleSpec, ...]
+    streams: LabStreams
     session: SessionSettings
     session_file: Path | None
 
 
-def plan(protocol: Protocol, options: RunOptions) -> Plan:
-    """Decide the roles (drivers, processor, recorder) and the session's stream ids."""
+# A GUI for the run: given the protocol and the plan, the role that shows it (the CLI hands in
+# labsuite.feedback's; the composition root never imports Qt code itself).
+GuiRole = Callable[[Protocol, Plan], RoleSpec]
+
+
+def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None) -> Plan:
+    """Decide the roles (drivers, processor, recorder, the optional GUI) and the stream ids."""
     mass = body_mass_kg(protocol, options)
     if options.simulate:
-        from labsuite.drivers.sim import gait
-        from labsuite.drivers.sim.lab import SimLabSettings, gait_plan_spec, sim_lab_roles
-
-        lab_id = options.lab_id or f"run-{uuid.uuid4().hex[:8]}"
-        sim = protocol.simulation
-        participant = gait.ParticipantSettings(
-            mass_kg=mass, mode=sim.mode, strike=sim.strike, single_belt=sim.single_belt,
-            preferred_cadence_spm=sim.preferred_cadence_spm,
-            speed_m_s=protocol.speed_m_s or protocol.stage_speed_m_s(_first_moving(protocol)),
-            **options.sim_overrides)
-        lab = SimLabSettings(lab_id=lab_id, participant=participant, initial_speed_m_s=0.0)
-        device_roles = [(n, t, k, True) for n, t, k in sim_lab_roles(lab)]
-        belts = ("single",) if sim.single_belt else ("left", "right")
-        plates = {b: lab.source_id(f"fp-{b}") for b in belts}
-        imus = {s: lab.source_id(f"imu-{s}") for s in ("left", "right")}
-        treadmill = lab.source_id("treadmill")
-        extra_sources = [gait_plan_spec(lab).source_id, lab.source_id("camera")]
-        mode, layout = sim.mode, ("single" if sim.single_belt else "split")
+        lab_id, device_roles, streams, layout, mode = _simulated_lab(protocol, options, mass)
     else:
-        from labsuite.labconfig import load_lab_config
-
-        assert options.lab_file is not None
-        cfg = load_lab_config(options.lab_file)
-        lab_id = options.lab_id or cfg.lab_id
-        if lab_id != cfg.lab_id:
-            raise ConfigError(f"--lab-id {lab_id!r} differs from the lab file's lab_id {cfg.lab_id!r}")
-        device_roles = [(n, t, k, True) for n, t, k in cfg.roles(session_dir=options.out_dir)]
-        plates, imus, treadmill, extra_sources = {}, {}, None, []
-        for name in cfg.device_names:
-            dev = cfg.device(name)
-            if hasattr(dev, "belt"):
-                plates[dev.belt] = cfg.source_id(name)
-            elif getattr(dev, "kind", "") == "ximu3":
-                imus[dev.side] = cfg.source_id(name)
-            elif getattr(dev, "kind", "") == "bertec_treadmill":
-                treadmill = cfg.source_id(name)
-            else:
-                extra_sources.append(cfg.source_id(name))
-        if not plates:
-            raise ConfigError(f"{options.lab_file}: the lab has no force plate; the session needs one "
-                              "(force watchdog, steps)")
-        if treadmill is None:
-            raise ConfigError(f"{options.lab_file}: the lab has no treadmill device to command")
-        layout = "single" if "single" in plates else "split"
-        mode = protocol.simulation.mode
-    steps_sid = ids.steps_source_id(lab_id)
-    roles = list(device_roles)
-    roles.append(("processor", run_processor,
-                  {"plates": plates, "imus": imus, "treadmill": treadmill, "steps_source_id": steps_sid,
-                   "layout": layout, "mode": mode, "mass_kg": mass}, True))
+        lab_id, device_roles, streams, layout, mode = _lab_file(protocol, options)
+    roles = [*device_roles, RoleSpec("processor", run_processor, {
+        "plates": streams.plates, "imus": streams.imus, "treadmill": streams.treadmill,
+        "steps_source_id": streams.steps, "layout": layout, "mode": mode, "mass_kg": mass})]
     session_file = None
     if options.record:
-        from labsuite.archive.recorder import RecorderSettings, run_recorder
-
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        n = options.programme_session
-        session_file = Path(options.out_dir) / (
-            f"{options.participant_id}{f'_s{n}' if n is not None else ''}_{stamp}.h5")
-        sources = (*plates.values(), *imus.values(), treadmill, *extra_sources, steps_sid,
-                   ids.markers_source_id(lab_id), ids.commands_source_id(lab_id))
+        session_file = _session_file(options)
+        sources = (*streams.plates.values(), *streams.imus.values(), streams.treadmill, *streams.extra,
+                   streams.steps, ids.markers_source_id(lab_id), ids.commands_source_id(lab_id))
         rec = RecorderSettings(
             participant_id=options.participant_id, path=session_file,
             source_ids=tuple(s for s in sources if s), wait_s=2.0, mass_kg=mass,
@@ -182,21 +152,75 @@ def plan(protocol: Protocol, options: RunOptions) -> Plan:
             session_number=options.programme_session,
             expected_duration_s=max(60.0, sum(s.duration_s for s in protocol.stages) * 1.5))
         # restart=False: a second recorder would truncate the file the first one wrote
-        roles.append(("recorder", run_recorder, {"settings": rec}, False))
-    if options.gui:
-        # The operator console and participant display, a role of their own (restart=False:
-        # closing the windows is the operator's decision and ends the session, file complete).
-        from labsuite.feedback.app import gui_role
-
-        roles.append(gui_role(protocol, lab_id=lab_id, participant_id=options.participant_id,
-                              session_file=session_file, plates=plates, imus=imus,
-                              steps_source_id=steps_sid,
-                              extra_source_ids=(treadmill, *extra_sources)))
+        roles.append(RoleSpec("recorder", run_recorder, {"settings": rec}, restart=False))
     session = SessionSettings(lab_id=lab_id, participant_id=options.participant_id,
-                              steps_source_id=steps_sid, force_source_ids=tuple(plates.values()),
+                              steps_source_id=streams.steps,
+                              force_source_ids=tuple(streams.plates.values()),
                               programme_session=options.programme_session,
                               connect_timeout_s=options.connect_timeout_s, settle_s=options.settle_s)
-    return Plan(lab_id, roles, session, session_file)
+    the_plan = Plan(lab_id, tuple(roles), streams, session, session_file)
+    if gui is not None:
+        the_plan = replace(the_plan, roles=(*the_plan.roles, gui(protocol, the_plan)))
+    return the_plan
+
+
+def _simulated_lab(protocol: Protocol, options: RunOptions, mass: float
+                   ) -> tuple[str, list[RoleSpec], LabStreams, str, str]:
+    from labsuite.drivers.sim import gait
+    from labsuite.drivers.sim.lab import SimLabSettings, gait_plan_spec, sim_lab_roles
+
+    lab_id = options.lab_id or f"run-{uuid.uuid4().hex[:8]}"
+    sim = protocol.simulation
+    participant = gait.ParticipantSettings(
+        mass_kg=mass, mode=sim.mode, strike=sim.strike, single_belt=sim.single_belt,
+        preferred_cadence_spm=sim.preferred_cadence_spm,
+        speed_m_s=protocol.speed_m_s or protocol.stage_speed_m_s(_first_moving(protocol)),
+        **options.sim_overrides)
+    lab = SimLabSettings(lab_id=lab_id, participant=participant, initial_speed_m_s=0.0)
+    belts = ("single",) if sim.single_belt else ("left", "right")
+    streams = LabStreams(plates={b: lab.source_id(f"fp-{b}") for b in belts},
+                         imus={s: lab.source_id(f"imu-{s}") for s in ("left", "right")},
+                         treadmill=lab.source_id("treadmill"),
+                         extra=(gait_plan_spec(lab).source_id, lab.source_id("camera")),
+                         steps=ids.steps_source_id(lab_id))
+    return lab_id, sim_lab_roles(lab), streams, ("single" if sim.single_belt else "split"), sim.mode
+
+
+def _lab_file(protocol: Protocol, options: RunOptions) -> tuple[str, list[RoleSpec], LabStreams, str, str]:
+    from labsuite.labconfig import load_lab_config
+
+    assert options.lab_file is not None
+    cfg = load_lab_config(options.lab_file)
+    lab_id = options.lab_id or cfg.lab_id
+    if lab_id != cfg.lab_id:
+        raise ConfigError(f"--lab-id {lab_id!r} differs from the lab file's lab_id {cfg.lab_id!r}")
+    plates: dict[str, str] = {}
+    imus: dict[str, str] = {}
+    treadmill, extra = None, []
+    for name in cfg.device_names:
+        dev = cfg.device(name)
+        if hasattr(dev, "belt"):
+            plates[dev.belt] = cfg.source_id(name)
+        elif getattr(dev, "kind", "") == "ximu3":
+            imus[dev.side] = cfg.source_id(name)
+        elif getattr(dev, "kind", "") == "bertec_treadmill":
+            treadmill = cfg.source_id(name)
+        else:
+            extra.append(cfg.source_id(name))
+    if not plates:
+        raise ConfigError(f"{options.lab_file}: the lab has no force plate; the session needs one "
+                          "(force watchdog, steps)")
+    if treadmill is None:
+        raise ConfigError(f"{options.lab_file}: the lab has no treadmill device to command")
+    streams = LabStreams(plates, imus, treadmill, tuple(extra), ids.steps_source_id(lab_id))
+    layout = "single" if "single" in plates else "split"
+    return lab_id, cfg.roles(session_dir=options.out_dir), streams, layout, protocol.simulation.mode
+
+
+def _session_file(options: RunOptions) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = options.programme_session
+    return Path(options.out_dir) / f"{options.participant_id}{f'_s{n}' if n is not None else ''}_{stamp}.h5"
 
 
 def _first_moving(protocol: Protocol) -> int:
@@ -206,48 +230,29 @@ def _first_moving(protocol: Protocol) -> int:
     return 0
 
 
-def run_processor(stop: Any, plates: dict[str, str], imus: dict[str, str], treadmill: str | None,
-                  steps_source_id: str, layout: str, mode: str, mass_kg: float) -> None:
-    """Processor role: the live step processor from the plate/IMU streams to ``steps_source_id``."""
-    from labsuite.realtime.live import LiveRunner
-    from labsuite.realtime.processor import PlateGeometry, ProcessorSettings
-
-    # geometry and rate are placeholders: LiveRunner takes them from the plate streams' metadata
-    settings = ProcessorSettings(
-        rate_hz=1000.0, plates=tuple(PlateGeometry.lab_aligned(b) for b in plates), layout=layout,
-        mode=mode, body_mass_kg=mass_kg, imu_sides=tuple(sorted(imus)))
-    runner = LiveRunner(settings, plates, imus=imus, treadmill=treadmill,
-                        steps_source_id=steps_source_id)
-    runner.start()
-    try:
-        stop.wait()
-    finally:
-        runner.stop()
-
-
-def run_protocol(options: RunOptions, *, on_action: Callable[[Action], None] | None = None,
+def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
+                 on_action: Callable[[Action], None] | None = None,
                  on_status: Callable[[str], None] | None = None,
                  on_session: Callable[[Session], None] | None = None,
                  supervisor_hook: Callable[[Any], None] | None = None) -> RunResult:
     """Validate, start every role, run the protocol to its end, stop everything; return the result.
 
-    ``on_session(session)`` is called once the session is open (for keys and pain answers);
-    ``supervisor_hook(supervisor)`` once the roles run (tests use it to kill a driver).
+    ``gui`` adds the role that shows the run (``labsuite run --gui`` hands in the feedback
+    windows'); ``on_session(session)`` is called once the session is open (for keys and pain
+    answers); ``supervisor_hook(supervisor)`` once the roles run (tests use it to kill a driver).
     """
     from labsuite.lslconfig import use_machine_scope
 
     if options.simulate:
         use_machine_scope()
     protocol = prepare(options)
-    the_plan = plan(protocol, options)
+    the_plan = plan(protocol, options, gui=gui)
     status = on_status or (lambda text: log.info("%s", text))
     if the_plan.session_file is not None:
         try:
             Path(options.out_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {options.out_dir}: cannot create the folder: {exc}") from None
-    from labsuite.processes import Supervisor
-
     events: list[str] = []
 
     def on_role(role: str, text: str) -> None:
@@ -258,8 +263,8 @@ def run_protocol(options: RunOptions, *, on_action: Callable[[Action], None] | N
     # after it started only get its few spare slots.
     supervisor = Supervisor(on_event=on_role)
     recorder = Supervisor(on_event=on_role)
-    for name, target, kwargs, restart in the_plan.roles:
-        (recorder if name == "recorder" else supervisor).add(name, target, kwargs, restart=restart)
+    for role in the_plan.roles:
+        (recorder if role.name == "recorder" else supervisor).add_role(role)
     session = Session(protocol, the_plan.session, on_action=on_action)
     supervisor.start()
     try:

@@ -10,8 +10,8 @@ import pytest
 
 from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 from labsuite.errors import ConfigError
+from labsuite.lab.live import LiveRunner
 from labsuite.plates import lab_to_plate
-from labsuite.realtime.live import LiveRunner
 from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, process_arrays
 from labsuite.steps import STEP_FIELD_NAMES, rows_to_steps
 from labsuite.streams.contracts import force_plate_spec, imu_spec

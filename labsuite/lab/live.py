@@ -1,9 +1,10 @@
-"""Live step processing: force-plate and IMU streams from LSL in, ``labsuite-steps`` out.
+"""The processor role: force-plate and IMU streams from LSL in, ``labsuite-steps`` out.
 
 The I/O wrapper around :class:`~labsuite.realtime.processor.StepProcessor` (which knows nothing of
 LSL or threads): readers from :mod:`labsuite.streams.acquisition` hand chunks over on their worker
 threads, one lock serialises them into the processor, and every completed step is pushed to the
-LSL steps stream and to a queue for in-process consumers (protocol runner, GUI).
+LSL steps stream and to a queue for in-process consumers. :func:`run_processor` is the
+Supervisor role of ``labsuite run`` and ``labsuite record``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from labsuite.errors import ConfigError, DeviceError, LabsuiteError
-from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, StepProcessor
+from labsuite.plates import PlateGeometry
+from labsuite.realtime.processor import ProcessorSettings, StepProcessor
 from labsuite.steps import steps_to_rows
 from labsuite.streams.acquisition import StreamQuery, StreamReader
 from labsuite.streams.contracts import (
@@ -242,3 +244,19 @@ class LiveRunner:
                 pass
             self._dropped += 1
             self.steps_queue.put_nowait(steps)
+
+
+def run_processor(stop: Any, plates: dict[str, str], imus: dict[str, str], treadmill: str | None,
+                  steps_source_id: str, layout: str, mode: str, mass_kg: float) -> None:
+    """Processor role: the live step processor from the plate/IMU streams to ``steps_source_id``."""
+    # geometry and rate are placeholders: LiveRunner takes them from the plate streams' metadata
+    settings = ProcessorSettings(
+        rate_hz=1000.0, plates=tuple(PlateGeometry.lab_aligned(b) for b in plates), layout=layout,
+        mode=mode, body_mass_kg=mass_kg, imu_sides=tuple(sorted(imus)))
+    runner = LiveRunner(settings, plates, imus=imus, treadmill=treadmill,
+                        steps_source_id=steps_source_id)
+    runner.start()
+    try:
+        stop.wait()
+    finally:
+        runner.stop()
