@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from labsuite.plates import plate_axes
 from labsuite.realtime.files import LoadedData, load_c3d, load_text
-from labsuite.realtime.geometry import plate_axes
 from labsuite.realtime.processor import ProcessorSettings, process_arrays
 from labsuite.steps import STRIKE_INDEX_CUTOFFS_PCT
 

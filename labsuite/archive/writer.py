@@ -35,6 +35,7 @@ from labsuite.archive.integrity import WriterLock
 from labsuite.errors import ArchiveError, ConfigError, DeviceError, LabsuiteError
 from labsuite.ids import check_participant_id
 from labsuite.markers import StageEnd, from_fields
+from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE, STEP_FIELDS
 from labsuite.streams.contracts import KIND_MARKERS, StreamSpec
 from labsuite.streams.messages import decode
