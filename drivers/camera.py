@@ -15,7 +15,6 @@ A video file as source plays back at ``rate_hz`` (for tests and demonstrations).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, camera_spec
@@ -52,10 +52,9 @@ class CameraSettings:
     def __post_init__(self) -> None:
         if isinstance(self.source, str) and not self.source:
             raise ConfigError("camera source: expected a device index, a device path, a URL or a video file")
-        if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 1000):
-            raise ConfigError(f"camera rate_hz: expected 0 < rate <= 1000 frames/s, got {self.rate_hz!r}")
-        if self.buffer_frames < 1:
-            raise ConfigError(f"camera buffer_frames: expected >= 1, got {self.buffer_frames!r}")
+        check.number("camera ", "rate_hz", self.rate_hz, low=0.0, low_open=True, high=1000.0,
+                     unit="frames/s")
+        check.integer("camera ", "buffer_frames", self.buffer_frames, low=1)
         if len(self.fourcc) != 4:
             raise ConfigError(f"camera fourcc: expected a four-character codec code, got {self.fourcc!r}")
         if not Path(self.video_path).parent.is_dir():

@@ -9,13 +9,13 @@ DeviceError saying how to install it; listing and lab-file validation still work
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.calibration import PlateCalibration, PlateCalibrator, TareSettings
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.drivers.serial_plate import DeviceClock
@@ -46,15 +46,12 @@ class NIDAQPlateSettings:
     def __post_init__(self) -> None:
         if not self.channels:
             raise ConfigError("NI DAQ channels: expected physical channels such as 'Dev1/ai0:5'")
-        if self.belt not in BELTS:
-            raise ConfigError(f"NI DAQ plate belt: expected one of {BELTS}, got {self.belt!r}")
-        if not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
-            raise ConfigError(f"NI DAQ rate_hz: expected > 0, got {self.rate_hz!r}")
+        check.one_of("NI DAQ plate ", "belt", self.belt, BELTS)
+        check.positive("NI DAQ ", self, "rate_hz")
         if not self.min_voltage_v < self.max_voltage_v:
             raise ConfigError(f"NI DAQ min_voltage_v: expected < max_voltage_v, got "
                               f"{self.min_voltage_v} and {self.max_voltage_v}")
-        if self.terminal not in TERMINALS:
-            raise ConfigError(f"NI DAQ terminal: expected one of {TERMINALS}, got {self.terminal!r}")
+        check.one_of("NI DAQ ", "terminal", self.terminal, TERMINALS)
 
 
 class NIDAQPlateDriver(Driver):

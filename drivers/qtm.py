@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.calibration import PlateCalibration, PlateCalibrator, TareSettings
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.drivers.serial_plate import DeviceClock
@@ -52,8 +53,7 @@ class QTMPlateSettings:
     def __post_init__(self) -> None:
         if not self.host:
             raise ConfigError("QTM host: expected the name or address of the QTM computer")
-        if self.belt not in BELTS:
-            raise ConfigError(f"QTM plate belt: expected one of {BELTS}, got {self.belt!r}")
+        check.one_of("QTM plate ", "belt", self.belt, BELTS)
         if self.plate_id < 1:
             raise ConfigError(f"QTM plate_id: expected QTM's plate number (1, 2, ...), got {self.plate_id}")
         if self.calibration.n_inputs != 6:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.calibration import PlateCalibration, PlateCalibrator, TareSettings
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
@@ -181,14 +182,10 @@ class SerialPlateSettings:
     read_chunk_bytes: int = 65536
 
     def __post_init__(self) -> None:
-        if not self.port:
-            raise ConfigError("serial plate port: expected a device path such as /dev/ttyUSB0")
-        if self.belt not in BELTS:
-            raise ConfigError(f"serial plate belt: expected one of {BELTS}, got {self.belt!r}")
-        if not self.rate_hz > 0:
-            raise ConfigError(f"serial plate rate_hz: expected > 0, got {self.rate_hz!r}")
-        if self.baudrate <= 0:
-            raise ConfigError(f"serial plate baudrate: expected > 0, got {self.baudrate!r}")
+        check.text("serial plate ", "port", self.port, "a device path such as /dev/ttyUSB0")
+        check.one_of("serial plate ", "belt", self.belt, BELTS)
+        check.positive("serial plate ", self, "rate_hz")
+        check.integer("serial plate ", "baudrate", self.baudrate, low=1)
         needed = frame_size(self.calibration.n_inputs) * self.rate_hz * 10
         if needed > self.baudrate:
             raise ConfigError(f"serial plate baudrate: {self.baudrate} baud cannot carry "

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.drivers.serial_plate import DeviceClock
@@ -128,12 +128,9 @@ class XIMU3Settings:
     serial_number: str = ""
 
     def __post_init__(self) -> None:
-        if not self.port:
-            raise ConfigError("x-IMU3 port: expected a device path such as /dev/ttyACM0")
-        if self.side not in ("left", "right"):
-            raise ConfigError(f"x-IMU3 side: expected 'left' or 'right', got {self.side!r}")
-        if not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
-            raise ConfigError(f"x-IMU3 rate_hz: expected > 0, got {self.rate_hz!r}")
+        check.text("x-IMU3 ", "port", self.port, "a device path such as /dev/ttyACM0")
+        check.one_of("x-IMU3 ", "side", self.side, ("left", "right"))
+        check.positive("x-IMU3 ", self, "rate_hz")
         parse_axes(self.axes)
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from labsuite import checks as check
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import CalibrationError, ConfigError
 from labsuite.streams.contracts import StreamSpec, force_plate_spec
@@ -293,10 +294,7 @@ class TareSettings:
     max_fz_offset_n: float = 150.0
 
     def __post_init__(self) -> None:
-        for name in ("duration_s", "max_fz_std_n", "max_fz_offset_n"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"tare {name}: expected a finite number > 0, got {value!r}")
+        check.positive("tare ", self, "duration_s", "max_fz_std_n", "max_fz_offset_n")
 
 
 def compute_tare(cal: PlateCalibration, raw: np.ndarray, settings: TareSettings | None = None) -> np.ndarray:

@@ -199,14 +199,14 @@ def test_gui_role_runs_under_the_supervisor_and_stops_cleanly(uid):
 
     protocol = parse_protocol("schema: labsuite-protocol/1\nname: role\nspeed_m_s: 3.0\n"
                               "stages:\n  - {name: base, kind: baseline, duration_s: 60}\n")
-    name, target, kwargs, restart = gui_role(
+    role = gui_role(
         protocol, lab_id=uid, participant_id="P09", session_file=None,
         plates={"single": f"{uid}-fp"}, steps_source_id=f"{uid}-steps",
         extra_source_ids=(f"{uid}-treadmill", None))
-    assert (name, restart) == ("gui", False)
-    assert kwargs["settings"].extra_source_ids == (f"{uid}-treadmill",)
+    assert (role.name, role.restart) == ("gui", False)
+    assert role.kwargs["settings"].extra_source_ids == (f"{uid}-treadmill",)
     sup = Supervisor()
-    sup.add(name, target, kwargs, restart=restart)
+    sup.add_role(role)
     sup.start()
     try:
         inlet = plain_inlet(operator_source_id(uid), 90.0)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.errors import ConfigError, DeviceError
 
 from . import waveforms as wf
@@ -118,43 +119,22 @@ class ParticipantSettings:
     crossover_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        def number(name: str, lo: float, hi: float, *, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
-                                                                  np.floating)):
-                raise ConfigError(f"participant setting {name}: expected a number in [{lo}, {hi}]"
-                                  f"{' or None' if allow_none else ''}, got {value!r}")
-            if not (math.isfinite(float(value)) and lo <= float(value) <= hi):
-                raise ConfigError(f"participant setting {name}: expected a number in [{lo}, {hi}]"
-                                  f", got {value!r}")
-
-        if self.mode not in MODES:
-            raise ConfigError(f"participant setting mode: expected one of {MODES}, got {self.mode!r}")
-        if self.strike not in STRIKES:
-            raise ConfigError(f"participant setting strike: expected one of {STRIKES}, "
-                              f"got {self.strike!r}")
-        if not isinstance(self.single_belt, bool):
-            raise ConfigError(f"participant setting single_belt: expected True or False, "
-                              f"got {self.single_belt!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or not 0 <= int(self.seed) < 2**63:
-            raise ConfigError(f"participant setting seed: expected an integer in [0, 2**63), "
-                              f"got {self.seed!r}")
-        number("mass_kg", 20.0, 250.0)
-        number("speed_m_s", 0.0, 2.5 if self.mode == "walk" else 8.0, allow_none=True)
-        number("preferred_cadence_spm", 60.0, 240.0, allow_none=True)
-        number("plate_noise_n", 0.0, 50.0)
-        number("imu_noise_m_s2", 0.0, 10.0)
-        number("gyro_noise_rad_s", 0.0, 5.0)
-        number("variability_cv", 0.0, 0.2)
-        number("step_time_cv", 0.0, 0.1)
-        number("adaptation_steps", 1.0, 200.0)
-        number("foot_length_m", 0.15, 0.35)
-        number("step_width_m", 0.07, 0.4)
-        number("lookahead_s", 0.05, 5.0)
-        number("crossover_fraction", 0.0, 0.5)
+        where = "participant setting "
+        check.one_of(where, "mode", self.mode, MODES)
+        check.one_of(where, "strike", self.strike, STRIKES)
+        check.flag(where, "single_belt", self.single_belt)
+        check.integer(where, "seed", self.seed, low=0, high=2**63 - 1)
+        for name, lo, hi in (("mass_kg", 20.0, 250.0), ("plate_noise_n", 0.0, 50.0),
+                             ("imu_noise_m_s2", 0.0, 10.0), ("gyro_noise_rad_s", 0.0, 5.0),
+                             ("variability_cv", 0.0, 0.2), ("step_time_cv", 0.0, 0.1),
+                             ("adaptation_steps", 1.0, 200.0), ("foot_length_m", 0.15, 0.35),
+                             ("step_width_m", 0.07, 0.4), ("lookahead_s", 0.05, 5.0),
+                             ("crossover_fraction", 0.0, 0.5)):
+            check.number(where, name, getattr(self, name), low=lo, high=hi)
+        check.number(where, "speed_m_s", self.speed_m_s, low=0.0,
+                     high=2.5 if self.mode == "walk" else 8.0, optional=True)
+        check.number(where, "preferred_cadence_spm", self.preferred_cadence_spm, low=60.0,
+                     high=240.0, optional=True)
         if self.mode == "walk" and self.strike != "rearfoot":
             raise ConfigError("participant setting strike: walking is simulated heel-first only; "
                               "use strike='rearfoot' with mode='walk'")

@@ -11,7 +11,6 @@ own clock grid, so killing one device leaves the others running, as in a real la
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.drivers.base import Chunk, Driver, DriverRunner
 from labsuite.drivers.sim import gait
 from labsuite.drivers.treadmill import (
@@ -79,17 +79,14 @@ class SimLabSettings:
 
     def __post_init__(self) -> None:
         check_lab_id(self.lab_id)
-        for name in ("plate_rate_hz", "imu_rate_hz", "camera_rate_hz", "treadmill_rate_hz", "chunk_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"simulated lab {name}: expected > 0, got {value!r}")
-        if self.plate_rate_hz not in (500.0, 1000.0, 2000.0):
-            raise ConfigError(f"simulated lab plate_rate_hz: expected 500, 1000 or 2000 Hz, "
-                              f"got {self.plate_rate_hz}")
-        if not 0.0 <= self.camera_drop_fraction < 0.5:
-            raise ConfigError("simulated lab camera_drop_fraction: expected in [0, 0.5)")
-        if self.initial_speed_m_s is not None and not 0.0 <= self.initial_speed_m_s <= 8.0:
-            raise ConfigError("simulated lab initial_speed_m_s: expected 0-8 m/s")
+        where = "simulated lab "
+        check.positive(where, self, "plate_rate_hz", "imu_rate_hz", "camera_rate_hz",
+                       "treadmill_rate_hz", "chunk_s")
+        check.one_of(where, "plate_rate_hz", self.plate_rate_hz, (500.0, 1000.0, 2000.0))
+        check.number(where, "camera_drop_fraction", self.camera_drop_fraction, low=0.0, high=0.5,
+                     high_open=True)
+        check.number(where, "initial_speed_m_s", self.initial_speed_m_s, low=0.0, high=8.0,
+                     unit="m/s", optional=True)
 
     @property
     def single_belt(self) -> bool:

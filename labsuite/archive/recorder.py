@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.archive.layout import FRAME_DTYPE
 from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings, expected_bytes_per_s
-from labsuite.errors import ArchiveError, ConfigError
+from labsuite.errors import ArchiveError
 from labsuite.ids import check_participant_id
 from labsuite.steps import STEP_FIELD_NAMES, empty_steps
 from labsuite.streams.contracts import (
@@ -69,10 +70,7 @@ class RecorderSettings:
 
     def __post_init__(self) -> None:
         check_participant_id(self.participant_id, "participant_id")
-        if not (math.isfinite(self.wait_s) and self.wait_s > 0):
-            raise ConfigError(f"wait_s: expected a positive number of seconds, got {self.wait_s!r}")
-        if not (math.isfinite(self.expected_duration_s) and self.expected_duration_s > 0):
-            raise ConfigError(f"expected_duration_s: expected > 0 s, got {self.expected_duration_s!r}")
+        check.positive("", self, "wait_s", "expected_duration_s")
 
     def session_path(self) -> Path:
         """The file to write: ``path`` or ``out_dir/<participant>[_s<n>]_<UTC time>.h5``."""

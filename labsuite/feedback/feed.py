@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.errors import ConfigError, DeviceError, LabsuiteError
 from labsuite.ids import check_lab_id, check_participant_id, markers_source_id
 from labsuite.markers import Marker, SessionState, decode, from_fields
@@ -76,13 +77,9 @@ class FeedSettings:
             if not isinstance(sid, str) or not sid or "'" in sid:
                 raise ConfigError(f"FeedSettings {name}: expected a source_id without quotes, "
                                   f"got {sid!r}")
-        if not (math.isfinite(self.window_s) and 0.5 <= self.window_s <= 60.0):
-            raise ConfigError(f"FeedSettings.window_s: expected 0.5-60 s, got {self.window_s!r}")
-        if not (math.isfinite(self.fps) and 1.0 <= self.fps <= 120.0):
-            raise ConfigError(f"FeedSettings.fps: expected 1-120 frames/s, got {self.fps!r}")
-        if not (isinstance(self.history_steps, int) and 10 <= self.history_steps <= 100_000):
-            raise ConfigError(f"FeedSettings.history_steps: expected an integer 10-100000, "
-                              f"got {self.history_steps!r}")
+        check.number("FeedSettings.", "window_s", self.window_s, low=0.5, high=60.0, unit="s")
+        check.number("FeedSettings.", "fps", self.fps, low=1.0, high=120.0, unit="frames/s")
+        check.integer("FeedSettings.", "history_steps", self.history_steps, low=10, high=100_000)
 
     @classmethod
     def for_sim_lab(cls, sim: Any, *, steps_source_id: str, **kwargs: Any) -> FeedSettings:

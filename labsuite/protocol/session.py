@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite import ids
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.markers import Paused, SessionEnd
@@ -65,15 +66,11 @@ class SessionSettings:
         ids.check_participant_id(self.participant_id)
         if not self.steps_source_id:
             raise ConfigError("steps_source_id: expected the processor's step stream source_id")
-        for name in ("tick_s", "heartbeat_period_s", "connect_timeout_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"session setting {name}: expected > 0 s, got {value!r}")
+        check.positive("session setting ", self, "tick_s", "heartbeat_period_s", "connect_timeout_s")
         if self.heartbeat_period_s >= msg.HEARTBEAT_TIMEOUT_S:
             raise ConfigError(f"heartbeat_period_s: expected < {msg.HEARTBEAT_TIMEOUT_S} s "
                               "(the treadmill stops the belt when the heartbeat is missing that long)")
-        if not (math.isfinite(self.settle_s) and self.settle_s >= 0):
-            raise ConfigError(f"session setting settle_s: expected >= 0 s, got {self.settle_s!r}")
+        check.positive("session setting ", self, "settle_s", zero_ok=True)
 
     @property
     def markers_source_id(self) -> str:

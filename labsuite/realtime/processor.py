@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.plates import PlateGeometry, lab_to_plate, plate_axes, plate_centre
@@ -128,30 +129,19 @@ class ProcessorSettings:
     max_lever_m: float = 3.0
 
     def __post_init__(self) -> None:
-        def positive(name: str, allow_zero: bool = False) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-            if not ok:
-                raise ConfigError(f"ProcessorSettings.{name}: expected a finite number "
-                                  f"{'>= 0' if allow_zero else '> 0'}, got {v!r}")
-
-        for name in ("rate_hz", "contact_on_n", "contact_off_n", "min_contact_s", "max_contact_s",
-                     "tibial_window_s", "imu_max_lag_s", "plate_max_lag_s", "impact_drop_bw",
-                     "butterfly_min_ap_m", "max_step_s", "strike_threshold_n", "toe_off_threshold_n",
-                     "cop_bin_s", "toe_cop_frac", "max_force_bw", "max_lever_m"):
-            positive(name)
-        for name in ("lowpass_hz", "impact_min_bw", "crossover_window_s", "onset_power", "cop_min_bw"):
-            positive(name, allow_zero=True)
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"ProcessorSettings.layout: expected one of {LAYOUTS}, got {self.layout!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"ProcessorSettings.mode: expected one of {MODES}, got {self.mode!r}")
+        where = "ProcessorSettings."
+        check.positive(where, self, "rate_hz", "contact_on_n", "contact_off_n", "min_contact_s",
+                       "max_contact_s", "tibial_window_s", "imu_max_lag_s", "plate_max_lag_s",
+                       "impact_drop_bw", "butterfly_min_ap_m", "max_step_s", "strike_threshold_n",
+                       "toe_off_threshold_n", "cop_bin_s", "toe_cop_frac", "max_force_bw", "max_lever_m")
+        check.positive(where, self, "lowpass_hz", "impact_min_bw", "crossover_window_s", "onset_power",
+                       "cop_min_bw", zero_ok=True)
+        check.one_of(where, "layout", self.layout, LAYOUTS)
+        check.one_of(where, "mode", self.mode, MODES)
         if self.lowpass_hz >= self.rate_hz / 2:
             raise ConfigError(f"ProcessorSettings.lowpass_hz: expected below Nyquist "
                               f"({self.rate_hz / 2} Hz), got {self.lowpass_hz} (0 disables it)")
-        if not isinstance(self.filter_order, int) or not 1 <= self.filter_order <= 8:
-            raise ConfigError(f"ProcessorSettings.filter_order: expected an integer 1..8, "
-                              f"got {self.filter_order!r}")
+        check.integer(where, "filter_order", self.filter_order, low=1, high=8)
         if self.onset_power and not 1.0 <= self.onset_power <= 3.0:
             raise ConfigError(f"ProcessorSettings.onset_power: expected 0 (threshold times only) "
                               f"or 1..3, got {self.onset_power!r}")
@@ -173,20 +163,13 @@ class ProcessorSettings:
         if self.min_contact_s >= self.max_contact_s:
             raise ConfigError("ProcessorSettings.min_contact_s: expected below max_contact_s")
         for name in ("cadence_window_steps", "symmetry_window_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"ProcessorSettings.{name}: expected an integer >= 1, got {v!r}")
+            check.integer(where, name, getattr(self, name), low=1)
         for name in ("body_mass_kg", "body_weight_n", "foot_length_m", "plate_rated_force_n"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"ProcessorSettings.{name}: expected None or a number > 0, got {v!r}")
-        v = self.belt_speed_m_s
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ConfigError(f"ProcessorSettings.belt_speed_m_s: expected None or a speed >= 0 "
-                              f"(0 for a fixed plate), got {v!r}")
-        if self.impact_search_frac is not None and not 0 < self.impact_search_frac < 1:
-            raise ConfigError(f"ProcessorSettings.impact_search_frac: expected None or 0..1, "
-                              f"got {self.impact_search_frac!r}")
+            check.number(where, name, getattr(self, name), low=0.0, low_open=True, optional=True)
+        # 0 m/s for a fixed plate
+        check.number(where, "belt_speed_m_s", self.belt_speed_m_s, low=0.0, unit="m/s", optional=True)
+        check.number(where, "impact_search_frac", self.impact_search_frac, low=0.0, high=1.0,
+                     low_open=True, high_open=True, optional=True)
         plates = tuple(self.plates)
         if not all(isinstance(p, PlateGeometry) for p in plates):
             raise ConfigError("ProcessorSettings.plates: expected PlateGeometry items")

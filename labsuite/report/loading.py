@@ -19,13 +19,13 @@ import yaml
 
 from labsuite.archive.reader import open_session
 from labsuite.constants import GRAVITY_M_S2
-from labsuite.errors import ConfigError, DeviceError
-from labsuite.plates import plate_axes
+from labsuite.errors import ConfigError, DeviceError, LabsuiteError
+from labsuite.plates import PlateGeometry, plate_axes
 from labsuite.protocol.schema import parse_protocol
 from labsuite.report.tables import stage_table, steps_in_stage
 from labsuite.stages import EVENT_STAGE_START, StageRecord
 from labsuite.steps import STEP_DTYPE
-from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_TREADMILL, setup_floats
+from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_TREADMILL
 from labsuite.streams.messages import decode
 
 MOVING_KINDS = ("baseline", "cadence", "retention")
@@ -376,15 +376,14 @@ def _stream_summary(sess: Any, *, need_plates: bool
 def _vertical_grf_n(spec: Any, data: np.ndarray) -> np.ndarray | None:
     """Vertical ground reaction on the body (N) from a force-plate stream's Fx Fy Fz.
 
-    The plate's axes come from the corners in its stream metadata (``desc/setup/force_platform/
-    corners_m``, C3D order). This is the report's one place reading plate geometry from a stream;
-    None when the stream has none (the page then lists the stream but draws no curve from it).
+    The plate's axes come from its stream metadata (:meth:`PlateGeometry.from_spec`, the one
+    reader of ``desc/setup/force_platform``); None when the stream has none (the page then lists
+    the stream but draws no curve from it).
     """
     try:
-        corners = setup_floats(spec, "force_platform", "corners_m").reshape(4, 3)
-    except (ValueError, DeviceError):
+        rot = plate_axes(PlateGeometry.from_spec(spec).corners)
+    except LabsuiteError:
         return None
-    rot = plate_axes(corners)
     f = np.column_stack([np.asarray(data[:, spec.labels.index(k)], dtype=np.float64)
                          for k in ("Fx", "Fy", "Fz")])
     # minus the force on the plate, lab z component
