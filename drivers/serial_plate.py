@@ -130,6 +130,28 @@ class FrameParser:
         self.bad_reasons.append(reason)
 
 
+def read_serial(port: Any, timeout_s: float, max_bytes: int, what: str) -> tuple[bytes, float]:
+    """What a serial port has within ``timeout_s`` (at most ``max_bytes`` beyond the first byte).
+
+    Returns the bytes and their arrival on the LSL clock; DeviceError naming ``what`` (the device
+    and its port) when the port went away. Shared by the serial drivers (plates, x-IMU3).
+    """
+    import pylsl
+    import serial
+
+    if port is None:
+        raise DeviceError(f"{what}: not open")
+    try:
+        port.timeout = timeout_s
+        data = port.read(1)
+        waiting = port.in_waiting
+        if waiting:
+            data += port.read(min(waiting, max_bytes))
+    except (serial.SerialException, OSError) as exc:
+        raise DeviceError(f"{what}: connection lost ({exc})") from None
+    return bytes(data), pylsl.local_clock()
+
+
 class DeviceClock:
     """Map a device's own time base (seconds) onto the LSL clock.
 
@@ -243,21 +265,8 @@ class SerialPlateDriver(Driver):
 
     def read(self, timeout_s: float) -> list[Chunk]:
         """Read what arrived within ``timeout_s``; DeviceError when the port goes away."""
-        import pylsl
-        import serial
-
-        port = self._serial
-        if port is None:
-            raise DeviceError(f"serial plate on {self.settings.port}: not open")
-        try:
-            port.timeout = timeout_s
-            data = port.read(1)
-            waiting = port.in_waiting
-            if waiting:
-                data += port.read(min(waiting, self.settings.read_chunk_bytes))
-        except (serial.SerialException, OSError) as exc:
-            raise DeviceError(f"serial plate on {self.settings.port}: connection lost ({exc})") from None
-        arrival = pylsl.local_clock()
+        data, arrival = read_serial(self._serial, timeout_s, self.settings.read_chunk_bytes,
+                                    f"serial plate on {self.settings.port}")
         if not data:
             return []
         bad_before = self.parser.frames_bad

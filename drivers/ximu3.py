@@ -27,7 +27,7 @@ import numpy as np
 from labsuite import checks as check
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.drivers.base import Chunk, Driver
-from labsuite.drivers.serial_plate import DeviceClock
+from labsuite.drivers.serial_plate import DeviceClock, read_serial
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, imu_spec
 
@@ -37,6 +37,7 @@ END, ESC, ESC_END, ESC_ESC = 0x0A, 0xDB, 0xDC, 0xDD
 BINARY_INERTIAL = 0x80 + ord("I")
 _BINARY_INERTIAL = struct.Struct("<Q6f")
 _MAX_LINE = 512
+_MAX_READ_BYTES = 1 << 20  # one read takes what is waiting, up to this much
 
 
 def unstuff(body: bytes) -> bytes:
@@ -185,21 +186,8 @@ class XIMU3Driver(Driver):
 
     def read(self, timeout_s: float) -> list[Chunk]:
         """Decode the inertial messages that arrived within ``timeout_s``."""
-        import pylsl
-        import serial
-
-        port = self._serial
-        if port is None:
-            raise DeviceError(f"x-IMU3 on {self.settings.port}: not open")
-        try:
-            port.timeout = timeout_s
-            data = port.read(1)
-            waiting = port.in_waiting
-            if waiting:
-                data += port.read(waiting)
-        except (serial.SerialException, OSError) as exc:
-            raise DeviceError(f"x-IMU3 on {self.settings.port}: connection lost ({exc})") from None
-        arrival = pylsl.local_clock()
+        data, arrival = read_serial(self._serial, timeout_s, _MAX_READ_BYTES,
+                                    f"x-IMU3 on {self.settings.port}")
         if not data:
             return []
         self._buf.extend(data)

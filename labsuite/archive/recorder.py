@@ -30,6 +30,7 @@ from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings,
 from labsuite.errors import ArchiveError
 from labsuite.ids import check_participant_id
 from labsuite.steps import STEP_FIELD_NAMES, empty_steps
+from labsuite.streams.acquisition import Acquisition, StreamQuery, StreamReader
 from labsuite.streams.contracts import (
     CAMERA_FRAME_INDEX,
     CAMERA_POSITION,
@@ -178,11 +179,7 @@ class Recorder:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(10.0)
-        readers = [r.reader for r in self._streams.values() if r.reader is not None]
-        for reader in readers:
-            reader.request_stop()
-        for reader in readers:
-            reader.stop(10.0)
+        Acquisition(r.reader for r in self._streams.values() if r.reader is not None).stop(10.0)
         if self._writer is not None:
             self._sync_offsets()
             try:
@@ -251,8 +248,6 @@ class Recorder:
 
     # ---- internals ---------------------------------------------------------------------------
     def _start_reader(self, rec: _Recorded) -> None:
-        from labsuite.streams.acquisition import StreamQuery, StreamReader
-
         def on_chunk(reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
             self._on_chunk(rec, reader, ts, data)
 

@@ -25,7 +25,7 @@ from labsuite.ids import check_lab_id, check_participant_id, markers_source_id
 from labsuite.markers import Marker, SessionState, decode, from_fields
 from labsuite.plates import PlateGeometry
 from labsuite.steps import STEP_DTYPE, STEP_FIELD_NAMES, rows_to_steps
-from labsuite.streams.acquisition import ReaderStats, StreamQuery, StreamReader
+from labsuite.streams.acquisition import Acquisition, ReaderStats, StreamQuery, StreamReader
 from labsuite.streams.ring import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -176,29 +176,17 @@ class LiveFeed:
 
     def start(self) -> LiveFeed:
         """Start every reader (returns self)."""
-        for r in self._readers.values():
-            r.start()
+        Acquisition(self.readers).start()
         return self
 
     def stop(self) -> None:
         """Stop every reader."""
-        for r in self.readers:
-            r.request_stop()
-        for r in self.readers:
-            r.stop()
+        Acquisition(self.readers).stop()
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until the plates, steps and markers streams were all found once."""
-        import time
-
-        deadline = time.monotonic() + timeout_s
         keys = [k for k in self._sources if k.startswith("plate:") or k in ("steps", "markers")]
-        while True:
-            if all(self._readers[k].wait_connected(0.0) for k in keys):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        return Acquisition(self._readers[k] for k in keys).wait_connected(timeout_s)
 
     # ---- reader callbacks (worker threads) -------------------------------------------------
     def _plate_chunk(self, belt: str, reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:

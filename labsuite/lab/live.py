@@ -22,7 +22,7 @@ from labsuite.errors import ConfigError, DeviceError, LabsuiteError
 from labsuite.plates import PlateGeometry
 from labsuite.realtime.processor import ProcessorSettings, StepProcessor
 from labsuite.steps import steps_to_rows
-from labsuite.streams.acquisition import StreamQuery, StreamReader
+from labsuite.streams.acquisition import Acquisition, StreamQuery, StreamReader
 from labsuite.streams.contracts import (
     INCLINE,
     KIND_FORCE_PLATE,
@@ -110,16 +110,12 @@ class LiveRunner:
         import pylsl
 
         self._outlet = pylsl.StreamOutlet(self._steps_spec.to_info())
-        for reader in self.readers:
-            reader.start()
+        Acquisition(self.readers).start()
         return self
 
     def stop(self) -> np.ndarray:
         """Stop reading; release and publish the steps still waiting; return them."""
-        for reader in self.readers:
-            reader.request_stop()
-        for reader in self.readers:
-            reader.stop()
+        Acquisition(self.readers).stop()
         with self._lock:
             rest = self.processor.flush() if self.processor is not None else np.empty(0)
             if len(rest):
@@ -142,8 +138,7 @@ class LiveRunner:
 
     def wait_started(self, timeout_s: float) -> bool:
         """Block until every plate stream is connected and the processor exists."""
-        ok = all(r.wait_connected(timeout_s) for r in self._plate_readers.values())
-        if not ok:
+        if not Acquisition(self._plate_readers.values()).wait_connected(timeout_s):
             return False
         with self._lock:
             self._ensure_processor()

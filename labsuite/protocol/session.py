@@ -34,6 +34,7 @@ from labsuite.streams.acquisition import (
     EVENT_CONNECTED,
     EVENT_LOST,
     EVENT_RECONNECTED,
+    Acquisition,
     StreamQuery,
     StreamReader,
 )
@@ -207,10 +208,7 @@ class Session:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        for reader in self._readers.values():
-            reader.request_stop()
-        for reader in self._readers.values():
-            reader.stop(timeout_s)
+        Acquisition(self._readers.values()).stop(timeout_s)
         self._markers = None
         self._commands = None
 

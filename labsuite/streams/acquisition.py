@@ -457,12 +457,17 @@ class Acquisition:
             reader.start()
         return self
 
-    def stop(self) -> None:
-        """Stop every reader."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every reader: all are asked at once, then each is waited for (``timeout_s`` each)."""
         for reader in self.readers:
             reader.request_stop()
         for reader in self.readers:
-            reader.stop()
+            reader.stop(timeout_s)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until every reader has found its stream once (True) or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        return all(r.wait_connected(max(0.0, deadline - time.monotonic())) for r in self.readers)
 
     def __enter__(self) -> Acquisition:
         return self.start()
