@@ -23,7 +23,7 @@ from emulators.lab import EmulatedLab
 
 from labsuite.archive.reader import open_session
 from labsuite.drivers.sim import gait
-from labsuite.realtime.geometry import plate_to_lab
+from labsuite.plates import plate_to_lab
 
 pytestmark = pytest.mark.slow
 

@@ -110,20 +110,19 @@ class GaitScene:
         import pylsl
 
         from labsuite.errors import LabsuiteError
-        from labsuite.streams.messages import EVENT_METRONOME, decode
+        from labsuite.markers import Metronome, decode
 
         # marker times are on this machine's LSL clock; the scene runs on time.monotonic()
         to_mono = time.monotonic() - pylsl.local_clock()
         self.step_on()
         for t, row in zip(ts, data, strict=True):
             try:
-                msg = decode(str(row[0]))
+                marker = decode(str(row[0]))
             except LabsuiteError:
                 continue  # a junk marker is not a cue
-            if msg.get("event") == EVENT_METRONOME:
-                spm = msg.get("spm")
-                self.set_target_cadence(None if spm is None else float(spm),
-                                        float(t + reader.offset_s + to_mono))
+            if isinstance(marker, Metronome) and not marker.problems:
+                # the reader hands over times on this machine's clock already
+                self.set_target_cadence(marker.spm, float(t + to_mono))
 
     def _records(self, t_end_s: float) -> np.ndarray | None:
         """Plan up to ``t_end_s`` at the belt's current speed; the records rendering still needs."""
