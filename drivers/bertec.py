@@ -27,6 +27,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from labsuite import checks as check
 from labsuite.drivers.treadmill import (
     BERTEC_TREADMILL,
     BeltState,
@@ -108,12 +109,9 @@ class BertecSettings:
                                                   model="instrumented treadmill"))
 
     def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("Bertec host: expected a host name or IP address")
-        if not (isinstance(self.port, int) and 0 < self.port < 65536):
-            raise ConfigError(f"Bertec port: expected 1..65535, got {self.port!r}")
-        if not self.connect_timeout_s > 0:
-            raise ConfigError(f"Bertec connect_timeout_s: expected > 0 s, got {self.connect_timeout_s!r}")
+        check.text("Bertec ", "host", self.host, "a host name or IP address")
+        check.integer("Bertec ", "port", self.port, low=1, high=65535)
+        check.positive("Bertec ", self, "connect_timeout_s")
 
 
 def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:

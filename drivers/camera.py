@@ -31,7 +31,6 @@ from labsuite.video.segments import SegmentWriter
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class CameraSettings:
     """Capture source, where the video goes, nominal frame rate and codec.

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from labsuite import checks as check
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, markers_spec, treadmill_spec
@@ -196,35 +197,24 @@ class TreadmillSettings:
     state_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.source_id:
-            raise ConfigError("treadmill source_id: expected a stable non-empty id")
-        positive = ("state_rate_hz", "max_speed_m_s", "default_accel_m_s2", "min_accel_m_s2",
-                    "max_accel_m_s2", "stop_decel_m_s2", "emergency_decel_m_s2",
-                    "heartbeat_timeout_s", "first_state_timeout_s", "state_timeout_s")
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"treadmill settings {name}: expected a finite number > 0, "
-                                  f"got {value!r}")
-        if not (math.isfinite(self.max_reverse_m_s) and self.max_reverse_m_s >= 0):
-            raise ConfigError(f"treadmill settings max_reverse_m_s: expected >= 0 m/s, "
-                              f"got {self.max_reverse_m_s!r}")
+        where = "treadmill settings "
+        check.text("treadmill ", "source_id", self.source_id, "a stable non-empty id")
+        check.positive(where, self, "state_rate_hz", "max_speed_m_s", "default_accel_m_s2",
+                       "min_accel_m_s2", "max_accel_m_s2", "stop_decel_m_s2", "emergency_decel_m_s2",
+                       "heartbeat_timeout_s", "first_state_timeout_s", "state_timeout_s")
+        check.number(where, "max_reverse_m_s", self.max_reverse_m_s, low=0.0, unit="m/s")
         if self.min_accel_m_s2 > self.max_accel_m_s2:
             raise ConfigError(f"treadmill settings min_accel_m_s2: expected <= max_accel_m_s2 "
                               f"({self.max_accel_m_s2}), got {self.min_accel_m_s2}")
-        for name in ("default_accel_m_s2", "stop_decel_m_s2"):
-            value = getattr(self, name)
-            if not self.min_accel_m_s2 <= value <= self.max_accel_m_s2:
-                raise ConfigError(f"treadmill settings {name}: expected within [min_accel_m_s2, "
-                                  f"max_accel_m_s2] = [{self.min_accel_m_s2}, {self.max_accel_m_s2}], "
-                                  f"got {value}")
+        for name in ("default_accel_m_s2", "stop_decel_m_s2"):  # within [min_accel, max_accel]
+            check.number(where, name, getattr(self, name), low=self.min_accel_m_s2,
+                         high=self.max_accel_m_s2, unit="m/s²")
         if self.emergency_decel_m_s2 < self.stop_decel_m_s2:
             raise ConfigError(f"treadmill settings emergency_decel_m_s2: expected >= stop_decel_m_s2 "
                               f"({self.stop_decel_m_s2}), got {self.emergency_decel_m_s2}")
-        if not (math.isfinite(self.min_incline_deg) and math.isfinite(self.max_incline_deg)
-                and self.min_incline_deg <= self.max_incline_deg):
-            raise ConfigError(f"treadmill settings min_incline_deg/max_incline_deg: expected finite "
-                              f"min <= max, got {self.min_incline_deg}, {self.max_incline_deg}")
+        check.number(where, "max_incline_deg", self.max_incline_deg, unit="deg")
+        check.number(where, "min_incline_deg", self.min_incline_deg, high=self.max_incline_deg,
+                     unit="deg")  # at most max_incline_deg
         # Settings that name a known model are held to its ceiling at once (a lab file fails when
         # it is loaded); every driver also checks them against its own model (TreadmillDriver).
         known = TREADMILL_MODELS.get((self.manufacturer, self.model))

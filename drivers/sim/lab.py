@@ -46,7 +46,6 @@ DEVICES_SPLIT = ("fp-left", "fp-right", "imu-left", "imu-right", "camera", "trea
 DEVICES_SINGLE = ("fp-single", "imu-left", "imu-right", "camera", "treadmill")
 
 
-
 def belt_corners(belt: str) -> np.ndarray:
     """Return C3D CORNERS (4, 3) in m for a simulated belt plate (plate z points down).
 

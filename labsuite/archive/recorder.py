@@ -44,7 +44,6 @@ from labsuite.video.naming import relative_to_session, segment_path
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class RecorderSettings:
     """What to record and where.

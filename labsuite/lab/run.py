@@ -29,7 +29,6 @@ from labsuite.stages import StageRecord
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class RunOptions:
     """Everything ``labsuite run`` needs; validated on construction, messages name the option."""

@@ -43,7 +43,6 @@ from labsuite.streams.contracts import FZ, commands_spec, markers_spec
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class SessionSettings:
     """Where the session's streams are and how often it ticks.

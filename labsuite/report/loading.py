@@ -41,7 +41,6 @@ EVENT_CHECKIN = "checkin"
 EVENT_CHECKIN_REQUEST = "checkin_request"
 
 
-
 @dataclass(frozen=True)
 class Event:
     """One marker worth showing: time from the session start (s), event name, its fields."""
