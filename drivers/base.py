@@ -249,8 +249,9 @@ class _CommandListener:
     def _on_chunk(self, reader: Any, ts: np.ndarray, data: np.ndarray) -> None:
         for t, row in zip(ts, data, strict=True):
             try:
-                # the sample's time stamp is its send time, mapped onto this machine's clock
-                self._queue.put((float(t) + reader.offset_s, decode(str(row[0]))))
+                # the sample's time stamp is its send time, which the reader has already mapped
+                # onto this machine's clock
+                self._queue.put((float(t), decode(str(row[0]))))
             except DeviceError as exc:
                 log.warning("ignored command: %s", exc)
 

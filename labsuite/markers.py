@@ -289,6 +289,18 @@ class Beat(Marker, event=EVENT_BEAT, group=GROUP_CUE, frequent=True):
 
 
 @dataclass(frozen=True)
+class BeatDisrupted(Marker, event="beat_disrupted", group=GROUP_CUE):
+    """The audio metronome's timing broke while beat ``n`` was in flight: its time may be wrong.
+
+    Published by the audio role (an underflow, a stalled sound server), stamped when it became
+    known; ``hindsight_dac_lsl_s`` is the time the beat marker had reported.
+    """
+
+    n: int | None = None
+    hindsight_dac_lsl_s: float = math.nan
+
+
+@dataclass(frozen=True)
 class Baseline(Marker, event="baseline", group=GROUP_MEASUREMENT):
     """The baseline measured at the end of a baseline stage (``ok`` false: too few steps)."""
 

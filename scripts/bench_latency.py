@@ -27,6 +27,7 @@ Usage: python scripts/bench_latency.py [--duration-s 60] [--warmup-s 8] [--chunk
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -47,7 +48,7 @@ def run_early_processor(stop: Any, plates: dict[str, str], imus: dict[str, str],
     ``pull_timeout_s`` (None: the readers' default) is how long each of its readers' pulls waits
     to fill a chunk before handing it over.
     """
-    from labsuite.realtime.live import LiveRunner
+    from labsuite.lab.live import LiveRunner
     from labsuite.realtime.processor import PlateGeometry, ProcessorSettings, StepProcessor
 
     class EarlyRunner(LiveRunner):
@@ -114,8 +115,8 @@ def main() -> int:
     imus = {"left": sim.source_id("imu-left"), "right": sim.source_id("imu-right")}
     out_dir = Path(tempfile.mkdtemp(prefix="bench_latency_"))
     sup = Supervisor()
-    for name, target, kwargs in sim_lab_roles(sim):
-        sup.add(name, target, kwargs, restart=False)
+    for role in sim_lab_roles(sim):
+        sup.add_role(dataclasses.replace(role, restart=False))
     sup.add("processor", run_early_processor, {
         "plates": plates, "imus": imus, "treadmill": sim.source_id("treadmill"),
         "steps_source_id": steps_sid, "mass_kg": sim.participant.mass_kg,
@@ -160,7 +161,7 @@ def main() -> int:
 
     def on_plate(reader: StreamReader, ts: np.ndarray, data: np.ndarray) -> None:
         if measuring.is_set() and len(ts):
-            reader_ms.append((pylsl.local_clock() - (float(ts[-1]) + reader.offset_s)) * 1000.0)
+            reader_ms.append((pylsl.local_clock() - float(ts[-1])) * 1000.0)
 
     def steps_pull() -> None:
         resolver = pylsl.ContinuousResolver(prop="source_id", value=steps_sid)

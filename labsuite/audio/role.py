@@ -24,6 +24,7 @@ import numpy as np
 from labsuite.audio.clicks import ClickSettings
 from labsuite.audio.metronome import Beat, Metronome, OutputSettings
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.markers import BeatDisrupted
 from labsuite.streams import messages as msg
 from labsuite.streams.contracts import KIND_MARKERS, Channel, StreamSpec
 
@@ -33,7 +34,7 @@ _CHECK_S = 0.2
 _ROLE_NICE = -10
 # Published after a click played when the device's timing broke while it was in flight (an
 # underflow, a stall of the sound server): that beat's reported DAC time may be wrong.
-EVENT_BEAT_DISRUPTED = "beat_disrupted"
+EVENT_BEAT_DISRUPTED = BeatDisrupted.EVENT
 # Click settings a metronome marker may carry (the cue's protocol settings), by ClickSettings field.
 CLICK_FIELDS = ("sound", "volume_db", "ear", "tone_hz")
 

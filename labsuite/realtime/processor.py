@@ -43,6 +43,7 @@ from labsuite.steps import (
     STRIKE_INDEX_CUTOFFS_PCT,
     empty_steps,
 )
+from labsuite.streams.contracts import BELTS
 
 LAYOUTS = ("split", "single")
 MODES = ("run", "walk")
@@ -415,7 +416,7 @@ class StepProcessor:
         s = self.settings
         self._belts = {p.belt: _Belt(p, s, self._sos, self._delay, i, self.early_records,
                                      self._block)
-                       for i, p in enumerate(sorted(s.plates, key=lambda p: PLATE_BELTS.index(p.belt)))}
+                       for i, p in enumerate(sorted(s.plates, key=lambda p: BELTS.index(p.belt)))}
         self._imu: dict[str, list[Any]] = {
             side: [np.zeros(1 << 14), np.zeros(1 << 14), 0, -math.inf] for side in s.imu_sides}
         self._pending: list[tuple[float, int, _Contact]] = []
