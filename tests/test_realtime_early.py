@@ -12,9 +12,9 @@ from scipy import signal
 
 from labsuite.drivers.sim.gait import ParticipantSettings, simulate_offline
 from labsuite.errors import DeviceError
+from labsuite.plates import lab_to_plate, plate_axes, plate_centre
 from labsuite.realtime import _kernels as K
 from labsuite.realtime.files import load_text
-from labsuite.realtime.geometry import lab_to_plate, plate_axes, plate_centre
 from labsuite.realtime.processor import (
     PlateGeometry,
     ProcessorSettings,
