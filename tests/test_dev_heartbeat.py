@@ -20,10 +20,10 @@ import pytest
 from emulators.bertec import BertecEmulator
 from lsl_helpers import plain_inlet
 
+from labsuite import ids
 from labsuite.drivers.base import DriverRunner
 from labsuite.drivers.bertec import BertecSettings, BertecTreadmill
 from labsuite.drivers.treadmill import TreadmillSettings, events_source_id
-from labsuite.protocol import operator as op
 from labsuite.streams.messages import HEARTBEAT_TIMEOUT_S, decode
 
 pytestmark = pytest.mark.slow
@@ -95,14 +95,14 @@ def test_a_frozen_or_killed_session_stops_the_belt_within_the_timeout(uid, sig):
     lab = uid.replace("test-", "hb-")
     with BertecEmulator() as emu:
         drv = _treadmill(emu, uid)
-        runner = DriverRunner(drv, command_source_id=op.commands_source_id(lab))
+        runner = DriverRunner(drv, command_source_id=ids.commands_source_id(lab))
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         session = subprocess.Popen([sys.executable, "-c", SESSION, lab], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True, env=dict(os.environ))
         heartbeats = events = None
         try:
-            heartbeats = _Recorder(op.commands_source_id(lab))
+            heartbeats = _Recorder(ids.commands_source_id(lab))
             events = _Recorder(events_source_id(uid))
             _wait_for(lambda: drv.health.extra["heartbeats"] > 3, timeout_s=60)
             assert session.stdin is not None and session.stdout is not None
