@@ -46,6 +46,7 @@ import numpy as np
 
 from labsuite import checks as check
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.streams.contracts import BELTS
 
 from . import waveforms as wf
 
@@ -53,7 +54,6 @@ MODES = ("run", "walk")
 STRIKES = ("rearfoot", "forefoot")
 FEET = ("left", "right")
 KINDS = ("step", "stand")
-PLATE_BELTS = ("left", "right", "single")
 
 G_M_S2 = wf.G_M_S2
 STOP_SPEED_M_S = 0.2  # below this belt speed the participant stands instead of stepping
@@ -751,8 +751,7 @@ def render_plate(steps: Sequence[PlannedStep] | np.ndarray, t: np.ndarray, belt:
     ones whose contact ended before t[0] may be dropped), as records or a :func:`steps_to_array`
     array.
     """
-    if belt not in PLATE_BELTS:
-        raise ConfigError(f"render_plate belt: expected one of {PLATE_BELTS}, got {belt!r}")
+    check.one_of("render_plate ", "belt", belt, BELTS)
     t = _check_times(t, "render_plate")
     rows = _as_rows(steps)
     n = t.size

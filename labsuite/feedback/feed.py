@@ -30,7 +30,6 @@ from labsuite.streams.ring import RingBuffer
 
 log = logging.getLogger(__name__)
 
-PLATE_BELTS = ("left", "right", "single")
 IMU_SIDES = ("left", "right")
 
 # Columns of a belt's display ring: time is kept apart; these are the lab-frame values.
