@@ -160,3 +160,25 @@ def test_no_import_cycles_not_even_through_imports_inside_functions():
 def test_layer_rules(importer):
     bad = [v for v in _violations(GRAPH) if _within(v[0], importer) or v[2].startswith("Qt only")]
     assert not bad, "\n".join(f"{a} imports {b}: {why}" for a, b, why in bad)
+
+
+def _literals(path: Path) -> list[object]:
+    """The constants a module's code uses (docstrings left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)
+                  and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docstrings]
+
+
+def test_one_home_for_gravity_and_the_session_stream_ids():
+    homes = {"gravity": set(), "session source_id": set(), "participant rule": set()}
+    for name, path in MODULES.items():
+        for value in _literals(path):
+            if isinstance(value, float) and value == 9.80665:
+                homes["gravity"].add(name)
+            if isinstance(value, str) and value.startswith("labsuite-session-"):
+                homes["session source_id"].add(name)
+            if isinstance(value, str) and "A-Za-z0-9" in value and "{0,31}" in value:
+                homes["participant rule"].add(name)
+    assert homes == {"gravity": {"labsuite.constants"}, "session source_id": {"labsuite.ids"},
+                     "participant rule": {"labsuite.ids"}}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import beta as beta_fn
 
-G_M_S2 = 9.80665
+from labsuite.constants import GRAVITY_M_S2
+
+G_M_S2 = GRAVITY_M_S2
 
 # Shank rotation radii (m): in stance the distal-tibia sensor turns about the ankle, in swing about
 # the knee. Rough segment geometry of an adult (Winter, Biomechanics and Motor Control of Human

@@ -71,6 +71,7 @@ def _verify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from labsuite.calibration import append_verification, verify_known_load
+    from labsuite.constants import GRAVITY_M_S2
     from labsuite.errors import CalibrationError, ConfigError, DeviceError
     from labsuite.labconfig import load_lab_config
 
@@ -116,7 +117,7 @@ def _verify(args: argparse.Namespace) -> int:
         driver.close()
     point = None if args.at is None else (args.at[0], args.at[1])
     result = verify_known_load(channels, cal, args.mass_kg, point, note=args.note)
-    expected = args.mass_kg * 9.80665
+    expected = args.mass_kg * GRAVITY_M_S2
     print(f"force: {result.force_n:.2f} N measured, {expected:.2f} N expected, error "
           f"{result.force_error_n:.2f} N (tolerance {cal.force_tolerance_n} N)")
     if result.cop_error_m is not None:
