@@ -21,11 +21,7 @@ from labsuite.report.charts import (
 )
 from labsuite.report.html import render_programme_html, render_session_html
 from labsuite.report.loading import (
-    EVENT_CHECKIN,
-    EVENT_CHECKIN_REQUEST,
     MOVING_KINDS,
-    SAFETY_EVENTS,
-    SESSION_EVENTS,
     Event,
     ForceCurve,
     SessionReport,
@@ -50,8 +46,8 @@ from labsuite.report.tables import (
 )
 
 __all__ = [
-    "EVENT_CHECKIN", "EVENT_CHECKIN_REQUEST", "MOVING_KINDS", "PROGRAMME_COLUMNS", "PROGRAMME_COLUMN_NAMES",
-    "SAFETY_EVENTS", "SESSION_EVENTS", "STAGE_COLOURS", "STAGE_COLUMNS", "STAGE_COLUMN_NAMES", "Column",
+    "MOVING_KINDS", "PROGRAMME_COLUMNS", "PROGRAMME_COLUMN_NAMES", "STAGE_COLOURS", "STAGE_COLUMNS",
+    "STAGE_COLUMN_NAMES", "Column",
     "Event", "ForceCurve", "SessionReport", "cadence_figure", "distribution_figure",
     "feedback_on_fraction", "figure_svg", "force_curve_figure", "load_programme", "load_session_report",
     "plot_cadence", "plot_distributions", "plot_force_curves", "plot_valr", "programme_figure",

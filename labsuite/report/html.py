@@ -21,7 +21,7 @@ from labsuite.report.charts import (
     plot_valr,
     programme_plot,
 )
-from labsuite.report.loading import SAFETY_EVENTS, SessionReport
+from labsuite.report.loading import SessionReport
 from labsuite.report.programme import programme_table, session_tick
 from labsuite.report.tables import CHANGE_COLUMNS, SYMMETRY_COLUMNS
 
@@ -136,17 +136,19 @@ def _events_html(rep: SessionReport) -> str:
     if shown:
         ev_rows: list[str] = []
         for ev in shown:
-            detail = {k: v for k, v in ev.fields.items() if k != "event"}
+            # fields the marker left empty (None, "", NaN: a decoded marker's defaults) say nothing
+            detail = {k: v for k, v in ev.fields.items() if k != "event" and v is not None and v != ""
+                      and not (isinstance(v, float) and math.isnan(v))}
             text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in detail.items() if v is not None)
-            cls = ' style="color:#b00000;font-weight:bold"' if ev.event in SAFETY_EVENTS else ""
+                             for k, v in detail.items())
+            cls = ' style="color:#b00000;font-weight:bold"' if ev.safety else ""
             ev_rows.append(f"<tr{cls}><td>{_f(ev.t_s / 60, 2)}</td><td class=l>{_e(ev.event)}</td>"
                            f"<td class=l>{_e(ev.stage)}</td><td class=l>{_e(text)}</td></tr>")
         parts.append("<table><tr><th>time (min)</th><th class=l>event</th><th class=l>stage</th>"
                      f"<th class=l>details</th></tr>{''.join(ev_rows)}</table>")
     else:
         parts.append("<p>No session events recorded.</p>")
-    if not any(ev.event in SAFETY_EVENTS for ev in rep.events):
+    if not any(ev.safety for ev in rep.events):
         parts.append("<p class=note>No safety stop or emergency stop.</p>")
     return "".join(parts)
 

@@ -1,6 +1,7 @@
 """Reading a session file for its report: stages (rebuilt when cut short), steps, events, force curves.
 
-Reads through :mod:`labsuite.archive.reader` and hands :class:`SessionReport` to the charts and the
+Reads through :mod:`labsuite.archive.reader`, folds the markers with :mod:`labsuite.markers` (the
+one list of session events and its reducer), and hands :class:`SessionReport` to the charts and the
 HTML page; the per-stage numbers come from :func:`labsuite.report.tables.stage_table`.
 """
 
@@ -17,38 +18,36 @@ from typing import Any
 import numpy as np
 import yaml
 
+from labsuite import markers as mk
 from labsuite.archive.reader import open_session
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError, DeviceError, LabsuiteError
 from labsuite.plates import PlateGeometry, plate_axes
 from labsuite.protocol.schema import parse_protocol
 from labsuite.report.tables import stage_table, steps_in_stage
-from labsuite.stages import EVENT_STAGE_START, StageRecord
+from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE
 from labsuite.streams.contracts import KIND_FORCE_PLATE, KIND_TREADMILL
-from labsuite.streams.messages import decode
 
 MOVING_KINDS = ("baseline", "cadence", "retention")
 
-# Marker events shown as safety / session events (names from labsuite.protocol.machine; repeated here
-# so that reading a report never imports the protocol runner).
-SESSION_EVENTS = ("session_start", "session_end", "safety_stop", "emergency_stop", "paused",
-                  "resumed", "operator", "operator_decision_required", "baseline", "body_weight")
-SAFETY_EVENTS = ("safety_stop", "emergency_stop")
-_ENDING_EVENTS = ("body_weight", "baseline", "session_end")  # published as a stage ends
+# Groups of markers the page lists as session events (the markers module's groups).
+_SHOWN_GROUPS = (mk.GROUP_SESSION, mk.GROUP_MEASUREMENT, mk.GROUP_OPERATOR, mk.GROUP_SAFETY)
+_ENDING_EVENTS = (mk.BodyWeight, mk.Baseline, mk.SessionEnd)  # published as a stage ends
 _END_TOLERANCE_S = 0.5
-EVENT_CHECKIN = "checkin"
-EVENT_CHECKIN_REQUEST = "checkin_request"
-
 
 @dataclass(frozen=True)
 class Event:
-    """One marker worth showing: time from the session start (s), event name, its fields."""
+    """One marker worth showing: time from the session start (s), event name, its fields.
+
+    ``safety``: a stop of the belt or the session for safety (the markers' safety group).
+    """
 
     t_s: float
     event: str
     fields: dict[str, Any]
     stage: str = ""
+    safety: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,8 +158,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
             sess, need_plates=curves)
 
     decoded = _decode_markers(markers)
-    start = next((m for m in decoded if m[1].get("event") == "session_start"), None)
-    end = next((m for m in reversed(decoded) if m[1].get("event") == "session_end"), None)
+    state = mk.replay(decoded)
     notes: list[str] = [f"Session file: {n}." for n in file_notes]
     t_candidates = [t for t in (data_end, float(np.nanmax(steps["toe_off_s"])) if len(steps) and
                                 np.isfinite(steps["toe_off_s"]).any() else math.nan,
@@ -176,8 +174,8 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
                                   end_s=math.nextafter(t_end, math.inf), end_reason="")]
             notes.append("The file holds no protocol stages (recorded without a protocol): the "
                          "whole recording is summarised as one stage.")
-    if start is not None:
-        t0 = start[0]
+    if state.start is not None:
+        t0 = state.start_s
     elif stages:
         t0 = stages[0].start_s
     elif len(steps):
@@ -186,20 +184,18 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         t0 = 0.0
     rows = stage_table(stages, steps, t0_s=t0)
 
+    start = state.start
     protocol_name, programme_name, session_label, n_sessions = _protocol_info(attrs, start)
     session_number = int(attrs.get("session_number", -1))
-    if session_number < 0 and start is not None and start[1].get("programme_session") is not None:
-        session_number = int(start[1]["programme_session"])
-    if n_sessions is None and start is not None and start[1].get("programme_sessions") is not None:
-        n_sessions = int(start[1]["programme_sessions"])
-    if not math.isfinite(mass_kg):
-        weighed = [m for m in decoded if m[1].get("event") == "body_weight"]
-        if weighed and weighed[-1][1].get("mass_kg") is not None:
-            mass_kg = float(weighed[-1][1]["mass_kg"])
-    base_marker = [m for m in decoded if m[1].get("event") == "baseline" and m[1].get("ok")]
-    base_valr = math.nan
-    if base_marker and base_marker[-1][1].get("valr_bw_per_s") is not None:
-        base_valr = float(base_marker[-1][1]["valr_bw_per_s"])
+    if session_number < 0 and start is not None and start.programme_session is not None:
+        session_number = start.programme_session
+    if n_sessions is None and start is not None and start.programme_sessions is not None:
+        n_sessions = start.programme_sessions
+    if not math.isfinite(mass_kg) and state.body_weight is not None:
+        mass_kg = state.body_weight.mass_kg
+    # the last baseline that was measured (a later failed one does not undo it)
+    measured = [m for _, m in state.events if isinstance(m, mk.Baseline) and m.ok]
+    base_valr = measured[-1].valr_bw_per_s if measured else math.nan
 
     def stage_at(t: float, *, ending: bool = False) -> str:
         # Events emitted as a stage ends (or that end it: a stop) carry a time at or just after the
@@ -212,21 +208,17 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
                 return st.name
         return max(done, key=lambda st: st.end_s).name if done else ""
 
-    asked = {obj.get("id"): obj for _, obj in decoded if obj.get("event") == EVENT_CHECKIN_REQUEST}
-    checkins, answered = [], set()
-    for t, obj in decoded:
-        if obj.get("event") == EVENT_CHECKIN:
-            request = asked.get(obj.get("id"), {})
-            fields = {**obj, "asked_at": request.get("reason", "")}
-            checkins.append(Event(t - t0, EVENT_CHECKIN, fields, str(request.get("stage") or "")
-                                  or stage_at(t)))
-            answered.add(obj.get("id"))
-    unanswered = [Event(t - t0, EVENT_CHECKIN_REQUEST, obj, str(obj.get("stage") or "") or stage_at(t))
-                  for t, obj in decoded
-                  if obj.get("event") == EVENT_CHECKIN_REQUEST and obj.get("id") not in answered]
-    events = [Event(t - t0, str(obj.get("event")), obj,
-                    stage_at(t, ending=obj.get("event") in _ENDING_EVENTS)) for t, obj in decoded
-              if obj.get("event") in SESSION_EVENTS]
+    asked = {r.id: r for _, r in state.requests}
+    checkins = []
+    for t, c in state.checkins:
+        request = asked.get(c.id) if c.id is not None else None
+        fields = {**c.fields(), "asked_at": request.reason if request is not None else ""}
+        checkins.append(Event(t - t0, c.event, fields, (request.stage if request is not None else "")
+                              or stage_at(t)))
+    unanswered = [Event(t - t0, r.event, r.fields(), r.stage or stage_at(t))
+                  for t, r in state.requests if r.id in state.pending_checkins]
+    events = [Event(t - t0, m.event, m.fields(), stage_at(t, ending=isinstance(m, _ENDING_EVENTS)),
+                    m.safety) for t, m in state.events if m.GROUP in _SHOWN_GROUPS]
 
     speeds = [st.belt_speed_m_s for st in stages if st.kind in MOVING_KINDS
               and math.isfinite(st.belt_speed_m_s) and st.belt_speed_m_s > 0]
@@ -242,46 +234,41 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         session_label=session_label, programme_sessions=n_sessions,
         date_utc=str(attrs.get("start_time_utc", "")), speed_m_s=speed,
         measured_speed_m_s=treadmill, body_mass_kg=mass_kg, complete=complete,
-        end_reason=str(end[1].get("reason", "")) if end is not None else "",
+        end_reason=state.end_reason,
         t0_s=t0, t_end_s=t_end if math.isfinite(t_end) else t0, stages=tuple(stages), steps=steps,
         rows=tuple(rows), checkins=tuple(checkins), unanswered_checkins=tuple(unanswered),
         events=tuple(events), recording_events=rec_events, streams=tuple(stream_info),
         curves=curves_out, baseline_valr_bw_per_s=base_valr, notes=tuple(notes))
 
 
-def _decode_markers(markers: np.ndarray) -> list[tuple[float, dict[str, Any]]]:
-    """Decode JSON markers (time_s, object); plain-text markers from other apps are kept as events."""
+def _decode_markers(markers: np.ndarray) -> list[tuple[float, mk.Marker]]:
+    """Decode the file's markers into (time_s, marker); markers of other apps become ``mk.Other``."""
     out = []
     for m in markers:
         try:
-            obj = decode(str(m["text"]))
+            marker = mk.decode(str(m["text"]))
         except DeviceError:
             continue  # a malformed marker is kept in the file; the report shows what it can read
-        out.append((float(m["time_s"]), obj))
+        out.append((float(m["time_s"]), marker))
     return out
 
 
-def _complete_stages(recorded: list[StageRecord], decoded: list[tuple[float, dict[str, Any]]],
+def _complete_stages(recorded: list[StageRecord], decoded: list[tuple[float, mk.Marker]],
                      t_end: float, attrs: Mapping[str, Any]) -> list[StageRecord]:
     """Add the stage that started but never ended (a crash or a kill), ended at ``t_end``."""
     stages = sorted(recorded, key=lambda s: s.start_s)
     last_end = stages[-1].end_s if stages else -math.inf
-    starts = [(t, obj) for t, obj in decoded if obj.get("event") == EVENT_STAGE_START and t >= last_end]
+    starts = [(t, m) for t, m in decoded if isinstance(m, mk.StageStart) and t >= last_end]
     ended = {(s.index, round(s.start_s, 6)) for s in stages}
     if starts and math.isfinite(t_end):
-        t, obj = starts[-1]
-        if (int(obj.get("index", -1)), round(t, 6)) not in ended and t_end > t:
-            def num(key: str) -> float:
-                v = obj.get(key)
-                return math.nan if v is None else float(v)
-
+        t, start = starts[-1]
+        if (start.index, round(t, 6)) not in ended and t_end > t:
             stages.append(StageRecord(
-                index=int(obj.get("index", len(stages))), name=str(obj.get("name", "?")),
-                kind=str(obj.get("kind", "")), start_s=t, end_s=math.nextafter(t_end, math.inf),
-                target_cadence_spm=num("target_cadence_spm"), band_low_spm=num("band_low_spm"),
-                band_high_spm=num("band_high_spm"), belt_speed_m_s=num("belt_speed_m_s"),
-                end_reason="interrupted",
-                feedback_json=_stage_feedback_json(attrs, str(obj.get("name", "")))))
+                index=start.index if start.index >= 0 else len(stages), name=start.name or "?",
+                kind=start.kind, start_s=t, end_s=math.nextafter(t_end, math.inf),
+                target_cadence_spm=start.target_cadence_spm, band_low_spm=start.band_low_spm,
+                band_high_spm=start.band_high_spm, belt_speed_m_s=start.belt_speed_m_s,
+                end_reason="interrupted", feedback_json=_stage_feedback_json(attrs, start.name)))
     return stages
 
 
@@ -308,7 +295,7 @@ def _stage_feedback_json(attrs: Mapping[str, Any], stage_name: str) -> str:
     return "{}"
 
 
-def _protocol_info(attrs: Mapping[str, Any], start: tuple[float, dict[str, Any]] | None
+def _protocol_info(attrs: Mapping[str, Any], start: mk.SessionStart | None
                    ) -> tuple[str, str, str, int | None]:
     """Protocol name, programme name, this session's label and the programme's session count."""
     text = str(attrs.get("protocol_text", "") or "")
@@ -331,8 +318,8 @@ def _protocol_info(attrs: Mapping[str, Any], start: tuple[float, dict[str, Any]]
                     if 1 <= k <= len(sessions) and isinstance(sessions[k - 1], dict):
                         label = str(sessions[k - 1].get("label", ""))
     if start is not None:
-        name = name or str(start[1].get("protocol") or "")
-        programme = programme or str(start[1].get("programme") or "")
+        name = name or start.protocol
+        programme = programme or (start.programme or "")
     if not name and attrs.get("protocol_path"):
         name = Path(str(attrs["protocol_path"])).stem
     return name, programme, label, n_sessions
