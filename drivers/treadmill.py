@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from labsuite import checks as check
+from labsuite import ids
 from labsuite.drivers.base import Chunk, Driver
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.streams.contracts import StreamSpec, markers_spec, treadmill_spec
@@ -68,9 +69,8 @@ EVENT_CLAMPED = "clamped"
 EVENT_COMMAND_REJECTED = "command_rejected"
 
 
-def events_source_id(treadmill_source_id: str) -> str:
-    """The source_id of a treadmill driver's events stream (markers), from its state stream's id."""
-    return f"{treadmill_source_id}-events"
+# The source_id of a treadmill driver's events stream (markers), from its state stream's id.
+events_source_id = ids.treadmill_events_source_id
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ def device_source_id(lab_id: str, device: str) -> str:
     return f"labsuite-{check_lab_id(lab_id)}-{device}"
 
 
+def treadmill_events_source_id(treadmill_source_id: str) -> str:
+    """A treadmill driver's events stream (its own belt stops, faults), from its state stream's id."""
+    return f"{treadmill_source_id}-events"
+
+
 def sim_source_id(lab_id: str, device: str) -> str:
     """The stream of a simulated device, or ``gait`` for the virtual participant's plan."""
     return f"labsuite-sim-{check_lab_id(lab_id)}-{device}"

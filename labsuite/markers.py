@@ -386,6 +386,46 @@ class SafetyStop(Marker, event="safety_stop", group=GROUP_SAFETY):
 
 
 @dataclass(frozen=True)
+class BeltFault(Marker, event="belt_fault", group=GROUP_SAFETY):
+    """The belt left the speed the session commanded without being told to; the stage pauses.
+
+    ``reason``: off_speed (the measured speed said so), treadmill_silent (no belt speed while it
+    should run: the driver stopped or died) or the treadmill driver's own event
+    (treadmill_watchdog_stop, treadmill_feedback_fault ...). Steps struck from ``since_s`` on are
+    left out of baselines and targets.
+    """
+
+    reason: str = ""
+    detail: str = ""
+    stage: str = ""
+    commanded_m_s: float = math.nan
+    measured_m_s: float = math.nan
+    since_s: float = math.nan
+    steps_left_out: int = 0
+
+
+@dataclass(frozen=True)
+class AwaitingStart(Marker, event="awaiting_start", group=GROUP_OPERATOR):
+    """The belt is about to move for ``stage`` and waits for the operator's Start."""
+
+    stage: str = ""
+    speed_m_s: float = math.nan
+
+
+@dataclass(frozen=True)
+class StartAuthorised(Marker, event="start_authorised", group=GROUP_OPERATOR):
+    """The belt may move: the operator pressed Start, or a scripted study lets it start by itself.
+
+    ``source``: gui, cli ... for the operator's Start; with ``auto`` true, who allowed it
+    (``--auto-start``, ``protocol``).
+    """
+
+    source: str = ""
+    auto: bool = False
+    stage: str = ""
+
+
+@dataclass(frozen=True)
 class EmergencyStop(Marker, event="emergency_stop", group=GROUP_SAFETY):
     """The emergency stop was sent to the treadmill (``source``: cli, gui, api ...)."""
 
@@ -472,6 +512,8 @@ class SessionState:
     beat_n: int = 0
     beat_s: float = math.nan  # LSL time of the last beat
     belt_command_m_s: float = math.nan  # the last speed the session commanded
+    awaiting_start: bool = False  # the belt waits for the operator's Start
+    start_authorised: StartAuthorised | None = None
     # check-ins and measurements
     pending_checkins: tuple[int, ...] = ()
     requests: tuple[tuple[float, CheckinRequest], ...] = ()
@@ -601,6 +643,16 @@ def _belt(s: SessionState, t_s: float, m: Belt) -> None:
     s.belt_command_m_s = m.speed_m_s
 
 
+@_reduces(AwaitingStart)
+def _awaiting_start(s: SessionState, t_s: float, m: AwaitingStart) -> None:
+    s.awaiting_start = True
+
+
+@_reduces(StartAuthorised)
+def _start_authorised(s: SessionState, t_s: float, m: StartAuthorised) -> None:
+    s.awaiting_start, s.start_authorised = False, m
+
+
 @_reduces(Paused)
 def _paused(s: SessionState, t_s: float, m: Paused) -> None:
     s.state, s.paused_since_s, s.pause_reason = "paused", t_s, m.reason
@@ -648,4 +700,5 @@ def _body_weight(s: SessionState, t_s: float, m: BodyWeight) -> None:
 def _session_end(s: SessionState, t_s: float, m: SessionEnd) -> None:
     s.state, s.end, s.end_reason = "finished", m, m.reason
     s.feedback_on, s.metronome_spm, s.decision = False, None, None
+    s.awaiting_start = False
     s._close_pause(t_s)

@@ -108,7 +108,7 @@ def run_session(run_s: float, folder: Path, n: int) -> dict:
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", f"H{n:03d}", "--simulate",
-         "--headless", "--out", str(folder / f"out{n}"), "--lab-id", lab_id, "--quiet",
+         "--headless", "--auto-start", "--out", str(folder / f"out{n}"), "--lab-id", lab_id, "--quiet",
          "--connect-timeout", "120"],
         capture_output=True, text=True)
     wall = time.monotonic() - t0

@@ -53,7 +53,8 @@ def one_start(args: argparse.Namespace, folder: Path, n: int) -> dict:
     proto.write_text(PROTOCOL)
     out = folder / f"out{n}"
     cmd = [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", f"S{n:02d}",
-           "--headless", "--out", str(out), "--connect-timeout", str(args.connect_timeout)]
+           "--headless", "--auto-start", "--out", str(out), "--connect-timeout",
+           str(args.connect_timeout)]
     lab = None
     if args.lab:
         sys.path.insert(0, str(REPO / "tests"))

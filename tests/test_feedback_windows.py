@@ -55,7 +55,7 @@ stages:
 class Rig:
     """Simulated lab (processes) + processor + session + both windows, all over real LSL."""
 
-    def __init__(self, qtbot, uid: str, tmp_path) -> None:
+    def __init__(self, qtbot, uid: str, tmp_path, auto_start: str | None = "--auto-start") -> None:
         self.qtbot = qtbot
         self.sim = SimLabSettings(lab_id=uid)
         self.steps_sid = f"{uid}-steps"
@@ -65,6 +65,7 @@ class Rig:
         self.session = Session(protocol, SessionSettings(
             lab_id=uid, participant_id="P07", steps_source_id=self.steps_sid,
             force_source_ids=(self.sim.source_id("fp-left"), self.sim.source_id("fp-right")),
+            treadmill_source_id=self.sim.source_id("treadmill"), auto_start=auto_start,
             settle_s=1.0)).open()
         self.sup = Supervisor()
         for role in sim_lab_roles(self.sim):
@@ -136,8 +137,8 @@ def _sim_feed_kwargs(sim, steps_sid: str, file: str) -> dict:
 
 
 @pytest.fixture
-def rig(qtbot, uid, tmp_path):
-    r = Rig(qtbot, uid, tmp_path)
+def rig(qtbot, uid, tmp_path, request):
+    r = Rig(qtbot, uid, tmp_path, **getattr(request, "param", {}))
     try:
         yield r
     finally:
@@ -241,6 +242,7 @@ def test_windows_show_the_simulated_lab_and_closing_aborts_the_session(rig, uid,
     assert rig.feed.snapshot().session.end_reason == "aborted"
 
 
+@pytest.mark.parametrize("rig", [{"auto_start": None}], indirect=True)
 def test_buttons_drive_the_real_session(rig, uid):
     # a plain pylsl client of the operator stream sees exactly what the buttons sent
     spy = plain_inlet(operator_source_id(uid))
@@ -257,6 +259,14 @@ def test_buttons_drive_the_real_session(rig, uid):
             _, rows = treadmill.ring.latest(1)
             return float(rows[0, treadmill.spec.channel_index(SPEED_RIGHT)]) if len(rows) else math.nan
 
+        # the belt waits for the operator: Start is the only button that runs it
+        rig.until(lambda: gui.operator.start_button.isEnabled(), 30)
+        assert gui.operator.state_label.text().startswith("WAITING FOR START")
+        assert session.machine.awaiting_start and belt_m_s() == 0.0
+        qtbot.mouseClick(gui.operator.start_button, QtCore.Qt.LeftButton)
+        rig.until(lambda: session.machine.state == "running", 30)
+        rig.until(lambda: not gui.operator.start_button.isEnabled(), 10)
+        rig.until(lambda: belt_m_s() > 0.5, 30)
         # the baseline runs to its end (skipping it early would end the session: no baseline)
         rig.until(lambda: rig.view().stage_name == "up", 60)
         qtbot.mouseClick(gui.operator.pause_button, QtCore.Qt.LeftButton)
@@ -292,13 +302,14 @@ def test_buttons_drive_the_real_session(rig, uid):
         treadmill.stop()
     sent = []
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and len(sent) < 6:
+    while time.monotonic() < deadline and len(sent) < 7:
         samples, _ = spy.pull_chunk(timeout=0.5)
         sent += [json.loads(s[0]) for s in samples]
-    assert [c["op"] for c in sent] == ["pause", "resume", "skip", "checkin", "pain",
+    assert [c["op"] for c in sent] == ["start", "pause", "resume", "skip", "checkin", "pain",
                                        "emergency_stop"]
     assert all(c["source"] == "gui" for c in sent)
-    assert sent[4]["pain"] == 2 and sent[4]["id"] == cid
+    assert sent[5]["pain"] == 2 and sent[5]["id"] == cid
+    assert [e for _, e in session.machine.view.events if e.event == "belt_fault"] == []
     # closing after the end sends nothing more
     gui.operator.close()
     rig.until(lambda: gui.done, 30)

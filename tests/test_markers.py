@@ -74,14 +74,22 @@ def _run_a_session() -> Lab:
   - {name: up, kind: cadence, duration_s: 30, target_percent: 5,
      cues: {metronome: {spm: target}, visual_band: true}}
   - {name: cool, kind: retention, duration_s: 30}
-""", "checkins: {at_start: true, at_stage_boundaries: true, pause_at: 5, stop_at: 9, stop_on_rise: 9}"))
+""", "checkins: {at_start: true, at_stage_boundaries: true, pause_at: 5, stop_at: 9, stop_on_rise: 9}",
+        auto_start=False))
     lab = Lab(m)
     lab.actions += m.answer_pain(lab.t, 0)
-    lab.run(30)
+    lab.run(5)  # the weigh-in, then the belt waits for the operator
+    lab.actions += m.start_belt(lab.t, source="cli")
+    lab.run(25)
     lab.actions += m.pause(lab.t)
     lab.run(3)
     lab.actions += m.resume(lab.t)
     lab.run(5)
+    # the treadmill stops the belt by itself: a belt fault pauses the stage
+    lab.actions += m.note_treadmill_event(lab.t, "treadmill_watchdog_stop", "no heartbeat")
+    lab.run(1)
+    lab.actions += m.resume(lab.t)
+    lab.run(2)
     lab.actions += m.request_checkin(lab.t)
     lab.actions += m.answer_pain(lab.t, 6)  # pause_at 5: pauses, asks the operator
     lab.run(1)
@@ -121,7 +129,8 @@ def test_the_reducer_agrees_with_the_machine_that_published_the_markers():
     assert state.body_weight.mass_kg == pytest.approx(m.body_mass_kg, abs=0.01)
     assert [c.pain for _, c in state.checkins] == [p for _, p, _ in m.pain] == [0, 6]
     assert state.pending_checkins == m.pending_checkins and len(state.pending_checkins) >= 2
-    assert [type(e) for _, e in state.safety_events] == [mk.SafetyStop]
+    assert [type(e) for _, e in state.safety_events] == [mk.BeltFault, mk.SafetyStop]
+    assert state.start_authorised is not None and state.start_authorised.source == "cli"
     assert state.alert.startswith("safety_stop: reason=force_timeout")
     # the frequent kinds are folded but not listed; everything else is, in order
     assert not any(e.FREQUENT for _, e in state.events)

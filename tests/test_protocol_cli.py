@@ -39,7 +39,7 @@ def test_keys_reach_a_real_session_object():
                       SessionSettings(lab_id="keys", participant_id="P1", steps_source_id="s"))
     console = Console(None, quiet=True, out=io.StringIO())
     console.session = session
-    for ch in "prscq":
+    for ch in "gprscq":
         console.key(ch)
     for ch in "7\n":
         console.key(ch)
@@ -47,9 +47,9 @@ def test_keys_reach_a_real_session_object():
     queued = []
     while not session._ops.empty():
         queued.append(session._ops.get_nowait())
-    assert [name for name, _ in queued] == [op.OP_PAUSE, op.OP_RESUME, op.OP_SKIP, op.OP_CHECKIN,
-                                           op.OP_ABORT, op.OP_PAIN, op.OP_EMERGENCY_STOP]
-    assert queued[5][1]["pain"] == 7
+    assert [name for name, _ in queued] == [op.OP_START, op.OP_PAUSE, op.OP_RESUME, op.OP_SKIP,
+                                           op.OP_CHECKIN, op.OP_ABORT, op.OP_PAIN, op.OP_EMERGENCY_STOP]
+    assert queued[6][1]["pain"] == 7
     assert all(f["source"] == "cli" for _, f in queued)
     assert console.emergency_stops == 1
     assert math.isfinite(session._estop_sent_at)
@@ -133,7 +133,11 @@ def test_plan_records_the_programme_session_and_all_streams(tmp_path):
     rec = next(r.kwargs["settings"] for r in the_plan.roles if r.name == "recorder")
     assert rec.session_number == 6 and the_plan.session_file.name.startswith("P3_s6_")
     assert {"labsuite-session-plan-markers", "labsuite-session-plan-commands",
-            "labsuite-steps-plan", "labsuite-sim-plan-fp-left"} <= set(rec.source_ids)
+            "labsuite-steps-plan", "labsuite-sim-plan-fp-left", "labsuite-sim-plan-treadmill",
+            "labsuite-sim-plan-treadmill-events"} <= set(rec.source_ids)
+    # the session holds the belt it commands against the one the treadmill reports
+    assert the_plan.session.treadmill_source_id == "labsuite-sim-plan-treadmill"
+    assert the_plan.session.auto_start is None  # the operator starts the belt unless told
     assert the_plan.session.force_source_ids == ("labsuite-sim-plan-fp-left", "labsuite-sim-plan-fp-right")
     assert the_plan.session.programme_session == 6
     restart = {r.name: r.restart for r in the_plan.roles}

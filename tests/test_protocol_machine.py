@@ -20,8 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 TICK_S = 0.05
 
 
-def protocol(stages: str, extra: str = "") -> object:
-    text = f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n{extra}\nstages:\n{stages}"
+def protocol(stages: str, extra: str = "", auto_start: bool = True) -> object:
+    # auto_start: most sessions here are scripted (the operator's Start has tests of its own)
+    text = (f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n"
+            f"auto_start: {str(auto_start).lower()}\n{extra}\nstages:\n{stages}")
     return parse_protocol(text, "test.yaml")
 
 
@@ -38,6 +40,9 @@ class Lab:
         self.actions = list(machine.start(t0))
         self.stepping = True
         self.force = True
+        self.force_n = 700.0  # 71.4 kg on the plates
+        # the treadmill's measured speed at a time (None: no treadmill samples arrive)
+        self.belt = None
 
     def run(self, seconds: float) -> list:
         out = []
@@ -63,7 +68,10 @@ class Lab:
             else:
                 self.next_strike = self.t + 60.0 / self.cadence_spm
             if self.force:
-                out += self.m.note_force(self.t, 700.0)
+                out += self.m.note_force(self.t, self.force_n)
+            if self.belt is not None:
+                v = self.belt(self.t)
+                out += self.m.note_belt(np.array([self.t]), np.array([[v, v]]))
             out += self.m.feed(self.t, steps)
         self.actions += out
         return out
@@ -94,7 +102,8 @@ BASE_PLUS = """\
 
 def test_full_session_measures_baseline_sets_targets_and_records_stages():
     m = SessionMachine(parse_protocol(
-        f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n{NO_CHECKINS}\nstages:\n{BASE_PLUS}"))
+        f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n{NO_CHECKINS}\nstages:\n{BASE_PLUS}"),
+        auto_start="--auto-start")
     lab = Lab(m, cadence_spm=160.0)
     lab.run(4.0 + 20.0 + 0.2)
     assert m.stage.name == "up"
@@ -189,7 +198,7 @@ def test_programme_session_overrides_duration_and_fading():
         p.for_session(None)
     with pytest.raises(ConfigError, match=r"sessions 1\.\.8"):
         p.for_session(9)
-    m = SessionMachine(s6, programme_session=6)
+    m = SessionMachine(s6, programme_session=6, auto_start="test")
     (start,) = events(m.start(0.0), "session_start")
     assert start["programme_session"] == 6 and start["programme_sessions"] == 8
 
@@ -338,3 +347,124 @@ def test_tibial_shock_and_loading_rate_targets_are_scored():
     assert s["tibial_below_max_fraction"] == pytest.approx(n_fast / (n_slow + n_fast), abs=0.05)
     assert s["valr_below_max_fraction"] == pytest.approx(s["tibial_below_max_fraction"])
     assert math.isnan(rec.target_cadence_spm)
+
+
+WEIGH_THEN_RUN = """\
+  - {name: stand, kind: quiet_standing, duration_s: 4}
+  - {name: base, kind: baseline, duration_s: 60, measure_last_steps: 200}
+"""
+
+
+def test_the_belt_waits_for_the_operators_start():
+    m = SessionMachine(parse_protocol(f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n"
+                                      f"{NO_CHECKINS}\nstages:\n{WEIGH_THEN_RUN}"))
+    lab = Lab(m)
+    lab.run(10.0)
+    assert m.stage.name == "base" and m.awaiting_start and m.paused
+    assert commands(lab.actions, "speed") == [] and m.belt_speed_m_s(lab.t) == 0.0
+    assert events(lab.actions, "awaiting_start") == [
+        {"event": "awaiting_start", "stage": "base", "speed_m_s": 3.0}]
+    assert m.live()["time_left_s"] == 60.0  # the stage clock waits too
+    lab.actions += m.resume(lab.t, source="cli")  # resume is not Start
+    assert m.awaiting_start and commands(lab.actions, "speed") == []
+    lab.actions += m.start_belt(lab.t, source="gui")
+    assert not m.paused and commands(lab.actions, "speed")[0]["right_m_s"] == 3.0
+    (auth,) = events(lab.actions, "start_authorised")
+    assert auth == {"event": "start_authorised", "source": "gui", "auto": False, "stage": "base"}
+    assert m.view.start_authorised is not None and not m.view.awaiting_start
+    lab.run(61.0)
+    assert m.end_reason == "completed"
+
+
+@pytest.mark.parametrize("auto, field", [("--auto-start", ""), (None, "auto_start: true")])
+def test_auto_start_lets_a_scripted_study_start_the_belt_and_says_so(auto, field):
+    m = SessionMachine(parse_protocol(f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n"
+                                      f"{field}\n{NO_CHECKINS}\nstages:\n{WEIGH_THEN_RUN}"),
+                       auto_start=auto)
+    lab = Lab(m)
+    lab.run(4.2)
+    assert not m.awaiting_start and commands(lab.actions, "speed")
+    (auth,) = events(lab.actions, "start_authorised")
+    assert auth == {"event": "start_authorised", "source": auto or "protocol", "auto": True,
+                    "stage": "base"}
+    assert events(lab.actions, "awaiting_start") == []
+
+
+@pytest.mark.parametrize("force_n, given_kg, says", [
+    (0.0, None, "measured 0.0 kg"),  # empty plates
+    (3000.0, None, "measured 305.9 kg"),
+    (800.0, 70.0, "more than 10 % from the given 70.0 kg"),  # 81.6 kg
+])
+def test_an_implausible_weigh_in_stops_before_the_belt_moves(force_n, given_kg, says):
+    m = SessionMachine(protocol(WEIGH_THEN_RUN, NO_CHECKINS), expected_mass_kg=given_kg)
+    lab = Lab(m)
+    lab.force_n = force_n
+    lab.run(6.0)
+    assert m.end_reason == "safety_stop:implausible_weight"
+    assert commands(lab.actions, "speed") == []
+    (stop,) = events(lab.actions, "safety_stop")
+    assert stop["reason"] == "implausible_weight" and says in stop["detail"]
+    assert [r.name for r in m.records] == ["stand"]  # the belt stage never began
+
+
+def test_a_plausible_weigh_in_within_10_percent_of_the_given_mass_goes_on():
+    m = SessionMachine(protocol(WEIGH_THEN_RUN, NO_CHECKINS), expected_mass_kg=66.0)
+    lab = Lab(m)
+    lab.run(5.0)  # 71.4 kg measured, 8 % above 66 kg
+    assert not m.finished and m.stage.name == "base" and commands(lab.actions, "speed")
+    assert m.body_mass_kg == pytest.approx(700.0 / 9.80665)
+
+
+def test_an_uncommanded_belt_stop_pauses_the_stage_and_its_steps_are_left_out_of_the_baseline():
+    m = SessionMachine(protocol("  - {name: base, kind: baseline, duration_s: 60, measure_last_steps: 200}\n",
+                                NO_CHECKINS), belt_feedback=True)
+    lab = Lab(m)
+    lab.belt = lambda t: m.belt_speed_m_s(t - 0.3)  # the belt follows the commands, late
+    lab.run(20.0)
+    assert events(lab.actions, "belt_fault") == []  # the commanded ramp is no fault
+    t_fault = lab.t
+    # the controller stops the belt by itself; the participant slows down with it
+    lab.belt = lambda t: max(0.0, 3.0 - 0.5 * (t - t_fault))
+    lab.cadence_spm = 120.0
+    out = lab.run(2.0)
+    (fault,) = events(out, "belt_fault")
+    assert fault["reason"] == "off_speed" and fault["commanded_m_s"] == 3.0
+    assert fault["measured_m_s"] < 2.75 and fault["steps_left_out"] >= 1
+    assert t_fault - 0.1 <= fault["since_s"] <= t_fault + 0.1
+    assert m.paused and m.live()["pause_reason"] == "belt_fault"
+    assert events(out, "operator_decision_required")[0]["reason"] == "belt_fault"
+    assert [c["cmd"] for c in commands(out)] == ["stop"]
+    assert m.view.safety_events[-1][1].event == "belt_fault"
+    lab.run(5.0)
+    assert len(events(lab.actions, "belt_fault")) == 1  # one fault, one event
+    lab.belt = lambda t: m.belt_speed_m_s(t - 0.3)
+    lab.cadence_spm = 160.0
+    lab.actions += m.resume(lab.t)
+    lab.run(45.0)
+    assert m.end_reason == "completed" and len(events(lab.actions, "belt_fault")) == 1
+    (base,) = events(lab.actions, "baseline")
+    # every step at 120 spm was taken while the belt was off its speed: none is in the baseline
+    assert base["cadence_spm"] == pytest.approx(160.0, abs=0.01)
+    summary = json.loads(m.records[0].summary_json)
+    # those taken back at the fault, and those struck later while it lasted
+    assert summary["belt_faults"] == 1 and summary["steps_off_speed"] > fault["steps_left_out"]
+    assert summary["n_steps"] == base["n_steps"]
+
+
+def test_the_treadmill_drivers_own_stop_and_a_silent_treadmill_are_belt_faults():
+    m = SessionMachine(protocol("  - {name: base, kind: baseline, duration_s: 60}\n", NO_CHECKINS),
+                       belt_feedback=True)
+    lab = Lab(m)
+    lab.belt = lambda t: m.belt_speed_m_s(t - 0.3)
+    lab.run(10.0)
+    out = m.note_treadmill_event(lab.t, "treadmill_watchdog_stop", "no session heartbeat sent for 0.52 s")
+    (fault,) = events(out, "belt_fault")
+    assert fault["reason"] == "treadmill_watchdog_stop" and m.paused
+    lab.actions += out + m.resume(lab.t)
+    lab.run(10.0)
+    lab.belt = None  # the driver died: no more belt speeds
+    t_quiet = lab.t
+    out = lab.run(1.5)
+    (fault,) = events(out, "belt_fault")
+    assert fault["reason"] == "treadmill_silent" and m.paused
+    assert 1.0 < out[0].t_s - t_quiet <= 1.0 + 2 * TICK_S

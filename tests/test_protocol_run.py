@@ -71,7 +71,8 @@ def cadence_of(strikes: np.ndarray) -> float:
 
 def test_cadence_protocol_end_to_end(tmp_path, uid):
     options = RunOptions(protocol_path=write(tmp_path, E2E), participant_id="P07", simulate=True,
-                         out_dir=tmp_path / "out", lab_id=uid, connect_timeout_s=60.0)
+                         out_dir=tmp_path / "out", lab_id=uid, connect_timeout_s=60.0,
+                         auto_start=True)
     result = run_protocol(options)
     assert result.end_reason == "completed", result.log[-10:]
     stand, base, fast = result.records
@@ -94,6 +95,9 @@ def test_cadence_protocol_end_to_end(tmp_path, uid):
         for needed in ("session_start", "stage_start", "stage_end", "metronome", "beat", "cue",
                        "checkin_request", "baseline", "body_weight", "session_end"):
             assert needed in events, needed
+        (auth,) = [t for t in texts if t.get("event") == "start_authorised"]
+        assert auth["auto"] is True and auth["source"] == "--auto-start"
+        assert "belt_fault" not in events  # the belt ran as commanded throughout
         beat_t = np.array([t for t, e in zip(times, events, strict=True) if e == "beat"])
         assert len(beat_t) == pytest.approx((fast.end_s - fast.start_s) * target / 60, abs=3)
         assert np.median(np.diff(beat_t)) == pytest.approx(60 / target, rel=1e-3)
@@ -147,7 +151,7 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
         threading.Thread(target=killer, daemon=True).start()
 
     options = RunOptions(protocol_path=write(tmp_path, KILL), participant_id="P08", simulate=True,
-                         out_dir=tmp_path / "out", lab_id=uid)
+                         out_dir=tmp_path / "out", lab_id=uid, auto_start=True)
     result = run_protocol(options, on_action=on_action, supervisor_hook=hook)
     assert "killed_at" in holder
     assert result.end_reason == "safety_stop:force_timeout"
@@ -206,7 +210,7 @@ def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
     out = b""
     try:
         deadline = time.monotonic() + 100
-        sent = False
+        sent = started = False
         while time.monotonic() < deadline and proc.poll() is None:
             ready, _, _ = select.select([master], [], [], 0.2)
             if ready:
@@ -214,9 +218,14 @@ def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
                     out += os.read(master, 4096)
                 except OSError:
                     break
-            if not sent and b"== stage 1" in out:
+            if not started and b"press g to start" in out:
+                # the belt waits for the operator: nothing moves before the key
+                time.sleep(1.0)
+                os.write(master, b"g")  # one key, no Enter: the terminal is in cbreak mode
+                started = True
+            if started and not sent and b"belt start: by cli" in out:
                 time.sleep(3.0)
-                os.write(master, b"e")  # one key, no Enter: the terminal is in cbreak mode
+                os.write(master, b"e")
                 sent = True
         proc.wait(30)
         while True:
@@ -236,7 +245,7 @@ def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
             proc.wait(10)
         os.close(master)
     text = out.decode(errors="replace")
-    assert sent, text[-2000:]
+    assert started and sent, text[-2000:]
     assert "EMERGENCY STOP sent" in text
     assert "session ended: emergency_stop" in text
     assert proc.returncode == 3
@@ -250,3 +259,99 @@ def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
         t_e = cmds.timestamps[names.index("emergency_stop")]
         speed_after = belt.data[belt.timestamps > t_e + 1.0, 0]
         assert speed_after.max() < 0.05
+        # the belt stood still until the operator's key, then ran
+        texts = [json.loads(t) for t in f.markers["text"]]
+        (auth,) = [(t, m) for t, m in zip(f.markers["time_s"], texts, strict=True)
+                   if m.get("event") == "start_authorised"]
+        assert auth[1]["source"] == "cli" and auth[1]["auto"] is False
+        t_go = cmds.timestamps[names.index("speed")]
+        assert t_go >= auth[0] and "speed" not in names[:names.index("speed")]
+        assert belt.data[belt.timestamps < auth[0], 0].max() == 0.0
+        assert belt.data[(belt.timestamps > t_go + 1.0) & (belt.timestamps < t_e), 0].max() > 1.0
+
+
+ESTOP_BUTTON = """\
+schema: labsuite-protocol/1
+name: hardware-estop
+speed_m_s: 3.0
+auto_start: true
+safety: {accel_m_s2: 1.5, force_timeout_s: 1.0}
+checkins: {at_start: false, at_stage_boundaries: false}
+simulation: {mode: run, preferred_cadence_spm: 165}
+stages:
+  - {name: base, kind: baseline, duration_s: 30, measure_last_steps: 60}
+"""
+
+
+def test_a_belt_stop_nobody_commanded_pauses_the_baseline_is_recorded_and_left_out(tmp_path, uid):
+    """The simulated treadmill's own e-stop button during a baseline: the session sees the belt stop."""
+    import signal
+
+    holder: dict = {}
+    moving, faulted = threading.Event(), threading.Event()
+
+    def on_action(action):
+        if action.name == "stage_start":
+            moving.set()
+        if action.name == "belt_fault":
+            holder["fault"] = action.fields
+            faulted.set()
+
+    def hook(supervisor):
+        def presser():
+            if moving.wait(90):
+                time.sleep(8.0)  # belt at speed (2 s ramp), participant running
+                holder["pressed_at"] = time.monotonic()
+                os.kill(supervisor.pid("sim-treadmill"), signal.SIGUSR1)
+            if faulted.wait(20):
+                holder["detected_after_s"] = time.monotonic() - holder["pressed_at"]
+                time.sleep(5.0)  # the belt has stopped and the e-stop let go: the operator resumes
+                holder["session"].resume(source="test")
+        threading.Thread(target=presser, daemon=True).start()
+
+    options = RunOptions(protocol_path=write(tmp_path, ESTOP_BUTTON), participant_id="P10",
+                         simulate=True, out_dir=tmp_path / "out", lab_id=uid)
+    result = run_protocol(options, on_action=on_action, supervisor_hook=hook,
+                          on_session=lambda session: holder.update(session=session))
+    assert "fault" in holder, result.log[-40:]
+    assert result.end_reason == "completed", result.log[-10:]
+    fault = holder["fault"]
+    assert fault["reason"] == "off_speed" and fault["commanded_m_s"] == 3.0
+    assert holder["detected_after_s"] < 2.0
+    with open_session(result.session_file) as f:
+        texts = [json.loads(t) for t in f.markers["text"]]
+        times = np.asarray(f.markers["time_s"])
+        kinds = [t.get("event") for t in texts]
+        assert kinds.count("belt_fault") == 1  # marker in the file
+        assert {"event": "paused", "reason": "belt_fault", "stage": "base"} in texts
+        t_resumed = float(times[kinds.index("resumed")])
+        t_fault = float(times[kinds.index("belt_fault")])
+        # the belt really stopped then: the recorded treadmill stream says so
+        belt = f.stream(f"labsuite-sim-{uid}-treadmill")
+        speed = belt.data[:, 0]
+        assert speed[(belt.timestamps > t_fault + 1.5) & (belt.timestamps < t_resumed)].max() < 0.05
+        assert speed[(belt.timestamps > t_fault - 3.0) & (belt.timestamps < fault["since_s"])].min() > 2.9
+        # the baseline, recomputed from the file's steps without those struck off speed
+        (base,) = [t for t in texts if t.get("event") == "baseline"]
+        (stage,) = f.stages
+        steps = f.steps
+        strikes = steps["strike_s"]
+        in_stage = (strikes >= stage.start_s) & (strikes < stage.end_s)
+        off = (strikes >= fault["since_s"]) & (strikes < t_resumed)
+        assert np.count_nonzero(in_stage & off) >= 3  # there were steps to leave out
+        assert base["n_steps"] == 60  # measure_last_steps
+
+        def cadences(rows: np.ndarray) -> list[float]:
+            # the last 60 steps the session had when the stage ended: the file may hold a few
+            # more struck just before the end that arrived after it
+            out = []
+            for late in range(5):
+                window = rows[len(rows) - 60 - late:len(rows) - late]["step_s"]
+                window = window[np.isfinite(window) & (window > 0)]
+                out.append(60.0 / float(np.mean(window)))
+            return out
+
+        assert min(abs(c - base["cadence_spm"]) for c in cadences(steps[in_stage & ~off])) < 1e-9
+        assert min(abs(c - base["cadence_spm"]) for c in cadences(steps[in_stage])) > 1e-6
+        summary = json.loads(stage.summary_json)
+        assert summary["belt_faults"] == 1 and summary["steps_off_speed"] >= 1

@@ -135,7 +135,7 @@ def make_rig(uid, text):
     lab = FakeLab(uid)
     session = Session(parse_protocol(text), SessionSettings(
         lab_id=uid, participant_id="P01", steps_source_id=f"{uid}-steps",
-        force_source_ids=(f"{uid}-fp",), settle_s=0.5))
+        force_source_ids=(f"{uid}-fp",), auto_start="--auto-start", settle_s=0.5))
     session.open()
     missing = session.wait_ready(60.0)
     assert missing == [], (missing, session.log)

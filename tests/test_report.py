@@ -85,7 +85,8 @@ def record_session(path: str | os.PathLike[str], *, session: int = 1, participan
     SIGKILLs itself at this session time after the writer's last flush (the file is never closed).
     """
     protocol = parse_protocol(protocol_text, "report-test.yaml").for_session(session)
-    machine = SessionMachine(protocol, programme_session=session, participant=participant)
+    machine = SessionMachine(protocol, programme_session=session, participant=participant,
+                             auto_start="--auto-start")
     ps = gait.ParticipantSettings(mass_kg=MASS_KG, mode="run", speed_m_s=0.0, seed=seed,
                                   preferred_cadence_spm=preferred_spm)
     planner = gait.GaitPlanner(ps, T0_S)
@@ -727,7 +728,7 @@ def test_report_on_a_labsuite_run_simulate_recording(tmp_path, uid, capsys):
     lab_id = uid.replace("test-", "rep")
     cmd = [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "R01", "--simulate",
            "--headless", "--out", str(out), "--lab-id", lab_id, "--pain-script", "0,1",
-           "--mass-kg", "70", "--quiet", "--connect-timeout", "60"]
+           "--mass-kg", "70", "--quiet", "--connect-timeout", "60", "--auto-start"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=330, stdin=subprocess.DEVNULL)
     files = sorted(out.glob("*.h5"))
     # exit 3: the session ran but a rule ended it early (on a loaded machine, e.g. the force

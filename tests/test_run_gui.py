@@ -22,7 +22,8 @@ def test_run_with_gui_completes_and_writes_the_session(tmp_path, uid):
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     out = subprocess.run(
         [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "G01", "--simulate",
-         "--gui", "--out", str(tmp_path / "s"), "--quiet", "--lab-id", uid, "--pain-script", "0"],
+         "--gui", "--out", str(tmp_path / "s"), "--quiet", "--lab-id", uid, "--pain-script", "0",
+         "--auto-start"],
         capture_output=True, text=True, timeout=110, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "session ended: completed" in out.stdout

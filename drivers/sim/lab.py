@@ -11,6 +11,7 @@ own clock grid, so killing one device leaves the others running, as in a real la
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -362,9 +363,17 @@ class SimCamera(_GridDevice):
 
 
 class SimTreadmill(TreadmillDriver):
-    """A treadmill whose belts ramp in software; obeys the session's commands and heartbeat."""
+    """A treadmill whose belts ramp in software; obeys the session's commands and heartbeat.
+
+    :meth:`press_estop` is the red button on the treadmill itself (SIGUSR1 to the driver's
+    process, see :func:`run_device`): the controller brakes at ``ESTOP_DECEL_M_S2`` and ignores
+    remote commands for ``ESTOP_HOLD_S``; the driver and the session are not told, as on a real
+    treadmill: only the measured speed shows it.
+    """
 
     MODEL = SIMULATED_TREADMILL
+    ESTOP_DECEL_M_S2 = 3.0
+    ESTOP_HOLD_S = 3.0
 
     def __init__(self, settings: SimLabSettings) -> None:
         super().__init__(TreadmillSettings(source_id=settings.source_id("treadmill"),
@@ -374,6 +383,7 @@ class SimTreadmill(TreadmillDriver):
             else settings.initial_speed_m_s
         self._ramp = BeltRamp(speed, speed, 0.0)
         self._last_advance: float | None = None
+        self._estop_until = -float("inf")  # monotonic time the hardware e-stop lets go
 
     def _connect(self) -> None:
         self._last_advance = time.monotonic()
@@ -383,7 +393,16 @@ class SimTreadmill(TreadmillDriver):
 
     def _send_belt_command(self, right_m_s: float, left_m_s: float, accel_m_s2: float,
                            incline_deg: float) -> None:
+        if time.monotonic() < self._estop_until:
+            log.warning("simulated treadmill: command ignored, the hardware e-stop is pressed")
+            return
         self._ramp.set_target(right_m_s, left_m_s, accel_m_s2, incline_deg)
+
+    def press_estop(self) -> None:
+        """The treadmill's own e-stop button: brake to a stop, ignore commands for a while."""
+        log.warning("simulated treadmill: hardware e-stop pressed")
+        self._estop_until = time.monotonic() + self.ESTOP_HOLD_S
+        self._ramp.set_target(0.0, 0.0, self.ESTOP_DECEL_M_S2, self._ramp.incline_deg)
 
     def _read_state(self, timeout_s: float) -> BeltState | None:
         now = time.monotonic()
@@ -410,6 +429,9 @@ def run_device(stop: Any, settings: SimLabSettings, device: str) -> None:
     """Device role: run one simulated device under the DriverRunner until ``stop`` is set."""
     driver = make_driver(settings, device)
     command_source = settings.session_commands_source_id if device == "treadmill" else None
+    if isinstance(driver, SimTreadmill):
+        # a fault to inject from outside (tests, scripts/fault_matrix.py): the hardware e-stop
+        signal.signal(signal.SIGUSR1, lambda *_: driver.press_estop())
     runner = DriverRunner(driver, command_source_id=command_source)
     watcher = threading.Thread(target=lambda: (stop.wait(), runner.stop()), daemon=True)
     watcher.start()

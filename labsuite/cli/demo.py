@@ -1,7 +1,8 @@
 """``labsuite demo``: run ``protocols/demo.yaml`` on the simulated lab, write the file, print the summary.
 
-About two minutes, unattended (every pain check-in is answered 0), LSL kept on this machine.
-The same as ``labsuite run protocols/demo.yaml --participant DEMO --simulate --headless``.
+About two minutes, unattended (every pain check-in is answered 0, the belt starts by itself), LSL
+kept on this machine. The same as ``labsuite run protocols/demo.yaml --participant DEMO
+--simulate --headless --auto-start``; with ``--gui`` the operator starts the belt (Start button).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--participant", default="DEMO", metavar="ID", help="participant id")
     parser.add_argument("--quiet", action="store_true", help="summary only, no progress lines")
     parser.add_argument("--gui", action="store_true",
-                        help="open the operator console and the participant display")
+                        help="open the operator console and the participant display (press its "
+                             "Start button to run the belt)")
 
 
 def demo_protocol_path() -> Path:
@@ -45,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     from labsuite.lab.run import RunOptions
 
     options = RunOptions(protocol_path=demo_protocol_path(), participant_id=args.participant,
-                         simulate=True, out_dir=args.out)
+                         simulate=True, out_dir=args.out, auto_start=not args.gui)
     return execute(options, pain_script=[0], quiet=args.quiet, gui=args.gui)

@@ -23,7 +23,8 @@ from labsuite import markers as mk
 COMMAND = "run"
 HELP = "run a protocol session end to end: drivers, processor, recorder and the stage machine"
 
-KEYS_HELP = ("keys: [e]/[space] EMERGENCY STOP  [p]ause  [r]esume  [s]kip stage  [q] abort  "
+KEYS_HELP = ("keys: [e]/[space] EMERGENCY STOP  [g]o: start the belt  [p]ause  [r]esume  [s]kip stage  "
+             "[q] abort  "
              "[c]heck-in  pain: digits then Enter")
 
 
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answers to the pain check-ins in order, e.g. '0,0,1' (the last one "
                              "repeats), or a file with one number per line: for unattended runs")
     parser.add_argument("--no-record", action="store_true", help="do not write a session file")
+    parser.add_argument("--auto-start", action="store_true",
+                        help="start the belt without the operator's Start (key g, the console's "
+                             "Start button), for scripted studies; recorded in the session file")
     parser.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
                         help="how long to wait for devices and processor (default 60 s)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, summary only")
@@ -148,6 +152,16 @@ class Console:
             self._checkin(m.id, m.reason)
         elif isinstance(m, mk.Checkin):
             self.say(f"   pain {m.pain}/10 recorded (rule: {m.action})")
+        elif isinstance(m, mk.AwaitingStart):
+            self.say(f"!! the belt waits for you: press g to start it ({m.stage}, {m.speed_m_s:g} m/s) "
+                     "or q to end the session")
+        elif isinstance(m, mk.StartAuthorised):
+            self.say(f"   belt start: {'automatic, ' if m.auto else ''}by {m.source}")
+        elif isinstance(m, mk.BeltFault):
+            self.say(f"!! BELT FAULT ({m.reason}): {m.detail}")
+        elif isinstance(m, mk.DecisionRequired) and m.reason == "belt_fault":
+            self.say("!! PAUSED: the belt left its commanded speed; check the participant and the "
+                     "treadmill, then press r to resume or q to end the session")
         elif isinstance(m, mk.DecisionRequired):
             self.say(f"!! PAUSED for pain {m.pain}: press r to resume or q to end the session")
         elif isinstance(m, (mk.Paused, mk.Resumed, mk.Operator)):
@@ -209,6 +223,8 @@ class Console:
                     s.answer_pain(value, source="cli")
                 else:
                     self.say(f"   pain {value}? expected 0-10")
+        elif ch == "g":
+            s.start_belt(source="cli")
         elif ch == "p":
             s.pause(source="cli")
         elif ch == "r":
@@ -325,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
         protocol_path=Path(args.protocol), participant_id=args.participant, simulate=args.simulate,
         out_dir=args.out, programme_session=args.session, lab_file=args.lab, lab_id=args.lab_id,
         mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record,
+        auto_start=args.auto_start,
         connect_timeout_s=args.connect_timeout)
     return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet,
                    gui=args.gui)

@@ -117,12 +117,12 @@ class OperatorWindow(QtWidgets.QMainWindow):
                                self.skip_button, self.abort_button)):
             buttons.addWidget(b, i // 3, i % 3)
         buttons.addWidget(self.estop_button, 2, 0, 1, 3)
-        has_start = "start" in op.OPERATOR_COMMANDS
-        self.start_button.setEnabled(has_start and console is not None)
-        if not has_start:
-            self.start_button.setToolTip("the session is started by `labsuite run`; this session "
-                                         "has no 'start' operator command")
-        self.start_button.clicked.connect(lambda: self._send("start"))
+        # enabled while the belt waits for the operator (_draw_stage): it never starts by itself
+        self.start_button.setEnabled(False)
+        self.start_button.setToolTip("starts the belt when the session waits for you (the stage "
+                                     "about to run the belt)")
+        self.start_button.setStyleSheet("font-weight: bold")
+        self.start_button.clicked.connect(lambda: self._send(op.OP_START))
         self.pause_button.clicked.connect(lambda: self._send(op.OP_PAUSE))
         self.resume_button.clicked.connect(lambda: self._send(op.OP_RESUME))
         self.skip_button.clicked.connect(lambda: self._send(op.OP_SKIP))
@@ -287,7 +287,11 @@ class OperatorWindow(QtWidgets.QMainWindow):
         v = snap.session
         state = {"waiting": "waiting for the session", "running": "RUNNING", "paused": "PAUSED",
                  "finished": f"SESSION ENDED ({v.end_reason})"}.get(v.state, v.state)
+        if v.awaiting_start and v.state == "paused":
+            state = "WAITING FOR START: press Start to run the belt"
         self.state_label.setText(state)
+        self.start_button.setEnabled(self.console is not None and v.awaiting_start
+                                     and v.state == "paused")
         if v.stage_index >= 0 and v.state != "finished":
             if snap.stage_step_limit:
                 left = f"{max(0, snap.stage_step_limit - snap.stage_steps)} steps left"

@@ -43,6 +43,7 @@ class RunOptions:
     mass_kg: float | None = None
     speed_m_s: float | None = None
     record: bool = True
+    auto_start: bool = False  # --auto-start: the belt starts without the operator's Start
     connect_timeout_s: float = 60.0
     settle_s: float = 2.0
     sim_overrides: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +103,14 @@ def body_mass_kg(protocol: Protocol, options: RunOptions) -> float:
                       "protocol (the processor normalises forces by body weight from the start)")
 
 
+def given_mass_kg(protocol: Protocol, options: RunOptions) -> float | None:
+    """The mass the weigh-in is checked against: --mass-kg or the protocol's (None: neither)."""
+    if options.mass_kg is not None:
+        return float(options.mass_kg)
+    mass = protocol.participant.body_mass_kg
+    return None if mass is None else float(mass)
+
+
 @dataclass(frozen=True)
 class LabStreams:
     """The source_ids of a run's streams: plates by belt, IMUs by side, treadmill, others, steps."""
@@ -142,8 +151,10 @@ def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None)
     session_file = None
     if options.record:
         session_file = _session_file(options)
-        sources = (*streams.plates.values(), *streams.imus.values(), streams.treadmill, *streams.extra,
-                   streams.steps, ids.markers_source_id(lab_id), ids.commands_source_id(lab_id))
+        treadmill_events = ids.treadmill_events_source_id(streams.treadmill) if streams.treadmill else None
+        sources = (*streams.plates.values(), *streams.imus.values(), streams.treadmill, treadmill_events,
+                   *streams.extra, streams.steps, ids.markers_source_id(lab_id),
+                   ids.commands_source_id(lab_id))
         rec = RecorderSettings(
             participant_id=options.participant_id, path=session_file,
             source_ids=tuple(s for s in sources if s), wait_s=2.0, mass_kg=mass,
@@ -155,6 +166,9 @@ def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None)
     session = SessionSettings(lab_id=lab_id, participant_id=options.participant_id,
                               steps_source_id=streams.steps,
                               force_source_ids=tuple(streams.plates.values()),
+                              treadmill_source_id=streams.treadmill,
+                              auto_start="--auto-start" if options.auto_start else None,
+                              mass_kg=given_mass_kg(protocol, options),
                               programme_session=options.programme_session,
                               connect_timeout_s=options.connect_timeout_s, settle_s=options.settle_s)
     the_plan = Plan(lab_id, tuple(roles), streams, session, session_file)

@@ -17,6 +17,7 @@ import numpy as np
 from labsuite import markers as mk
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError
+from labsuite.protocol.belt import BeltPlan, BeltWatch, OffSpeed
 from labsuite.protocol.schema import (
     BaselineStage,
     CadenceStage,
@@ -30,6 +31,15 @@ from labsuite.streams import messages as msg
 DEFAULT_BAND_PERCENT = 3.0
 SUMMARY_LAST_STEPS = 30
 MIN_BASELINE_STEPS = 5
+# A weigh-in outside this range, or further than WEIGH_IN_TOLERANCE from the given mass, stops the
+# session before the belt moves (empty plates, a participant half off them, a wrong file).
+WEIGH_IN_RANGE_KG = (20.0, 250.0)
+WEIGH_IN_TOLERANCE = 0.10
+# The emergency stop's ramp as the session counts it: at once (the treadmill brakes at its own rate).
+_AT_ONCE_M_S2 = 1e6
+
+PAUSE_AWAITING_START = "awaiting_start"
+PAUSE_BELT_FAULT = "belt_fault"
 
 STATE_IDLE = "idle"
 STATE_RUNNING = "running"
@@ -66,10 +76,41 @@ class _Stats:
     """Steps seen in the current stage (arrays grow by concatenation: a few per second)."""
 
     steps: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=STEP_DTYPE))
-    in_band: list[bool] = field(default_factory=list)
+    # (strike time, verdict) per scored step, so steps can be taken back by strike time
+    in_band: list[tuple[float, bool]] = field(default_factory=list)
     consecutive_in_band: int = 0
-    below_valr: list[bool] = field(default_factory=list)
-    below_tibial: list[bool] = field(default_factory=list)
+    below_valr: list[tuple[float, bool]] = field(default_factory=list)
+    below_tibial: list[tuple[float, bool]] = field(default_factory=list)
+    # intervals (start, end; end inf while open) whose steps are not the stage's: pauses, and
+    # the belt off its commanded speed (``off_speed`` True)
+    left_out: list[tuple[float, float, bool]] = field(default_factory=list)
+    steps_off_speed: int = 0
+    belt_faults: int = 0
+
+    def keep(self, steps: np.ndarray) -> tuple[np.ndarray, int]:
+        """The steps struck outside every left-out interval, and how many off speed were dropped."""
+        keep = np.ones(len(steps), dtype=bool)
+        off = np.zeros(len(steps), dtype=bool)
+        for t0, t1, off_speed in self.left_out:
+            inside = (steps["strike_s"] >= t0) & (steps["strike_s"] < t1)
+            keep &= ~inside
+            if off_speed:
+                off |= inside
+        return steps[keep], int(np.count_nonzero(off))
+
+    def take_back(self, since_s: float) -> int:
+        """Forget the steps struck from ``since_s`` on (the belt was off speed); return how many."""
+        gone = self.steps["strike_s"] >= since_s
+        self.steps = self.steps[~gone]
+        for name in ("in_band", "below_valr", "below_tibial"):
+            setattr(self, name, [(t, v) for t, v in getattr(self, name) if t < since_s])
+        self.consecutive_in_band = 0
+        return int(np.count_nonzero(gone))
+
+    @staticmethod
+    def fraction(verdicts: list[tuple[float, bool]]) -> float:
+        """The fraction of verdicts that are True."""
+        return float(np.mean([v for _, v in verdicts]))
 
 
 def _finite_mean(values: np.ndarray) -> float:
@@ -99,7 +140,8 @@ class SessionMachine:
     """
 
     def __init__(self, protocol: Protocol, *, programme_session: int | None = None,
-                 participant: str = "") -> None:
+                 participant: str = "", auto_start: str | None = None,
+                 expected_mass_kg: float | None = None, belt_feedback: bool = False) -> None:
         self.protocol = protocol
         self.programme_session = programme_session
         self.participant = participant
@@ -114,6 +156,12 @@ class SessionMachine:
         self.baseline_tibial_g = math.nan
         self.body_mass_kg = math.nan if protocol.participant.body_mass_kg is None else float(
             protocol.participant.body_mass_kg)
+        # the mass the weigh-in is checked against: given to the run, else the protocol's
+        self.expected_mass_kg = float(expected_mass_kg) if expected_mass_kg is not None \
+            else self.body_mass_kg
+        # who lets the belt move without the operator's Start (None: the operator must press it)
+        self.auto_start = auto_start if auto_start else ("protocol" if protocol.auto_start else None)
+        self.start_authorised = False
         self.pain: list[tuple[float, int, str]] = []  # (time, pain 0-10, reason)
         self._checkin_id = 0
         self._pause_reason = ""
@@ -124,11 +172,11 @@ class SessionMachine:
         self._stats = _Stats()
         self._target_spm = math.nan
         self._band = (math.nan, math.nan)
-        # belt: last command as a ramp from ``_belt_from`` at ``_belt_t0`` towards ``_belt_to``
-        self._belt_from = 0.0
-        self._belt_to = 0.0
-        self._belt_t0 = 0.0
-        self._belt_rate = protocol.safety.accel_m_s2
+        # belt: every command as a ramp; with belt_feedback the treadmill's measured speed is
+        # compared with it (note_belt) and a change nobody commanded pauses the stage
+        self._plan = BeltPlan(protocol.safety.accel_m_s2)
+        self.belt_feedback = belt_feedback
+        self._belt_watch = BeltWatch(self._plan)
         self._moving_since = math.nan
         self._last_force_s = math.nan
         self._last_contact_s = math.nan
@@ -179,12 +227,12 @@ class SessionMachine:
 
     def belt_speed_m_s(self, now_s: float) -> float:
         """Return the belt speed expected from the commands sent (ramps included), m/s."""
-        dt = max(0.0, now_s - self._belt_t0)
-        delta = self._belt_to - self._belt_from
-        step = self._belt_rate * dt
-        if abs(delta) <= step:
-            return self._belt_to
-        return self._belt_from + math.copysign(step, delta)
+        return self._plan.at(now_s)
+
+    @property
+    def awaiting_start(self) -> bool:
+        """True while the belt waits for the operator's Start."""
+        return self.state == STATE_PAUSED and self._pause_reason == PAUSE_AWAITING_START
 
     def stage_time_left_s(self) -> float:
         """Active time left in the current stage (NaN when none)."""
@@ -212,6 +260,11 @@ class SessionMachine:
             "tibial_peak_g": _finite_mean(valid["tibial_peak_g"]),
             "feedback_on": bool(self._cue is not None and self._cue.feedback_on),
             "pause_reason": self._pause_reason,
+            "awaiting_start": self.awaiting_start,
+            "belt_measured_m_s": self._belt_watch.measured_m_s,
+            "belt_commanded_m_s": self._plan.at(self._last_s) if math.isfinite(self._last_s)
+            else math.nan,
+            "steps_off_speed": self._stats.steps_off_speed,
         }
 
     # ---- driving -------------------------------------------------------------------------------
@@ -245,8 +298,8 @@ class SessionMachine:
             if steps.dtype != STEP_DTYPE:
                 raise ConfigError(f"feed(): steps must have dtype STEP_DTYPE, got {steps.dtype}")
             self._last_contact_s = now_s
-            if self.state == STATE_RUNNING:
-                out += self._take_steps(now_s, steps)
+            # a step that arrives during a pause was struck before it (or is dropped as struck in it)
+            out += self._take_steps(now_s, steps)
         if self.state == STATE_PAUSED:
             self._paused_s += dt
             out += self._watchdogs(now_s)
@@ -272,6 +325,20 @@ class SessionMachine:
             self._force_samples.append(abs(vertical_force_n))
         return []
 
+    def note_belt(self, ts: np.ndarray, speeds_m_s: np.ndarray) -> list[Action]:
+        """Treadmill samples arrived: measured belt speeds (one column per belt) at times ``ts``."""
+        if self.state in (STATE_IDLE, STATE_FINISHED) or not len(ts):
+            return []
+        found = self._belt_watch.samples(ts, speeds_m_s)
+        return [] if found is None else self._belt_fault(float(ts[-1]), found)
+
+    def note_treadmill_event(self, t_s: float, kind: str, detail: str) -> list[Action]:
+        """The treadmill driver stopped the belt by itself (``kind``: its event, e.g. watchdog_stop)."""
+        if self.state in (STATE_IDLE, STATE_FINISHED):
+            return []
+        found = self._belt_watch.event(t_s, kind, detail)
+        return [] if found is None else self._belt_fault(t_s, found)
+
     # ---- operator ------------------------------------------------------------------------------
     def pause(self, now_s: float, *, reason: str = "operator", source: str = "api") -> list[Action]:
         """Pause: stage clock frozen, metronome off, belt ramped to a stop."""
@@ -281,24 +348,48 @@ class SessionMachine:
             return out
         self.state = STATE_PAUSED
         self._pause_reason = reason
+        self._stats.left_out.append((now_s, math.inf, False))
         out.append(self._marker(now_s, mk.Paused(reason=reason, stage=self.stage.name)))
         out += self._set_metronome(now_s, None)
         out += self._belt(now_s, 0.0)
         self._stats.consecutive_in_band = 0
         return out
 
-    def resume(self, now_s: float, *, source: str = "api") -> list[Action]:
-        """Resume after a pause: belt back to the stage speed, cues on again."""
-        out = [self._marker(now_s, mk.Operator(action="resume", source=source))]
-        if self.state != STATE_PAUSED:
+    def start_belt(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """The operator's Start: the belt waiting for it ramps to the stage speed (else nothing)."""
+        out = [self._marker(now_s, mk.Operator(action="start", source=source))]
+        if not self.awaiting_start:
             return out
+        self.start_authorised = True
+        out.append(self._marker(now_s, mk.StartAuthorised(source=source, auto=False,
+                                                          stage=self.stage.name)))
+        return out + self._unpause(now_s)
+
+    def resume(self, now_s: float, *, source: str = "api") -> list[Action]:
+        """Resume after a pause: belt back to the stage speed, cues on again.
+
+        A belt waiting for its first Start is not resumed: only :meth:`start_belt` starts it.
+        """
+        out = [self._marker(now_s, mk.Operator(action="resume", source=source))]
+        if self.state != STATE_PAUSED or self.awaiting_start:
+            return out
+        return out + self._unpause(now_s)
+
+    def _unpause(self, now_s: float) -> list[Action]:
+        out: list[Action] = []
         self.state = STATE_RUNNING
         self._pause_reason = ""
+        self._close_left_out(now_s)
+        self._belt_watch.clear(now_s)
         out.append(self._marker(now_s, mk.Resumed(stage=self.stage.name)))
         out += self._belt(now_s, self.protocol.stage_speed_m_s(self.stage_index))
         self._cue = None  # republish the cue state
         out += self._update_cues(now_s)
         return out
+
+    def _close_left_out(self, now_s: float) -> None:
+        self._stats.left_out = [(t0, now_s if t1 == math.inf else t1, off)
+                                for t0, t1, off in self._stats.left_out]
 
     def skip(self, now_s: float, *, source: str = "api") -> list[Action]:
         """End the current stage now (reason 'skipped') and go to the next."""
@@ -308,6 +399,7 @@ class SessionMachine:
         if self.state == STATE_PAUSED:
             self.state = STATE_RUNNING
             self._pause_reason = ""
+            self._belt_watch.clear(now_s)
             out.append(self._marker(now_s, mk.Resumed(stage=self.stage.name)))
         return out + self._end_stage(now_s, "skipped")
 
@@ -320,8 +412,7 @@ class SessionMachine:
         """Emergency stop: the command first, then the markers; the session ends."""
         out = [self._command(now_s, msg.CMD_EMERGENCY_STOP, source=source),
                self._marker(now_s, mk.EmergencyStop(source=source))]
-        self._belt_from = self._belt_to = 0.0
-        self._belt_t0 = now_s
+        self._plan.command(now_s, 0.0, _AT_ONCE_M_S2)
         return out + self._finish(now_s, "emergency_stop", stage_reason="safety_stop", stop_belt=False)
 
     def request_checkin(self, now_s: float, *, source: str = "api") -> list[Action]:
@@ -375,6 +466,18 @@ class SessionMachine:
             index=index, name=stage.name, kind=stage.kind, duration_s=stage.duration_s,
             target_cadence_spm=self._target_spm, band_low_spm=self._band[0],
             band_high_spm=self._band[1], belt_speed_m_s=speed, instructions=stage.instructions))]
+        if speed > 0 and not self.start_authorised:
+            if self.auto_start is None:
+                # the belt never moves before the operator's Start: the stage waits, paused
+                self.state = STATE_PAUSED
+                self._pause_reason = PAUSE_AWAITING_START
+                self._stats.left_out.append((now_s, math.inf, False))
+                out.append(self._marker(now_s, mk.Paused(reason=PAUSE_AWAITING_START, stage=stage.name)))
+                out.append(self._marker(now_s, mk.AwaitingStart(stage=stage.name, speed_m_s=speed)))
+                return out
+            self.start_authorised = True
+            out.append(self._marker(now_s, mk.StartAuthorised(source=self.auto_start, auto=True,
+                                                              stage=stage.name)))
         out += self._belt(now_s, speed)
         self._cue = None
         out += self._update_cues(now_s)
@@ -414,13 +517,9 @@ class SessionMachine:
         summary = self._summary()
         if isinstance(stage, BaselineStage) and reason not in ("aborted", "safety_stop", "pain_stop"):
             out += self._measure_baseline(now_s, stage)
-        if stage.kind == "quiet_standing" and self._force_samples:
-            self.body_mass_kg = float(np.mean(self._force_samples)) / GRAVITY_M_S2
-            out.append(self._marker(now_s, mk.BodyWeight(
-                mass_kg=round(self.body_mass_kg, 2),
-                force_n=round(float(np.mean(self._force_samples)), 1),
-                samples=len(self._force_samples))))
-            summary["body_mass_kg"] = self.body_mass_kg
+        weigh_in_problem = ""
+        if stage.kind == "quiet_standing" and reason not in ("aborted", "safety_stop", "pain_stop"):
+            weigh_in_problem = self._weigh_in(now_s, reason, out, summary)
         record = StageRecord(
             index=self.stage_index, name=stage.name, kind=stage.kind,
             start_s=self._stage_start_s, end_s=now_s,
@@ -432,6 +531,11 @@ class SessionMachine:
         out.append(self._marker(now_s, mk.StageEnd(record=record)))
         if reason in ("aborted", "safety_stop", "pain_stop", "interrupted"):
             return out
+        if weigh_in_problem:
+            # before the next stage: the belt never moves on a weigh-in that cannot be right
+            out.append(self._marker(now_s, mk.SafetyStop(reason="implausible_weight",
+                                                         detail=weigh_in_problem)))
+            return out + self._finish(now_s, "safety_stop:implausible_weight", stage_reason=None)
         checkin = stage.checkin if stage.checkin is not None else self.protocol.checkins.at_stage_boundaries
         if checkin:
             out += self._ask(now_s, "stage_end")
@@ -456,6 +560,32 @@ class SessionMachine:
         out.append(self._marker(now_s, mk.SessionEnd(reason=reason, stages_run=len(self.records))))
         return out
 
+    def _weigh_in(self, now_s: float, reason: str, out: list[Action], summary: dict[str, Any]) -> str:
+        """Publish the weigh-in; return why it is implausible ('' when it is plausible)."""
+        samples = self._force_samples
+        low, high = WEIGH_IN_RANGE_KG
+        if not samples:
+            if reason == "skipped":
+                return ""  # the operator skipped it before it measured: no weigh-in, no claim
+            return ("the weigh-in read no force at all (no plate data in the second half of the "
+                    "stage); the belt was not started")
+        force_n = float(np.mean(samples))
+        mass = force_n / GRAVITY_M_S2
+        out.append(self._marker(now_s, mk.BodyWeight(mass_kg=round(mass, 2), force_n=round(force_n, 1),
+                                                     samples=len(samples))))
+        summary["body_mass_kg"] = mass
+        measured = f"the weigh-in measured {mass:.1f} kg (mean vertical force {force_n:.1f} N over " \
+                   f"{len(samples)} samples)"
+        if not low <= mass <= high:
+            return (f"{measured}: expected {low:g}-{high:g} kg; is the participant standing still on "
+                    "the plates, and are they zeroed? The belt was not started")
+        given = self.expected_mass_kg
+        if math.isfinite(given) and abs(mass - given) > WEIGH_IN_TOLERANCE * given:
+            return (f"{measured}: more than {100 * WEIGH_IN_TOLERANCE:g} % from the given "
+                    f"{given:.1f} kg; check the participant and the plates. The belt was not started")
+        self.body_mass_kg = mass
+        return ""
+
     def _measure_baseline(self, now_s: float, stage: BaselineStage) -> list[Action]:
         steps = self._stats.steps[-stage.measure_last_steps:]
         if len(steps) < MIN_BASELINE_STEPS:
@@ -475,17 +605,20 @@ class SessionMachine:
         stage = self.stage
         if stage is None:
             return []
-        # a step struck before this stage began belongs to the previous one
-        mine = steps[~(steps["strike_s"] < self._stage_start_s)]
+        # a step struck before this stage began belongs to the previous one; one struck while the
+        # stage was paused or the belt off its commanded speed belongs to none
+        mine, off_speed = self._stats.keep(steps[~(steps["strike_s"] < self._stage_start_s)])
+        self._stats.steps_off_speed += off_speed
         if not len(mine):
             return []
         self._stats.steps = np.concatenate([self._stats.steps, mine])
         valr_max, tib_max = self._loading_limits()
         for step in _valid_loading(mine):
+            strike = float(step["strike_s"])
             if math.isfinite(valr_max) and math.isfinite(step["valr_bw_per_s"]):
-                self._stats.below_valr.append(bool(step["valr_bw_per_s"] <= valr_max))
+                self._stats.below_valr.append((strike, bool(step["valr_bw_per_s"] <= valr_max)))
             if math.isfinite(tib_max) and math.isfinite(step["tibial_peak_g"]):
-                self._stats.below_tibial.append(bool(step["tibial_peak_g"] <= tib_max))
+                self._stats.below_tibial.append((strike, bool(step["tibial_peak_g"] <= tib_max)))
         low, high = self._band
         for step in mine:
             if not math.isfinite(low):
@@ -494,7 +627,7 @@ class SessionMachine:
             if not math.isfinite(cad) and step["step_s"] > 0:
                 cad = 60.0 / float(step["step_s"])
             ok = bool(low <= cad <= high)
-            self._stats.in_band.append(ok)
+            self._stats.in_band.append((float(step["strike_s"]), ok))
             self._stats.consecutive_in_band = self._stats.consecutive_in_band + 1 if ok else 0
         return []
 
@@ -518,14 +651,18 @@ class SessionMachine:
             "cadence_percent_of_baseline": 100 * cadence_from_steps(last) / self.baseline_cadence_spm,
         }
         if self._stats.in_band:
-            out["in_band_fraction"] = float(np.mean(self._stats.in_band))
+            out["in_band_fraction"] = self._stats.fraction(self._stats.in_band)
         valr_max, tib_max = self._loading_limits()
         if self._stats.below_valr:
             out["valr_max_bw_per_s"] = valr_max
-            out["valr_below_max_fraction"] = float(np.mean(self._stats.below_valr))
+            out["valr_below_max_fraction"] = self._stats.fraction(self._stats.below_valr)
         if self._stats.below_tibial:
             out["tibial_max_g"] = tib_max
-            out["tibial_below_max_fraction"] = float(np.mean(self._stats.below_tibial))
+            out["tibial_below_max_fraction"] = self._stats.fraction(self._stats.below_tibial)
+        if self._stats.belt_faults:
+            # the belt left its commanded speed: these steps are in no figure above
+            out["belt_faults"] = self._stats.belt_faults
+            out["steps_off_speed"] = self._stats.steps_off_speed
         if self.pain:
             out["last_pain"] = self.pain[-1][1]
         return out
@@ -614,12 +751,10 @@ class SessionMachine:
 
     # ---- internals: belt and safety ---------------------------------------------------------------
     def _belt(self, now_s: float, speed_m_s: float) -> list[Action]:
-        current = self.belt_speed_m_s(now_s)
-        if speed_m_s == self._belt_to:
+        if speed_m_s == self._plan.target_m_s:
             return []
         s = self.protocol.safety
-        self._belt_from, self._belt_to, self._belt_t0 = current, speed_m_s, now_s
-        self._belt_rate = s.accel_m_s2
+        current = self._plan.command(now_s, speed_m_s, s.accel_m_s2)
         if current == 0.0 and speed_m_s > 0:
             self._moving_since = now_s
         if speed_m_s > 0:
@@ -630,17 +765,22 @@ class SessionMachine:
         return [cmd, self._marker(now_s, mk.Belt(speed_m_s=speed_m_s, accel_m_s2=s.accel_m_s2))]
 
     def _watchdogs(self, now_s: float) -> list[Action]:
-        if self._belt_to <= 0 and self.belt_speed_m_s(now_s) <= 0:
+        if self.belt_feedback:
+            found = self._belt_watch.silent(now_s)
+            if found is not None:
+                return self._belt_fault(now_s, found)
+        belt_to = self._plan.target_m_s
+        if belt_to <= 0 and self.belt_speed_m_s(now_s) <= 0:
             return []
         s = self.protocol.safety
         if now_s - self._last_force_s > s.force_timeout_s:
             return self._safety_stop(now_s, "force_timeout",
                                      f"no force data for {now_s - self._last_force_s:.2f} s "
                                      f"(limit {s.force_timeout_s:g} s) while the belt moves")
-        ramp_s = self._belt_to / s.accel_m_s2 if self._belt_to > 0 else 0.0
+        ramp_s = belt_to / s.accel_m_s2 if belt_to > 0 else 0.0
         since = max(self._last_contact_s if math.isfinite(self._last_contact_s) else -math.inf,
                     self._moving_since + ramp_s if math.isfinite(self._moving_since) else -math.inf)
-        if self._belt_to > 0 and math.isfinite(since) and now_s - since > s.no_contact_timeout_s:
+        if belt_to > 0 and math.isfinite(since) and now_s - since > s.no_contact_timeout_s:
             return self._safety_stop(now_s, "no_contact",
                                      f"no foot contact for {now_s - since:.2f} s "
                                      f"(limit {s.no_contact_timeout_s:g} s) while the belt moves")
@@ -650,10 +790,28 @@ class SessionMachine:
         s = self.protocol.safety
         out = [self._command(now_s, msg.CMD_STOP, decel_m_s2=s.stop_decel_m_s2, reason=reason),
                self._marker(now_s, mk.SafetyStop(reason=reason, detail=detail))]
-        self._belt_from, self._belt_to, self._belt_t0 = self.belt_speed_m_s(now_s), 0.0, now_s
-        self._belt_rate = s.stop_decel_m_s2
+        self._plan.command(now_s, 0.0, s.stop_decel_m_s2)
         return out + self._finish(now_s, f"safety_stop:{reason}", stage_reason="safety_stop",
                                   stop_belt=False)
+
+    def _belt_fault(self, now_s: float, fault: OffSpeed) -> list[Action]:
+        """A belt change nobody commanded: a safety event; the stage pauses; its steps are left out."""
+        stage = self.stage
+        self._stats.belt_faults += 1
+        left_out = self._stats.take_back(fault.since_s)
+        self._stats.steps_off_speed += left_out
+        self._stats.left_out.append((fault.since_s, math.inf, True))
+        out = [self._marker(now_s, mk.BeltFault(
+            reason=fault.reason, detail=fault.detail, stage=stage.name if stage is not None else "",
+            commanded_m_s=round(fault.commanded_m_s, 3), measured_m_s=round(fault.measured_m_s, 3),
+            since_s=fault.since_s, steps_left_out=left_out))]
+        if self.state == STATE_RUNNING:
+            out += self.pause(now_s, reason=PAUSE_BELT_FAULT)
+            out.append(self._marker(now_s, mk.DecisionRequired(reason=PAUSE_BELT_FAULT,
+                                                               options=("resume", "abort"))))
+        else:
+            out += self._belt(now_s, 0.0)
+        return out
 
     # ---- internals: check-ins and encoding --------------------------------------------------------
     def _ask(self, now_s: float, reason: str) -> list[Action]:

@@ -15,6 +15,7 @@ from labsuite.ids import check_lab_id, operator_source_id
 from labsuite.streams.contracts import commands_spec
 from labsuite.streams.messages import decode, encode
 
+OP_START = "start"  # the operator's Start: the belt waiting for it may move
 OP_PAUSE = "pause"
 OP_RESUME = "resume"
 OP_SKIP = "skip"
@@ -22,7 +23,7 @@ OP_ABORT = "abort"
 OP_EMERGENCY_STOP = "emergency_stop"
 OP_CHECKIN = "checkin"  # ask for a pain rating now
 OP_PAIN = "pain"  # fields: pain (0-10), id (the checkin_request id answered; optional)
-OPERATOR_COMMANDS = (OP_PAUSE, OP_RESUME, OP_SKIP, OP_ABORT, OP_EMERGENCY_STOP, OP_CHECKIN, OP_PAIN)
+OPERATOR_COMMANDS = (OP_START, OP_PAUSE, OP_RESUME, OP_SKIP, OP_ABORT, OP_EMERGENCY_STOP, OP_CHECKIN, OP_PAIN)
 
 
 def operator_command(op: str, /, **fields: Any) -> str:
@@ -77,6 +78,10 @@ class OperatorConsole:
         text = operator_command(op, source=self.source, **fields)
         with self._lock:
             self._outlet.push_sample([text])
+
+    def start(self) -> None:
+        """Start the belt that waits for the operator (the console's Start button)."""
+        self.send(OP_START)
 
     def pause(self) -> None:
         """Pause the session (belt ramps to a stop, stage clock frozen)."""

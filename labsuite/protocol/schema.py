@@ -289,6 +289,9 @@ class Protocol(_Strict):
     description: str = ""
     reference: str = ""
     speed_m_s: Speed | None = None
+    # The belt waits for the operator's Start before it first moves; true lets a scripted study
+    # start it unattended (recorded in the file as a start_authorised marker with auto: true).
+    auto_start: bool = False
     participant: Participant = Participant()
     safety: Safety = Safety()
     checkins: Checkins = Checkins()

@@ -1,7 +1,8 @@
 """The session role over LSL: feeds the stage machine and publishes its markers and treadmill commands.
 
 Reads ``labsuite-steps`` (step records), the force-plate streams (for the force watchdog and the
-weigh-in) and the operator stream through StreamReaders it pulls from its own loop; publishes
+weigh-in), the treadmill's state and events streams (the belt as it runs, against what was
+commanded) and the operator stream through StreamReaders it pulls from its own loop; publishes
 markers on ``labsuite-session-<lab>-markers`` and commands plus a 0.1 s heartbeat on
 ``labsuite-session-<lab>-commands``. The rules live in
 :class:`~labsuite.protocol.machine.SessionMachine`; this file only moves data.
@@ -38,7 +39,7 @@ from labsuite.streams.acquisition import (
     StreamQuery,
     StreamReader,
 )
-from labsuite.streams.contracts import FZ, commands_spec, markers_spec
+from labsuite.streams.contracts import FZ, SPEED_LEFT, SPEED_RIGHT, commands_spec, markers_spec
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,20 @@ class SessionSettings:
     """Where the session's streams are and how often it ticks.
 
     ``steps_source_id`` is the processor's step stream; ``force_source_ids`` the force-plate
-    streams the force watchdog watches (every one must keep arriving while the belt moves).
+    streams the force watchdog watches (every one must keep arriving while the belt moves);
+    ``treadmill_source_id`` the treadmill's state stream, whose measured speeds are held against
+    the commanded ones (and its driver's events stream, beside it). ``auto_start`` names who lets
+    the belt start without the operator's Start (``--auto-start``; None: the operator starts it);
+    ``mass_kg`` is the mass the weigh-in is checked against.
     """
 
     lab_id: str
     participant_id: str
     steps_source_id: str
     force_source_ids: tuple[str, ...] = ()
+    treadmill_source_id: str | None = None
+    auto_start: str | None = None
+    mass_kg: float | None = None
     programme_session: int | None = None
     tick_s: float = 0.02
     heartbeat_period_s: float = msg.HEARTBEAT_PERIOD_S
@@ -102,7 +110,9 @@ class Session:
         self.protocol = protocol
         self.settings = settings
         self.machine = SessionMachine(protocol, programme_session=settings.programme_session,
-                                      participant=settings.participant_id)
+                                      participant=settings.participant_id,
+                                      auto_start=settings.auto_start, expected_mass_kg=settings.mass_kg,
+                                      belt_feedback=settings.treadmill_source_id is not None)
         self.on_action = on_action
         self.published: list[Action] = []
         self.log: list[tuple[float, str]] = []
@@ -118,6 +128,8 @@ class Session:
         self._readers: dict[str, StreamReader] = {}
         self._force_last: dict[str, float] = {}
         self._force_fz: dict[str, float] = {}
+        self._belt: list[tuple[np.ndarray, np.ndarray]] = []  # treadmill chunks not yet judged
+        self._belt_events: list[tuple[float, str, str]] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -138,7 +150,10 @@ class Session:
         now = pylsl.local_clock()
         for sid in s.force_source_ids:
             self._force_last[sid] = now
-        for sid in dict.fromkeys([s.steps_source_id, *s.force_source_ids, s.operator_source_id]):
+        inputs = [s.steps_source_id, *s.force_source_ids, s.operator_source_id]
+        if s.treadmill_source_id is not None:
+            inputs += [s.treadmill_source_id, ids.treadmill_events_source_id(s.treadmill_source_id)]
+        for sid in dict.fromkeys(inputs):
             self._readers[sid] = StreamReader(
                 StreamQuery(source_id=sid), on_chunk=self._on_chunk, on_event=self._on_reader_event,
                 caller_pulls=True, buffer_s=30.0).start()
@@ -162,6 +177,9 @@ class Session:
             for sid in self.settings.force_source_ids:
                 if not self._readers[sid].stats().samples:
                     missing.append(f"force plate (stream {sid})")
+            tm = self.settings.treadmill_source_id
+            if tm is not None and not self._readers[tm].stats().samples:
+                missing.append(f"treadmill speed (stream {tm})")
             if not missing:
                 break
             time.sleep(0.1)
@@ -218,6 +236,10 @@ class Session:
         self.close()
 
     # ---- operator API (any thread) ---------------------------------------------------------------
+    def start_belt(self, source: str = "api") -> None:
+        """The operator's Start: the belt waiting for it may move."""
+        self._ops.put((op.OP_START, {"source": source}))
+
     def pause(self, source: str = "api") -> None:
         """Pause the session."""
         self._ops.put((op.OP_PAUSE, {"source": source}))
@@ -277,6 +299,17 @@ class Session:
             self._steps.put(rows_to_steps(np.asarray(data, dtype=np.float64)))
         elif sid == s.operator_source_id:
             self._on_operator(ts, data)
+        elif sid == s.treadmill_source_id:
+            try:
+                right, left = spec.channel_index(SPEED_RIGHT), spec.channel_index(SPEED_LEFT)
+            except DeviceError as exc:
+                self._note(ts[-1], f"ignored treadmill stream {sid}: {exc}")
+                return
+            self._belt.append((np.array(ts, dtype=np.float64),
+                               np.asarray(data, dtype=np.float64)[:, [right, left]]))
+        elif s.treadmill_source_id is not None and sid == ids.treadmill_events_source_id(
+                s.treadmill_source_id):
+            self._on_treadmill_events(ts, data)
         else:
             # sample time on this machine's clock: pulled right before the watchdog looks
             self._force_last[sid] = max(self._force_last.get(sid, -math.inf), float(ts[-1]))
@@ -284,6 +317,18 @@ class Session:
                 self._force_fz[sid] = float(np.mean(np.asarray(data, dtype=float)[:, spec.channel_index(FZ)]))
             except DeviceError:
                 self._force_fz[sid] = math.nan
+
+    def _on_treadmill_events(self, ts: np.ndarray, data: Any) -> None:
+        for t, row in zip(ts, data, strict=True):
+            try:
+                event = msg.decode(str(row[0]))
+            except DeviceError as exc:
+                self._note(float(t), f"ignored treadmill event: {exc}")
+                continue
+            kind = str(event.get("event", ""))
+            self._note(float(t), f"treadmill: {kind}: {event.get('detail', '')}")
+            if event.get("safety_stop") is True:  # the driver stopped the belt by itself
+                self._belt_events.append((float(t), kind, str(event.get("detail", ""))))
 
     def _on_operator(self, ts: np.ndarray, data: Any) -> None:
         for row in data:
@@ -320,6 +365,12 @@ class Session:
                     fz = [abs(v) for v in self._force_fz.values() if math.isfinite(v)]
                     actions += self.machine.note_force(min(self._force_last.values()),
                                                        float(sum(fz)) if fz else math.nan)
+                for t, kind, detail in self._belt_events:
+                    actions += self.machine.note_treadmill_event(t, kind, detail)
+                for t_belt, speeds in self._belt:
+                    actions += self.machine.note_belt(t_belt, speeds)
+                self._belt_events.clear()
+                self._belt.clear()
                 actions += self.machine.feed(now, steps)
             self._publish(actions)
             if self.machine.finished and not self._done.is_set():
@@ -346,6 +397,8 @@ class Session:
             source = str(f.get("source", "api"))
             if name == "start":
                 out += m.start(f["t"])
+            elif name == op.OP_START:
+                out += m.start_belt(now, source=source)
             elif name == op.OP_PAUSE:
                 out += m.pause(now, source=source)
             elif name == op.OP_RESUME:
