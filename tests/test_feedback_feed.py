@@ -173,10 +173,16 @@ def test_buttons_publish_operator_commands_and_closing_sends_abort(qtbot, uid, t
                                           "emergency_stop"]
         assert ops[4]["pain"] == 7 and ops[4]["id"] == 9
         assert all(o["source"] == "gui" for o in ops)
-        # Start needs a 'start' operator command the session obeys; without one it is disabled
-        from labsuite.protocol.operator import OPERATOR_COMMANDS
-
-        assert gui.operator.start_button.isEnabled() == ("start" in OPERATOR_COMMANDS)
+        # Start is enabled only while the belt waits for the operator
+        assert not gui.operator.start_button.isEnabled()
+        feed.apply_marker(pylsl.local_clock(), {"event": "paused", "reason": "awaiting_start"})
+        feed.apply_marker(pylsl.local_clock(), {"event": "awaiting_start", "stage": "b", "speed_m_s": 3})
+        qtbot.waitUntil(lambda: gui.operator.start_button.isEnabled(), timeout=10_000)
+        assert gui.operator.state_label.text().startswith("WAITING FOR START")
+        qtbot.mouseClick(gui.operator.start_button, QtCore.Qt.LeftButton)
+        assert _read_ops(inlet, 1) == [{"op": "start", "source": "gui"}]
+        feed.apply_marker(pylsl.local_clock(), {"event": "start_authorised", "source": "gui"})
+        qtbot.waitUntil(lambda: not gui.operator.start_button.isEnabled(), timeout=10_000)
         # closing the participant display ends the session: abort, then wait for session_end
         gui.participant.close()
         assert _read_ops(inlet, 1) == [{"op": "abort", "source": "gui"}]

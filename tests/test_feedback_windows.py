@@ -262,7 +262,8 @@ def test_buttons_drive_the_real_session(rig, uid):
         # the belt waits for the operator: Start is the only button that runs it
         rig.until(lambda: gui.operator.start_button.isEnabled(), 30)
         assert gui.operator.state_label.text().startswith("WAITING FOR START")
-        assert session.machine.awaiting_start and belt_m_s() == 0.0
+        rig.until(lambda: belt_m_s() == 0.0, 30)
+        assert session.machine.awaiting_start
         qtbot.mouseClick(gui.operator.start_button, QtCore.Qt.LeftButton)
         rig.until(lambda: session.machine.state == "running", 30)
         rig.until(lambda: not gui.operator.start_button.isEnabled(), 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,14 @@ def test_the_gui_role_is_handed_in_by_the_cli(tmp_path):
     assert dict(feed.plates) == the_plan.streams.plates and feed.steps_source_id == "labsuite-steps-guiplan"
     assert feed.session_file == str(the_plan.session_file) and feed.participant_id == "P3"
     assert the_plan.streams.treadmill in feed.extra_source_ids
+
+
+def test_a_stream_not_found_names_it_the_lsl_configuration_and_its_ports():
+    from labsuite.lab.run import not_ready_message
+
+    text = not_ready_message(60.0, ["force plate (stream labsuite-lab1-fp-left)"],
+                             [(0.0, "labsuite-lab1-fp-left: lost: no data")])
+    cfg = os.environ["LSLAPICFG"]  # tests/conftest.py: this worktree's machine-scope file
+    assert "force plate (stream labsuite-lab1-fp-left)" in text
+    assert f"LSL configuration {cfg}" in text
+    assert "asks ports 16572-16827" in text  # liblsl's BasePort, the file's PortRange = 256

@@ -355,3 +355,11 @@ def test_a_belt_stop_nobody_commanded_pauses_the_baseline_is_recorded_and_left_o
         assert min(abs(c - base["cadence_spm"]) for c in cadences(steps[in_stage])) > 1e-6
         summary = json.loads(stage.summary_json)
         assert summary["belt_faults"] == 1 and summary["steps_off_speed"] >= 1
+    # the report says so, next to the measured speed and at the top of the page
+    from labsuite import report
+    from labsuite.report.html import render_session_html
+
+    rep = report.load_session_report(result.session_file, curves=False)
+    assert rep.belt_faults == 1
+    assert any("left the speed the session commanded 1 time" in w for w in rep.warnings())
+    assert "left its commanded speed 1 time by itself" in render_session_html(rep)

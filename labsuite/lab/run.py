@@ -289,9 +289,7 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
         status("waiting for the treadmill, force plates and processor ...")
         missing = session.wait_ready()
         if missing:
-            recent = "; ".join(text for _, text in session.log[-5:]) or "no stream events"
-            raise DeviceError("not ready after {:g} s: {} (last events: {})".format(
-                options.connect_timeout_s, "; ".join(missing), recent))
+            raise DeviceError(not_ready_message(options.connect_timeout_s, missing, session.log))
         if the_plan.session_file is not None:
             recorder.start()
             _wait_for_file(the_plan.session_file, options.connect_timeout_s, recorder)
@@ -323,6 +321,19 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
                      list(session.log), list(session.published),
                      {"cadence_spm": m.baseline_cadence_spm, "valr_bw_per_s": m.baseline_valr_bw_per_s,
                       "tibial_peak_g": m.baseline_tibial_g, "body_mass_kg": m.body_mass_kg}, events)
+
+
+def not_ready_message(timeout_s: float, missing: list[str], events: list[tuple[float, str]]) -> str:
+    """Why the session could not start: the streams not found, and where LSL looked for them."""
+    from labsuite.lslconfig import port_range
+
+    ports = port_range()
+    recent = "; ".join(text for _, text in events[-5:]) or "no stream events"
+    return (f"not ready after {timeout_s:g} s: {'; '.join(missing)} (last events: {recent}). "
+            f"Streams are looked for with the LSL configuration {ports.config}, which asks ports "
+            f"{ports.base}-{ports.base + ports.size - 1}: a device that runs but is not found may "
+            "have an outlet outside that range (other LSL programs holding the ports; `labsuite "
+            "streams` lists what is visible)")
 
 
 def _wait_for_file(path: Path, timeout_s: float, supervisor: Any) -> None:

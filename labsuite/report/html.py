@@ -190,7 +190,11 @@ def render_session_html(rep: SessionReport) -> str:
         pass
     speed = _f(rep.speed_m_s, 2, " m/s")
     if math.isfinite(rep.measured_speed_m_s):
-        speed += f" (measured {rep.measured_speed_m_s:.2f} m/s)"
+        speed += f" (measured {rep.measured_speed_m_s:.2f} m/s while moving)"
+    if rep.belt_faults:
+        # the median says nothing of a stop: say it here, the warnings say when
+        speed += (f"; the belt left its commanded speed {rep.belt_faults} time"
+                  f"{'s' if rep.belt_faults > 1 else ''} by itself (see above)")
     status = {"complete": "completed", "stopped": f"ended early ({rep.end_reason})",
               "cut short": "cut short (file not closed)"}[rep.status]
     info = [("Participant", rep.participant_id), ("Protocol", rep.protocol_name or "—"),

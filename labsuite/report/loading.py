@@ -92,6 +92,7 @@ class SessionReport:
     curves: tuple[ForceCurve, ...]
     baseline_valr_bw_per_s: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    belt_faults: int = 0  # times the belt left its commanded speed by itself (belt_fault markers)
 
     @property
     def status(self) -> str:
@@ -220,6 +221,17 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
     events = [Event(t - t0, m.event, m.fields(), stage_at(t, ending=isinstance(m, _ENDING_EVENTS)),
                     m.safety) for t, m in state.events if m.GROUP in _SHOWN_GROUPS]
 
+    faults = [(t, m) for t, m in state.safety_events if isinstance(m, mk.BeltFault)]
+    if faults:
+        what = "; ".join(f"{t - t0:.1f} s into the session in {m.stage or 'no stage'} ({m.reason}, "
+                         f"{_fmt_speed(m.measured_m_s)} measured, {_fmt_speed(m.commanded_m_s)} "
+                         f"commanded)" for t, m in faults[:5])
+        left_out = sum(int(json.loads(st.summary_json or "{}").get("steps_off_speed", 0) or 0)
+                       for st in stages if st.summary_json)
+        notes.insert(0, f"The belt left the speed the session commanded {len(faults)} time"
+                     f"{'s' if len(faults) > 1 else ''} without being told to: {what}. Each paused "
+                     f"its stage; the {left_out} steps taken then are left out of the baselines, "
+                     "targets and stage figures.")
     speeds = [st.belt_speed_m_s for st in stages if st.kind in MOVING_KINDS
               and math.isfinite(st.belt_speed_m_s) and st.belt_speed_m_s > 0]
     speed = max(set(speeds), key=speeds.count) if speeds else math.nan
@@ -238,7 +250,12 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         t0_s=t0, t_end_s=t_end if math.isfinite(t_end) else t0, stages=tuple(stages), steps=steps,
         rows=tuple(rows), checkins=tuple(checkins), unanswered_checkins=tuple(unanswered),
         events=tuple(events), recording_events=rec_events, streams=tuple(stream_info),
-        curves=curves_out, baseline_valr_bw_per_s=base_valr, notes=tuple(notes))
+        curves=curves_out, baseline_valr_bw_per_s=base_valr, notes=tuple(notes),
+        belt_faults=len(faults))
+
+
+def _fmt_speed(v: float) -> str:
+    return f"{v:.2f} m/s" if math.isfinite(v) else "no speed"
 
 
 def _decode_markers(markers: np.ndarray) -> list[tuple[float, mk.Marker]]:
