@@ -57,7 +57,7 @@ class Rig:
 
     def __init__(self, qtbot, uid: str, tmp_path, auto_start: str | None = "--auto-start") -> None:
         self.qtbot = qtbot
-        self.sim = SimLabSettings(lab_id=uid)
+        self.sim = SimLabSettings(lab_id=uid, initial_speed_m_s=0.0)  # as `labsuite run` has it
         self.steps_sid = f"{uid}-steps"
         # the session's outlets first: the simulated treadmill's command listener resolves once
         # (drivers/base.py) and on a loaded machine was seen to miss a stream that appears later

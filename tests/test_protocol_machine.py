@@ -468,3 +468,18 @@ def test_the_treadmill_drivers_own_stop_and_a_silent_treadmill_are_belt_faults()
     (fault,) = events(out, "belt_fault")
     assert fault["reason"] == "treadmill_silent" and m.paused
     assert 1.0 < out[0].t_s - t_quiet <= 1.0 + 2 * TICK_S
+
+
+def test_a_belt_that_runs_while_it_waits_for_start_is_a_fault_and_is_told_to_stop():
+    m = SessionMachine(parse_protocol(f"schema: labsuite-protocol/1\nname: t\nspeed_m_s: 3.0\n"
+                                      f"{NO_CHECKINS}\nstages:\n{WEIGH_THEN_RUN}"), belt_feedback=True)
+    lab = Lab(m)
+    lab.belt = lambda t: 0.0
+    lab.run(6.0)
+    assert m.awaiting_start and events(lab.actions, "belt_fault") == []
+    lab.belt = lambda t: 3.0  # somebody started it at the controller
+    out = lab.run(1.0)
+    (fault,) = events(out, "belt_fault")
+    assert fault["commanded_m_s"] == 0.0 and fault["measured_m_s"] == 3.0
+    assert [(c["cmd"], c["reason"]) for c in commands(out)] == [("stop", "belt_fault")]
+    assert m.awaiting_start  # still only the operator's Start runs it

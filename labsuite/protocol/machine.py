@@ -810,7 +810,11 @@ class SessionMachine:
             out.append(self._marker(now_s, mk.DecisionRequired(reason=PAUSE_BELT_FAULT,
                                                                options=("resume", "abort"))))
         else:
-            out += self._belt(now_s, 0.0)
+            # paused already (or waiting for Start) with the belt commanded still: say so again
+            s = self.protocol.safety
+            out.insert(0, self._command(now_s, msg.CMD_STOP, decel_m_s2=s.stop_decel_m_s2,
+                                        reason=PAUSE_BELT_FAULT))
+            self._plan.command(now_s, 0.0, s.stop_decel_m_s2)
         return out
 
     # ---- internals: check-ins and encoding --------------------------------------------------------

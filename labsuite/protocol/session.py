@@ -43,6 +43,9 @@ from labsuite.streams.contracts import FZ, SPEED_LEFT, SPEED_RIGHT, commands_spe
 
 log = logging.getLogger(__name__)
 
+# The session's own start (not an operator command: op.OP_START is the operator's belt Start).
+_BEGIN = "_begin"
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -194,7 +197,7 @@ class Session:
 
         if self._thread is None:
             raise ConfigError("Session.start(): call open() first")
-        self._ops.put(("start", {"t": pylsl.local_clock()}))
+        self._ops.put((_BEGIN, {"t": pylsl.local_clock()}))
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until the session has finished (True) or the timeout passed (False)."""
@@ -395,7 +398,7 @@ class Session:
             except queue.Empty:
                 return out
             source = str(f.get("source", "api"))
-            if name == "start":
+            if name == _BEGIN:
                 out += m.start(f["t"])
             elif name == op.OP_START:
                 out += m.start_belt(now, source=source)
