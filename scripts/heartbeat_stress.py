@@ -7,7 +7,9 @@ Meanwhile this script listens, as any LSL client could, to
 
 * the session's command stream: every heartbeat's LSL timestamp is its send time, so the largest
   gap between two heartbeats says whether the session really fell silent;
-* the treadmill driver's events stream (``treadmill_watchdog_stop``, ``drivers/treadmill.py``).
+* the treadmill driver's events stream (``treadmill_watchdog_stop``, ``drivers/treadmill.py``);
+* the session's markers: every ``belt_fault`` (the session saw the belt leave its commanded
+  speed, ``labsuite/protocol/belt.py``), so a stop the driver made is also one the session saw.
 
 A watchdog stop while the session ran is *false* when the heartbeats sent in the watchdog's window
 before it show no gap of the watchdog's timeout (0.5 s): the session was sending, the driver judged
@@ -71,6 +73,7 @@ class Listener:
 
         self.heartbeats: list[float] = []
         self.events: list[tuple[float, dict]] = []
+        self.belt_faults: list[tuple[float, dict]] = []
         self._lock = threading.Lock()
         treadmill = f"labsuite-sim-{lab_id}-treadmill"
         self.readers = [
@@ -78,6 +81,8 @@ class Listener:
                          on_chunk=self._on_commands, buffer_s=30.0).start(),
             StreamReader(StreamQuery(source_id=events_source_id(treadmill)), on_chunk=self._on_events,
                          buffer_s=30.0).start(),
+            StreamReader(StreamQuery(source_id=f"labsuite-session-{lab_id}-markers"),
+                         on_chunk=self._on_markers, buffer_s=30.0).start(),
         ]
 
     def _on_commands(self, reader, ts: np.ndarray, data: np.ndarray) -> None:
@@ -93,6 +98,12 @@ class Listener:
                     self.events.append((float(t), json.loads(str(row[0]))))
                 except json.JSONDecodeError:
                     pass
+
+    def _on_markers(self, reader, ts: np.ndarray, data: np.ndarray) -> None:
+        with self._lock:
+            for t, row in zip(ts, data, strict=True):
+                if '"belt_fault"' in str(row[0]):
+                    self.belt_faults.append((float(t), json.loads(str(row[0]))))
 
     def stop(self) -> None:
         """Stop listening."""
@@ -134,6 +145,8 @@ def run_session(run_s: float, folder: Path, n: int) -> dict:
             "max_gap_s": float(np.max(np.diff(hb))) if len(hb) > 1 else float("nan"),
             "span_s": float(hb[-1] - hb[0]) if len(hb) > 1 else 0.0,
             "stops": len(during), "at_close": len(stops) - len(during), "false": false,
+            "belt_faults": len(listener.belt_faults),
+            "belt_fault_reasons": sorted({e.get("reason", "") for _, e in listener.belt_faults}),
             "logged_stops": logged,
             "tail": (proc.stdout + proc.stderr)[-1500:]}
 
@@ -170,7 +183,8 @@ def main() -> int:
                 print(f"session {n}: {row['outcome']:<22} exit {row['code']}  {row['span_s']:6.0f} s of "
                       f"heartbeats ({row['heartbeats']}), largest gap sent {row['max_gap_s']:.3f} s, "
                       f"watchdog stops while it ran {row['stops']} (false {row['false']}), after it "
-                      f"closed {row['at_close']}, in the log {row['logged_stops']}; load now "
+                      f"closed {row['at_close']}, in the log {row['logged_stops']}; belt faults the "
+                      f"session recorded {row['belt_faults']} {row['belt_fault_reasons'] or ''}; load now "
                       f"{os.getloadavg()[0]:.1f}", flush=True)
                 if row["code"] not in (0, 3) or row["heartbeats"] == 0:
                     print(row["tail"], flush=True)
@@ -181,12 +195,14 @@ def main() -> int:
     covered = sum(r["span_s"] for r in rows)
     stops = sum(r["stops"] for r in rows)
     false = sum(r["false"] for r in rows)
+    faults = sum(r["belt_faults"] for r in rows)
     gaps = [r["max_gap_s"] for r in rows if np.isfinite(r["max_gap_s"])]
     load = np.asarray(loads) if loads else np.asarray([float("nan")])
     print(f"covered {covered:.0f} s of session in {len(rows)} sessions with {args.hog} CPU hogs on "
           f"{os.cpu_count()} cores; load average min {load.min():.1f} mean {load.mean():.1f} max "
           f"{load.max():.1f}; heartbeats {sum(r['heartbeats'] for r in rows)}, largest gap sent "
-          f"{max(gaps) if gaps else float('nan'):.3f} s; watchdog stops {stops}, false {false}")
+          f"{max(gaps) if gaps else float('nan'):.3f} s; watchdog stops {stops}, false {false}; "
+          f"belt faults recorded by the session {faults}")
     return 0 if false == 0 else 1
 
 
