@@ -175,6 +175,10 @@ def test_session_runs_stages_publishes_markers_heartbeat_and_obeys_the_force_wat
     recs = [StageRecord.from_marker(m) for _, m in lab.events("stage_end")]
     assert [r.end_reason for r in recs] == ["time", "safety_stop"]
     assert session.heartbeats > 0
+    # closing: one last heartbeat says so, and the treadmill's watchdog stands down
+    assert not [c for _, c in lab.cmds("heartbeat") if c.get("end")]
+    session.close()
+    assert wait_for(lambda: [c for _, c in lab.cmds("heartbeat") if c.get("end") is True], 10)
 
 
 def test_operator_stream_drives_the_session_and_emergency_stop_is_immediate(rig, uid):

@@ -228,6 +228,7 @@ class Session:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        self._last_heartbeat()
         Acquisition(self._readers.values()).stop(timeout_s)
         self._markers = None
         self._commands = None
@@ -388,6 +389,21 @@ class Session:
             if self._commands is not None:
                 self._commands.push_sample([msg.command(msg.CMD_HEARTBEAT, seq=self._hb_seq)], now)
                 self.heartbeats += 1
+
+    def _last_heartbeat(self, wait_s: float = 0.3) -> None:
+        """Tell the treadmill the session is closing (a heartbeat with ``end: true``).
+
+        Its silence from now on is not a dead session: the driver's watchdog stands down.
+        """
+        import pylsl
+
+        with self._push_lock:
+            if self._commands is None:
+                return
+            self._hb_seq += 1
+            self._commands.push_sample([msg.command(msg.CMD_HEARTBEAT, seq=self._hb_seq, end=True)],
+                                       pylsl.local_clock())
+        time.sleep(wait_s)  # delivered before the outlet goes
 
     def _drain_ops(self, now: float) -> list[Action]:
         out: list[Action] = []
