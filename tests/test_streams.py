@@ -329,3 +329,35 @@ def test_a_failing_callback_is_counted_logged_once_and_the_reader_goes_on(uid, c
     finally:
         source.stop()
         reader.stop()
+
+
+@pytest.mark.parametrize("kind", ["numeric", "string"])
+def test_a_chunk_is_handed_over_as_it_arrives_not_when_the_pull_window_ends(uid, kind):
+    # A pull waits for the first sample only: with a 20 s window, a 3-sample chunk must reach the
+    # consumer long before the window could have filled or ended (issue 15, item 2).
+    spec = (c.imu_spec(f"{uid}-imu", location="left distal tibia", side="left", rate_hz=500.0)
+            if kind == "numeric" else c.markers_spec(f"{uid}-mk"))
+    got: list[tuple[float, int]] = []
+    arrived = threading.Event()
+
+    def on_chunk(reader, ts, data):
+        got.append((pylsl.local_clock(), len(ts)))
+        arrived.set()
+
+    outlet = pylsl.StreamOutlet(spec.to_info())
+    reader = StreamReader(spec.source_id, on_chunk=on_chunk, pull_timeout_s=20.0).start()
+    try:
+        assert reader.wait_connected(15.0)
+        time.sleep(0.5)  # the inlet is open and its pull is waiting
+        if kind == "numeric":
+            outlet.push_chunk(np.arange(18, dtype=np.float32).reshape(3, 6).tolist())
+        else:
+            outlet.push_chunk([["a"], ["b"], ["c"]])
+        pushed = pylsl.local_clock()
+        assert arrived.wait(10.0), "the chunk waited for the pull window"
+        t, n = got[0]
+        assert n == 3 and sum(k for _, k in got) == 3
+        assert t - pushed < 10.0
+    finally:
+        reader.request_stop()
+        del outlet
