@@ -57,6 +57,11 @@ def operator_source_id(lab_id: str) -> str:
     return f"labsuite-session-{check_lab_id(lab_id)}-operator"
 
 
+def beats_source_id(lab_id: str) -> str:
+    """The beat stream of the session's audio metronome role (one marker per click, at its DAC time)."""
+    return f"labsuite-metronome-{check_lab_id(lab_id)}-beats"
+
+
 def steps_source_id(lab_id: str) -> str:
     """The step stream of the session's processor."""
     return f"labsuite-steps-{check_lab_id(lab_id)}"

@@ -192,7 +192,7 @@ class Other(Marker):
 
 @dataclass(frozen=True)
 class SessionStart(Marker, event="session_start", group=GROUP_SESSION):
-    """The session began: protocol, participant and, in a programme, which session this is."""
+    """The session began: protocol, participant, in a programme which session, who makes the beats."""
 
     protocol: str = ""
     participant: str = ""
@@ -200,6 +200,9 @@ class SessionStart(Marker, event="session_start", group=GROUP_SESSION):
     programme_session: int | None = None
     programme_sessions: int | None = None
     stages: int = 0
+    # with a metronome cue: 'audio' (the beats are the audio metronome's clicks) or 'timer'
+    # (--no-sound: the session's timer beats, nobody heard them); None without a metronome
+    beats: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,17 +278,48 @@ class Cue(Marker, event="cue", group=GROUP_CUE, frequent=True):
 
 @dataclass(frozen=True)
 class Metronome(Marker, event=EVENT_METRONOME, group=GROUP_CUE, frequent=True):
-    """The metronome's rate changed; ``spm`` None: the metronome is off."""
+    """The metronome's state: ``spm`` None is off; the click the protocol asks for; the flash.
+
+    Published when it changes and, while the audio metronome plays, again every few seconds with
+    ``again`` true (a restarted metronome role picks the beat up from it). ``sound``, ``volume_db``,
+    ``ear`` and ``tone_hz`` are the cue's click settings (None: the metronome's defaults);
+    ``flash`` asks the participant display to flash on every beat.
+    """
 
     spm: float | None = None
+    sound: str | None = None
+    volume_db: float | None = None
+    ear: str | None = None
+    tone_hz: float | None = None
+    flash: bool = False
+    again: bool = False
+
+
+BEAT_CLOCK_DAC = "dac"  # a click of the audio metronome, stamped with its DAC time
+BEAT_CLOCK_TIMER = "timer"  # the session's own timer (no sound: ``--no-sound``); nobody heard it
 
 
 @dataclass(frozen=True)
 class Beat(Marker, event=EVENT_BEAT, group=GROUP_CUE, frequent=True):
-    """One metronome beat, stamped with the time it is meant to be heard."""
+    """One metronome beat, stamped with the time it is heard (its DAC time) or, silent, is due.
+
+    ``clock`` says which: ``dac`` (the audio metronome role's click; ``dac_lsl_s`` is the same
+    time, ``lead_s`` how long before it the click was written, ``segment`` the device-timing
+    segment) or ``timer`` (the session's timer with ``--no-sound``: no click was played).
+    """
 
     n: int | None = None
     spm: float = math.nan
+    clock: str = ""
+    ear: str | None = None
+    sound: str | None = None
+    dac_lsl_s: float | None = None
+    lead_s: float | None = None
+    segment: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields, without those that do not apply to this beat's clock (None, or no clock)."""
+        return {k: v for k, v in super().fields().items() if v is not None and not (k == "clock" and not v)}
 
 
 @dataclass(frozen=True)
@@ -509,6 +543,7 @@ class SessionState:
     valr_max_bw_per_s: float = field(metadata=_STAGE, default=math.nan)
     tibial_max_g: float = field(metadata=_STAGE, default=math.nan)
     metronome_spm: float | None = field(metadata=_STAGE, default=None)
+    metronome_flash: bool = field(metadata=_STAGE, default=False)  # the display flashes on beats
     beat_n: int = 0
     beat_s: float = math.nan  # LSL time of the last beat
     belt_command_m_s: float = math.nan  # the last speed the session commanded
@@ -629,7 +664,7 @@ def _cue(s: SessionState, t_s: float, m: Cue) -> None:
 
 @_reduces(Metronome)
 def _metronome(s: SessionState, t_s: float, m: Metronome) -> None:
-    s.metronome_spm = m.spm
+    s.metronome_spm, s.metronome_flash = m.spm, m.flash and m.spm is not None
 
 
 @_reduces(Beat)
@@ -699,6 +734,6 @@ def _body_weight(s: SessionState, t_s: float, m: BodyWeight) -> None:
 @_reduces(SessionEnd)
 def _session_end(s: SessionState, t_s: float, m: SessionEnd) -> None:
     s.state, s.end, s.end_reason = "finished", m, m.reason
-    s.feedback_on, s.metronome_spm, s.decision = False, None, None
+    s.feedback_on, s.metronome_spm, s.metronome_flash, s.decision = False, None, False, None
     s.awaiting_start = False
     s._close_pause(t_s)

@@ -1,13 +1,16 @@
 """Benchmark the metronome's timing on a real sound server: what was played against what was reported.
 
 Usage: python scripts/bench_metronome.py [--duration-s 60] [--spm 170] [--load none|cpu|lab]
-       [--gil-hog] [--latency-s 0.1] [--backends sounddevice,qt-pull,qt-effect]
+       [--gil-hog] [--latency-s 0.1] [--backends session,role,sounddevice,qt-pull,qt-effect]
 
 Starts a private PulseAudio null sink (labsuite.audio.nullsink), records its monitor with parec,
 runs the click track for ``--duration-s`` with a tempo change (+6 %) halfway, detects the click
 onsets in the recording and compares them with the times each backend reported for its clicks:
 
-* ``role``: labsuite's metronome as deployed, in its own supervised process (labsuite.audio.role),
+* ``session``: a whole ``labsuite run --simulate --headless`` session as deployed (simulated lab,
+  processor, recorder, session, metronome role): a standing stage, then two cadence stages at
+  ``--spm`` and +6 % with a metronome cue; times are the beat markers in the session file.
+* ``role``: labsuite's metronome role alone, in its own supervised process (labsuite.audio.role),
   tempo by session markers over LSL, times from its beat markers.
 * ``sounddevice``: the same Metronome inside this process (PortAudio callback, clicks at sample
   frames, DAC times), where ``--gil-hog`` competes with it for the GIL.
@@ -19,9 +22,10 @@ Prints per backend: clicks recorded vs reported, the interval error (recorded - 
 inter-onset intervals) p50/p99/max, the spread of the onset-vs-reported offset (SD, max-min),
 underflows, beats flagged as disrupted, and how much audio the null sink's recording lost against
 the wall clock (a starved sound server skips time; then no comparison is valid). ``--load cpu``
-runs a busy process per core; ``--load lab`` runs ``labsuite demo`` (the full simulated lab,
-processor, recorder and session) meanwhile; ``--gil-hog`` adds a busy Python thread inside this
-process (what a session process would add to an in-process metronome).
+runs a busy process per core; ``--load lab`` runs ``labsuite demo --no-sound`` (the full simulated
+lab, processor, recorder and session; silent, so only the measured clicks are on the sink)
+meanwhile; ``--gil-hog`` adds a busy Python thread inside this process (what a session process
+would add to an in-process metronome).
 """
 
 from __future__ import annotations
@@ -103,6 +107,52 @@ def run_role(args: argparse.Namespace) -> tuple[list[float], dict]:
     return ordered, {"underflows": "in role", "disrupted": len(disrupted),
                      "clean": [n not in disrupted for n in sorted(times)],
                      "reported_latency_ms": 1e3 * latency_s}
+
+
+SESSION_PROTOCOL = """\
+schema: labsuite-protocol/1
+name: bench-metronome
+speed_m_s: 3.0
+safety: {{accel_m_s2: 1.5, force_timeout_s: 3.0}}
+checkins: {{at_start: false, at_stage_boundaries: false}}
+simulation: {{mode: run, preferred_cadence_spm: {spm:g}}}
+stages:
+  - {{name: stand, kind: quiet_standing, duration_s: 3}}
+  - {{name: a, kind: cadence, duration_s: {half:g}, target_spm: {spm:g}, cues: {{metronome: {{}}}}}}
+  - {{name: b, kind: cadence, duration_s: {half:g}, target_spm: {fast:.1f}, cues: {{metronome: {{}}}}}}
+"""
+
+
+def run_session(args: argparse.Namespace, tmp: Path) -> tuple[list[float], dict]:
+    """A whole simulated session as deployed; the beats and flags are read from its session file."""
+    import json
+    import uuid
+
+    from labsuite.archive.reader import open_session
+
+    proto = tmp / "bench-session.yaml"
+    proto.write_text(SESSION_PROTOCOL.format(spm=args.spm, fast=args.spm * 1.06, half=args.duration_s / 2))
+    out = tmp / "bench-sessions"
+    proc = subprocess.run(
+        [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "BENCH", "--simulate",
+         "--headless", "--quiet", "--out", str(out), "--lab-id", f"bench-{uuid.uuid4().hex[:8]}"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=args.duration_s + 300)
+    files = sorted(out.glob("BENCH_*.h5"))
+    if proc.returncode != 0 or len(files) != 1:
+        raise SystemExit(f"the session failed (exit {proc.returncode}): {proc.stdout[-1500:]}"
+                         f"{proc.stderr[-1500:]}")
+    with open_session(files[0]) as f:
+        markers = f.markers
+        texts = [json.loads(t) for t in markers["text"]]
+        beats = [(n, float(ts)) for ts, t in zip(markers["time_s"], texts, strict=True)
+                 if t.get("event") == "beat" and (n := t["n"]) is not None]
+        disrupted = {t["n"] for t in texts if t.get("event") == "beat_disrupted"}
+        latency = next((float(s.spec.setup["audio"]["output_latency_s"]) for s in f.streams.values()
+                        if "audio" in (s.spec.setup or {})), float("nan"))
+    beats.sort()
+    return [t for _, t in beats], {"underflows": "in role", "disrupted": len(disrupted),
+                                   "clean": [n not in disrupted for n, _ in beats],
+                                   "reported_latency_ms": 1e3 * latency}
 
 
 def run_sounddevice(args: argparse.Namespace) -> tuple[list[float], dict]:
@@ -277,7 +327,7 @@ class Load:
                 self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         elif kind == "lab":
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "labsuite", "demo", "--quiet", "--out", str(tmp)],
+                [sys.executable, "-m", "labsuite", "demo", "--quiet", "--no-sound", "--out", str(tmp)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             time.sleep(20.0)  # drivers, processor and recorder up and the belt moving
         if gil_hog:
@@ -322,7 +372,9 @@ def main() -> int:
                 rec = srv.record(tmp / f"{name}.raw")
                 time.sleep(0.3)
                 try:
-                    if name == "role":
+                    if name == "session":
+                        times, info = run_session(args, tmp)
+                    elif name == "role":
                         times, info = run_role(args)
                     elif name == "sounddevice":
                         times, info = run_sounddevice(args)

@@ -126,6 +126,52 @@ def test_dac_clock_averages_jitter_and_extrapolates() -> None:
     assert clock.settled and clock.jumps == 0
 
 
+def test_shrunk_slope_is_ridge_regression() -> None:
+    from labsuite.audio.clock import shrunk_slope
+
+    rng = np.random.default_rng(3)
+    x = np.sort(rng.uniform(0, 30, 200))
+    y = 2e-4 * x + 1e-3 * rng.standard_normal(200) + 5.0
+    # the independent reference: least squares with the prior as one extra row (sqrt(n * prior) b = 0)
+    prior = 100.0
+    design = np.column_stack([np.ones_like(x), x - x.mean()])
+    design = np.vstack([design, [0.0, np.sqrt(len(x) * prior)]])
+    ref = np.linalg.lstsq(design, np.append(y, 0.0), rcond=None)[0][1]
+    assert shrunk_slope(x, y, prior) == pytest.approx(ref, rel=1e-9)
+    assert shrunk_slope(x, y, 0.0) == pytest.approx(np.polyfit(x, y, 1)[0], rel=1e-9)
+
+
+def _interval_error_ppm(clock: DacClock, frame: int, period: int = 16000) -> float:
+    """How far the clock's time between two frames one beat apart is from the nominal rate (ppm)."""
+    return 1e6 * ((clock.dac_time(frame, 0) - clock.dac_time(frame - period, 0)) * RATE / period - 1)
+
+
+def test_dac_clock_does_not_read_a_slow_wander_as_a_rate_error() -> None:
+    # reported DAC times that creep by 1 ms over 15 s while the samples play at the nominal rate
+    # (measured on the null sink under load): a plain fit reads 67 ppm, i.e. beat intervals and
+    # click times extrapolated from the window's middle off by that rate
+    clock = DacClock(RATE)
+    n = 600  # 15 s of 25 ms callbacks
+    for i in range(n):
+        frame = i * BLOCK
+        now = 100.0 + frame / RATE
+        clock.observe(frame, now + 0.1 + 1e-3 * i / n, now)
+    assert abs(_interval_error_ppm(clock, n * BLOCK)) < 12.0
+
+
+def test_dac_clock_learns_a_real_rate_error_from_a_long_baseline() -> None:
+    # a crystal 100 ppm fast, 30 s of callbacks with 0.3 ms of jitter: the fit takes 43 % of it
+    # (the prior's weight at 30 s), and a constant rate error gives a constant offset, not a drift
+    clock = DacClock(RATE)
+    rng = np.random.default_rng(5)
+    n = 1200
+    for i in range(n):
+        frame = i * BLOCK
+        now = 100.0 + frame / RATE
+        clock.observe(frame, now * (1 - 100e-6) + 0.1 + 3e-4 * rng.standard_normal(), now)
+    assert _interval_error_ppm(clock, n * BLOCK) == pytest.approx(-100 * 75 / 175, abs=10)
+
+
 def test_dac_clock_prefill_is_not_settled() -> None:
     # PortAudio prefills the buffer with back-to-back callbacks: same level, no real-time progress
     clock = DacClock(RATE)

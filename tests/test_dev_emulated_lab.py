@@ -88,7 +88,8 @@ def _run_session(lab: EmulatedLab, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "P21", "--lab",
          str(lab.lab_file), "--mass-kg", str(MASS_KG), "--headless", "--out", str(tmp_path / "out"),
-         "--quiet", "--auto-start"], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+         "--quiet", "--auto-start", "--no-sound"], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ))
 
 
 def test_a_full_protocol_over_the_emulated_lab(tmp_path, uid):

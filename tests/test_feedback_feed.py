@@ -119,6 +119,26 @@ stages:
     assert not any(e.startswith("beat") for e in feed.snapshot().events)
 
 
+def test_flash_is_asked_for_and_the_display_sees_a_beat_only_once_it_sounds(uid):
+    base = _settings(uid).__dict__
+    feed = LiveFeed(FeedSettings(**{**base, "beats_source_id": f"{uid}-beats"}))
+    assert "beats" in feed._sources and feed._sources["beats"] == f"{uid}-beats"
+    t0 = 1000.0
+    feed.apply_marker(t0, {"event": "session_start"})
+    feed.apply_marker(t0, {"event": "metronome", "spm": 150.0, "flash": True})
+    assert feed.snapshot(t0).session.metronome_flash
+    # the audio metronome's beat markers arrive about an output latency before they sound
+    feed.apply_marker(t0 + 1.0, {"event": "beat", "n": 1, "spm": 150, "clock": "dac"})
+    feed.apply_marker(t0 + 1.4, {"event": "beat", "n": 2, "spm": 150, "clock": "dac"})
+    assert math.isnan(feed.snapshot(t0 + 0.9).beat_s)
+    assert feed.snapshot(t0 + 1.2).beat_s == t0 + 1.0  # not the next one, not yet heard
+    assert feed.snapshot(t0 + 1.5).beat_s == t0 + 1.4
+    feed.apply_marker(t0 + 2, {"event": "metronome", "spm": 150.0})  # flash is off by default
+    assert not feed.snapshot(t0 + 2).session.metronome_flash
+    feed.apply_marker(t0 + 3, {"event": "metronome", "spm": None, "flash": True})
+    assert not feed.snapshot(t0 + 3).session.metronome_flash  # no flash without a metronome
+
+
 def _read_ops(inlet, n: int, timeout_s: float = 20.0) -> list[dict]:
     import time
 

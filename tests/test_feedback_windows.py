@@ -44,7 +44,7 @@ stages:
     target_percent: 7.5
     band_percent: 3
     cues:
-      metronome: {spm: target}
+      metronome: {spm: target, flash: true}
       visual_band: true
       loading_rate: {max_percent_of_baseline: 85}
       fading: {on_fraction: 0.5, period_s: 6}

@@ -146,6 +146,44 @@ def test_plan_records_the_programme_session_and_all_streams(tmp_path):
     assert list(tmp_path.iterdir()) == []  # planning starts nothing
 
 
+def test_a_metronome_cue_plans_the_audio_metronome_and_no_sound_plans_none(tmp_path):
+    from labsuite.lab.run import plan
+
+    demo = REPO / "protocols" / "demo.yaml"
+    options = RunOptions(protocol_path=demo, participant_id="P3", simulate=True, out_dir=tmp_path,
+                         lab_id="metro", audio_device="USB")
+    protocol = prepare(options)
+    the_plan = plan(protocol, options)
+    metronome = next(r for r in the_plan.roles if r.name == "metronome")
+    settings = metronome.kwargs["settings"]
+    assert metronome.restart is True  # supervised like a driver; the session says the tempo again
+    assert settings.session_markers_source_id == "labsuite-session-metro-markers"
+    assert settings.beats_source_id == "labsuite-metronome-metro-beats" == the_plan.streams.beats
+    assert settings.output.device == "USB"
+    assert settings.click == protocol.metronome_cues[0].click()  # the protocol's click from the start
+    rec = next(r.kwargs["settings"] for r in the_plan.roles if r.name == "recorder")
+    assert "labsuite-metronome-metro-beats" in rec.source_ids  # the file keeps the clicks' beats
+    assert the_plan.session.beats_source_id == "labsuite-metronome-metro-beats"
+    # --no-sound: no role, no beat stream; the session's own (timer) beats instead
+    quiet = RunOptions(protocol_path=demo, participant_id="P3", simulate=True, out_dir=tmp_path,
+                       lab_id="metro", sound=False)
+    silent = plan(prepare(quiet), quiet)
+    assert "metronome" not in [r.name for r in silent.roles]
+    assert silent.streams.beats is None and silent.session.beats_source_id is None
+    assert Session(protocol, silent.session).machine.beats == "timer"
+    assert Session(protocol, the_plan.session).machine.beats == "audio"
+    # a protocol without a metronome cue never needs a sound output
+    crowell = RunOptions(protocol_path=REPO / "protocols" / "crowell_davis2011_tibial_shock.yaml",
+                         participant_id="P3", simulate=True, out_dir=tmp_path, lab_id="metro",
+                         programme_session=1)
+    tibial = prepare(crowell)
+    assert not tibial.metronome_cues
+    assert "metronome" not in [r.name for r in plan(tibial, crowell).roles]
+    with pytest.raises(ConfigError, match="--audio-device"):
+        RunOptions(protocol_path=demo, participant_id="P3", simulate=True, sound=False, audio_device=1)
+    assert list(tmp_path.iterdir()) == []  # planning starts nothing
+
+
 def test_the_gui_role_is_handed_in_by_the_cli(tmp_path):
     from labsuite.cli.run import gui_role
     from labsuite.lab.run import plan
@@ -161,6 +199,7 @@ def test_the_gui_role_is_handed_in_by_the_cli(tmp_path):
     assert dict(feed.plates) == the_plan.streams.plates and feed.steps_source_id == "labsuite-steps-guiplan"
     assert feed.session_file == str(the_plan.session_file) and feed.participant_id == "P3"
     assert the_plan.streams.treadmill in feed.extra_source_ids
+    assert feed.beats_source_id == the_plan.streams.beats == "labsuite-metronome-guiplan-beats"
 
 
 def test_a_stream_not_found_names_it_the_lsl_configuration_and_its_ports():

@@ -127,7 +127,10 @@ def test_full_session_measures_baseline_sets_targets_and_records_stages():
     # VALR falls with cadence in this participant: (160/172)^2 of baseline
     assert up["valr_percent_of_baseline"] == pytest.approx(100 * (160 / 172) ** 2)
     assert up["in_band_fraction"] > 0.9
-    assert json.loads(records[2].feedback_json)["metronome"] == {"spm": "target"}
+    # the click as played is part of the stage's record (the shipped defaults)
+    assert json.loads(records[2].feedback_json)["metronome"] == {
+        "spm": "target", "sound": "woodblock", "volume_db": -6.0, "ear": "both", "tone_hz": 1000.0,
+        "flash": False}
     # the belt: ramped start for the baseline, ramped stop at the end
     speeds = commands(lab.actions, "speed")
     assert speeds[0]["right_m_s"] == 3.0 and speeds[0]["accel_m_s2"] == 0.5
@@ -147,6 +150,55 @@ def test_metronome_beats_are_evenly_timed_and_counted():
     assert [b.fields["n"] for b in beats] == list(range(1, len(beats) + 1))
     mets = events(lab.actions, "metronome")
     assert mets[0]["spm"] == 150 and mets[-1]["spm"] is None
+
+
+def test_timer_beats_are_flagged_and_the_session_start_says_who_beats():
+    m = SessionMachine(protocol("  - {name: up, kind: cadence, duration_s: 4, target_spm: 150, "
+                                "cues: {metronome: {spm: target}}}\n", NO_CHECKINS))
+    lab = Lab(m, cadence_spm=150)
+    lab.run(5)
+    assert events(lab.actions, "session_start")[0]["beats"] == "timer"
+    beats = events(lab.actions, "beat")
+    assert beats and all(b["clock"] == "timer" and "dac_lsl_s" not in b for b in beats)
+    # without a metronome cue nobody beats
+    m = SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 2, measure_last_steps: 5}\n",
+                                NO_CHECKINS))
+    lab = Lab(m)
+    lab.run(1)
+    assert events(lab.actions, "session_start")[0]["beats"] is None
+
+
+def test_with_the_audio_metronome_the_session_says_tempo_and_click_and_makes_no_beats():
+    from labsuite.protocol.machine import METRONOME_ANNOUNCE_S
+
+    m = SessionMachine(protocol(
+        "  - {name: a, kind: cadence, duration_s: 5, target_spm: 150, cues: {metronome: "
+        "{spm: target, sound: tone, tone_hz: 880, volume_db: -12, ear: alternate, flash: true}}}\n"
+        "  - {name: b, kind: cadence, duration_s: 5, target_spm: 165, cues: {metronome: {spm: target}}}\n",
+        NO_CHECKINS), beats="audio")
+    lab = Lab(m, cadence_spm=150)
+    lab.run(11)
+    assert events(lab.actions, "session_start")[0]["beats"] == "audio"
+    assert not events(lab.actions, "beat")  # the clicks are the beats, from the metronome role
+    mets = [(a.t_s - 1000.0, a.fields) for a in lab.actions if a.name == "metronome"]
+    changes = [(t, f["spm"]) for t, f in mets if not f["again"]]
+    assert [spm for _, spm in changes] == [150.0, None, 165.0, None]
+    assert [t for t, _ in changes] == pytest.approx([0.0, 5.0, 5.0, 10.0], abs=2 * TICK_S + 1e-9)
+    first = mets[0][1]
+    assert (first["sound"], first["tone_hz"], first["volume_db"], first["ear"], first["flash"]) == (
+        "tone", 880.0, -12.0, "alternate", True)
+    second = next(f for t, f in mets if f["spm"] == 165.0)
+    assert (second["sound"], second["ear"], second["flash"]) == ("woodblock", "both", False)
+    # said again every second while it plays, with the same state; never while it is off
+    again = [(t, f) for t, f in mets if f["again"]]
+    times = np.array([t for t, _ in again])
+    assert len(again) == pytest.approx(2 * (5 / METRONOME_ANNOUNCE_S - 1), abs=2)
+    assert np.all(np.diff(times[times < 5]) == pytest.approx(METRONOME_ANNOUNCE_S, abs=TICK_S + 1e-9))
+    for t, f in again:
+        assert f["spm"] == (150.0 if t < 5 else 165.0) and f["sound"] == ("tone" if t < 5 else "woodblock")
+    with pytest.raises(ConfigError, match="session beats"):
+        SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 2, measure_last_steps: 5}\n",
+                                NO_CHECKINS), beats="loud")
 
 
 def test_in_band_advance_needs_consecutive_steps():

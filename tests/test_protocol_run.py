@@ -70,9 +70,11 @@ def cadence_of(strikes: np.ndarray) -> float:
 
 
 def test_cadence_protocol_end_to_end(tmp_path, uid):
+    # --no-sound: this test is about convergence and the file (tests/test_run_metronome.py plays
+    # the clicks); the participant follows the metronome markers either way
     options = RunOptions(protocol_path=write(tmp_path, E2E), participant_id="P07", simulate=True,
                          out_dir=tmp_path / "out", lab_id=uid, connect_timeout_s=60.0,
-                         auto_start=True)
+                         auto_start=True, sound=False)
     result = run_protocol(options)
     assert result.end_reason == "completed", result.log[-10:]
     stand, base, fast = result.records
@@ -98,6 +100,8 @@ def test_cadence_protocol_end_to_end(tmp_path, uid):
         (auth,) = [t for t in texts if t.get("event") == "start_authorised"]
         assert auth["auto"] is True and auth["source"] == "--auto-start"
         assert "belt_fault" not in events  # the belt ran as commanded throughout
+        assert texts[events.index("session_start")]["beats"] == "timer"  # --no-sound, recorded
+        assert all(t["clock"] == "timer" for t in texts if t.get("event") == "beat")
         beat_t = np.array([t for t, e in zip(times, events, strict=True) if e == "beat"])
         assert len(beat_t) == pytest.approx((fast.end_s - fast.start_s) * target / 60, abs=3)
         assert np.median(np.diff(beat_t)) == pytest.approx(60 / target, rel=1e-3)

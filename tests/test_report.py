@@ -728,7 +728,7 @@ def test_report_on_a_labsuite_run_simulate_recording(tmp_path, uid, capsys):
     lab_id = uid.replace("test-", "rep")
     cmd = [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "R01", "--simulate",
            "--headless", "--out", str(out), "--lab-id", lab_id, "--pain-script", "0,1",
-           "--mass-kg", "70", "--quiet", "--connect-timeout", "60", "--auto-start"]
+           "--mass-kg", "70", "--quiet", "--connect-timeout", "60", "--auto-start", "--no-sound"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=330, stdin=subprocess.DEVNULL)
     files = sorted(out.glob("*.h5"))
     # exit 3: the session ran but a rule ended it early (on a loaded machine, e.g. the force

@@ -28,6 +28,7 @@ MAX_VOLUME_DB = 0.0
 DEFAULT_VOLUME_DB = -6.0
 MIN_TONE_HZ = 200.0
 MAX_TONE_HZ = 4000.0
+DEFAULT_TONE_HZ = 1000.0
 
 _TONE_S = 0.030
 _TONE_ATTACK_S = 0.0005
@@ -48,7 +49,7 @@ class ClickSettings:
     sound: str = CLICK_WOODBLOCK
     volume_db: float = DEFAULT_VOLUME_DB
     ear: str = EAR_BOTH
-    tone_hz: float = 1000.0
+    tone_hz: float = DEFAULT_TONE_HZ
 
     def __post_init__(self) -> None:
         if self.sound not in CLICKS:

@@ -36,6 +36,15 @@ _RESIDUAL_SMOOTHING = 0.1
 # would read as a 600 ppm rate error), and never beyond what a sound card's crystal can be off.
 _MIN_SLOPE_SPAN_S = 10.0
 _MAX_DRIFT = 300e-6
+# Even over 10-30 s the reported times wander enough to read as a rate error: a whole simulated
+# session at a load average of 11 had PulseAudio's reported DAC times trend by 1 ms over 10 s on a
+# null sink that plays at exactly its nominal rate, and the plain least-squares slope (clamped at
+# 300 ppm) then moved the clicks' reported times by 2 ms within 15 s against the recording. So the
+# slope is shrunk towards the nominal rate (ridge regression, a prior on the crystal): a rate error
+# counts in proportion to how much the baseline can tell it from the wander, var(x) / (var(x) + S0),
+# with S0 = (wander / crystal spread)^2 = (0.5 ms / 50 ppm)^2 = 100 s^2: a 30 s window takes 43 %
+# of the fitted slope, a 10 s one 8 %.
+_SLOPE_PRIOR_S2 = (0.5e-3 / 50e-6) ** 2
 _CAPACITY = 1 << 15
 OUTLIER = -1
 
@@ -171,14 +180,23 @@ class DacClock:
         x = (frames - ref_frame) / self.rate_hz
         y = dacs - ref_dac - x  # residual of the nominal rate: small numbers, full precision
         if np.ptp(x) >= _MIN_SLOPE_SPAN_S:
-            slope, intercept = np.polyfit(x, y, 1)
-            slope = float(np.clip(slope, -_MAX_DRIFT, _MAX_DRIFT))
+            slope = float(np.clip(shrunk_slope(x, y, _SLOPE_PRIOR_S2), -_MAX_DRIFT, _MAX_DRIFT))
             intercept = float(np.mean(y - slope * x))
         else:
             # a short baseline cannot tell a rate error from the wander: take the nominal rate
             slope, intercept = 0.0, float(np.mean(y))
         xf = (frame - ref_frame) / self.rate_hz
         return float(ref_dac + xf + intercept + slope * xf)
+
+
+def shrunk_slope(x: np.ndarray, y: np.ndarray, prior_s2: float) -> float:
+    """The least-squares slope of ``y`` on ``x`` shrunk towards 0: cov(x, y) / (var(x) + prior_s2).
+
+    Ridge regression on centred data: the slope that minimises sum((y - a - b x)^2) / n +
+    prior_s2 * b^2; ``prior_s2`` = 0 gives the plain least-squares slope.
+    """
+    xc = x - x.mean()
+    return float(np.mean(xc * (y - y.mean())) / (np.mean(xc * xc) + prior_s2))
 
 
 class ClockMapper:

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from labsuite import markers as mk
 from labsuite.audio.clicks import ClickSettings
-from labsuite.audio.metronome import Beat, Metronome, OutputSettings
+from labsuite.audio.metronome import Beat, DeviceInfo, Metronome, OutputSettings
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.markers import BeatDisrupted
 from labsuite.streams import messages as msg
@@ -72,9 +73,9 @@ def beats_spec(settings: MetronomeRoleSettings, metronome: Metronome) -> StreamS
 
 def beat_marker(beat: Beat, click: ClickSettings) -> str:
     """The JSON of one beat marker; its LSL timestamp is ``beat.t_lsl_s`` (the DAC time)."""
-    return msg.marker(msg.EVENT_BEAT, n=beat.n, spm=beat.spm, ear=beat.ear, sound=click.sound,
-                      dac_lsl_s=round(beat.t_lsl_s, 6),
-                      lead_s=round(beat.t_lsl_s - beat.written_lsl_s, 4), segment=beat.segment)
+    return mk.Beat(n=beat.n, spm=beat.spm, clock=mk.BEAT_CLOCK_DAC, ear=beat.ear, sound=click.sound,
+                   dac_lsl_s=round(beat.t_lsl_s, 6), lead_s=round(beat.t_lsl_s - beat.written_lsl_s, 4),
+                   segment=beat.segment).encode()
 
 
 def click_from_marker(fields: dict[str, Any], current: ClickSettings) -> ClickSettings:
@@ -135,6 +136,21 @@ class MetronomeFollower:
             # a bad marker must not silence a running metronome: keep the last good settings
             log.error("metronome: ignored marker %s: %s", text[:120], exc)
             self.rejected.append(f"{text[:120]}: {exc}")
+
+
+def probe_output(output: OutputSettings) -> DeviceInfo:
+    """Open ``output`` as the metronome would (until its timing settled), close it, describe it.
+
+    DeviceError naming the device when it cannot play; run by the composition root in a child
+    process before a session with a metronome starts.
+    """
+    metronome = Metronome(output).open()
+    try:
+        metronome.check()
+        assert metronome.device is not None
+        return metronome.device
+    finally:
+        metronome.close()
 
 
 def run_metronome(stop: Any, settings: MetronomeRoleSettings) -> None:

@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pain-script", default=None, metavar="LIST|FILE",
                         help="answers to the pain check-ins in order, e.g. '0,0,1' (the last one "
                              "repeats), or a file with one number per line: for unattended runs")
+    parser.add_argument("--no-sound", action="store_true",
+                        help="run a protocol with a metronome cue without sound: no click, the "
+                             "session's timer beats instead (flagged in the file)")
+    parser.add_argument("--audio-device", default=None, metavar="NAME|INDEX",
+                        help="the sound output for the metronome (default: the system default; "
+                             "see `labsuite audio devices`)")
     parser.add_argument("--no-record", action="store_true", help="do not write a session file")
     parser.add_argument("--auto-start", action="store_true",
                         help="start the belt without the operator's Start (key g, the console's "
@@ -304,7 +310,8 @@ def gui_role(protocol: Any, plan: Any) -> Any:
     s = plan.streams
     return feedback_role(protocol, lab_id=plan.lab_id, participant_id=plan.session.participant_id,
                          session_file=plan.session_file, plates=s.plates, imus=s.imus,
-                         steps_source_id=s.steps, extra_source_ids=(s.treadmill, *s.extra))
+                         steps_source_id=s.steps, extra_source_ids=(s.treadmill, *s.extra),
+                         beats_source_id=s.beats)
 
 
 def execute(options: Any, *, pain_script: list[int] | None, quiet: bool, gui: bool = False,
@@ -333,6 +340,13 @@ def execute(options: Any, *, pain_script: list[int] | None, quiet: bool, gui: bo
     return 0 if result.end_reason == "completed" else 3
 
 
+def audio_device(text: str | None) -> str | int | None:
+    """``--audio-device``: a PortAudio index when it is a number, else (part of) a device name."""
+    if text is None:
+        return None
+    return int(text) if text.strip().isdigit() else text
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, then run the session; exit 0 when completed, 3 when ended early, 1 on errors."""
     from labsuite.lab.run import RunOptions
@@ -342,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, programme_session=args.session, lab_file=args.lab, lab_id=args.lab_id,
         mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record,
         auto_start=args.auto_start,
+        sound=not args.no_sound, audio_device=audio_device(args.audio_device),
         connect_timeout_s=args.connect_timeout)
     return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet,
                    gui=args.gui)

@@ -63,16 +63,18 @@ def run_gui_role(stop: Any, settings: FeedSettings, close_wait_s: float = 5.0) -
 
 def gui_role(protocol: Any, *, lab_id: str, participant_id: str, session_file: Any,
              plates: Mapping[str, str], steps_source_id: str, imus: Mapping[str, str] | None = None,
-             extra_source_ids: Iterable[str | None] = ()) -> RoleSpec:
+             extra_source_ids: Iterable[str | None] = (), beats_source_id: str | None = None) -> RoleSpec:
     """The GUI as a Supervisor role for ``labsuite run --gui`` (handed in by the CLI).
 
     ``plates`` maps belt to source_id, ``imus`` side to source_id; ``extra_source_ids`` (treadmill,
-    camera, ...) appear in the health table; ``protocol`` gives the stages' step limits.
+    camera, ...) appear in the health table; ``protocol`` gives the stages' step limits;
+    ``beats_source_id`` is the audio metronome's beat stream (the clicks the display flashes on).
     restart is False: closing the windows is the operator's decision, not a crash.
     """
     settings = FeedSettings.for_protocol(
         protocol, lab_id=lab_id, participant_id=participant_id,
         session_file="" if session_file is None else str(session_file),
         plates=tuple(plates.items()), imus=tuple((imus or {}).items()),
-        extra_source_ids=tuple(s for s in extra_source_ids if s), steps_source_id=steps_source_id)
+        extra_source_ids=tuple(s for s in extra_source_ids if s), steps_source_id=steps_source_id,
+        beats_source_id=beats_source_id or "")
     return RoleSpec("gui", run_gui_role, {"settings": settings}, restart=False)

@@ -22,7 +22,7 @@ import numpy as np
 from labsuite import checks as check
 from labsuite.errors import ConfigError, DeviceError, LabsuiteError
 from labsuite.ids import check_lab_id, check_participant_id, markers_source_id
-from labsuite.markers import Marker, SessionState, decode, from_fields
+from labsuite.markers import Beat, Marker, SessionState, decode, from_fields
 from labsuite.plates import PlateGeometry
 from labsuite.steps import STEP_DTYPE, STEP_FIELD_NAMES, rows_to_steps
 from labsuite.streams.acquisition import Acquisition, ReaderStats, StreamQuery, StreamReader
@@ -45,7 +45,9 @@ class FeedSettings:
     ``plates`` and ``imus`` are (belt or side, source_id) pairs; ``extra_source_ids`` are streams
     shown only in the health table (treadmill, camera). ``stage_step_limits`` gives, per stage
     index, the step count that ends the stage (None: ends on time), for the "steps left" display.
-    ``fps`` is the drawing rate of the windows (30-60 recommended).
+    ``fps`` is the drawing rate of the windows (30-60 recommended). ``beats_source_id`` is the
+    audio metronome's beat stream, folded into the session view like the session's markers (its
+    beats are the clicks; without it the session's own beats are the only ones).
     """
 
     lab_id: str
@@ -59,6 +61,7 @@ class FeedSettings:
     history_steps: int = 300
     fps: float = 40.0
     stage_step_limits: tuple[int | None, ...] = ()
+    beats_source_id: str = ""
 
     def __post_init__(self) -> None:
         check_lab_id(self.lab_id)
@@ -72,7 +75,8 @@ class FeedSettings:
             if side not in IMU_SIDES:
                 raise ConfigError(f"FeedSettings.imus: side {side!r} is not one of {IMU_SIDES}")
         for name, sid in (*self.plates, *self.imus, ("steps_source_id", self.steps_source_id),
-                          *(("extra_source_ids", s) for s in self.extra_source_ids)):
+                          *(("extra_source_ids", s) for s in self.extra_source_ids),
+                          *((("beats_source_id", self.beats_source_id),) if self.beats_source_id else ())):
             if not isinstance(sid, str) or not sid or "'" in sid:
                 raise ConfigError(f"FeedSettings {name}: expected a source_id without quotes, "
                                   f"got {sid!r}")
@@ -130,6 +134,9 @@ class Snapshot:
     events: tuple[str, ...]
     stage_steps: int
     stage_step_limit: int | None
+    # the newest beat at or before now_s: the audio metronome's beat markers arrive about one output
+    # latency before their click sounds, stamped with the time it does
+    beat_s: float = math.nan
 
 
 class LiveFeed:
@@ -147,11 +154,14 @@ class LiveFeed:
         self._sources.update({f"extra:{sid}": sid for sid in s.extra_source_ids})
         self._sources["steps"] = s.steps_source_id
         self._sources["markers"] = markers_source_id(s.lab_id)
+        if s.beats_source_id:
+            self._sources["beats"] = s.beats_source_id
         self._readers: dict[str, StreamReader] = {k: self._make_reader(k) for k in self._sources}
         self._steps = np.empty(0, dtype=STEP_DTYPE)
         self._steps_total = 0
         self._view = SessionState()
         self._events: deque[str] = deque(maxlen=200)
+        self._beats: deque[float] = deque(maxlen=16)
         self.errors: deque[str] = deque(maxlen=50)
         self.bad_chunks = 0
 
@@ -164,7 +174,7 @@ class LiveFeed:
                                 on_chunk=lambda r, ts, d: self._plate_chunk(belt, r, ts, d))
         if slot == "steps":
             return StreamReader(query, on_chunk=self._steps_chunk, buffer_s=60.0)
-        if slot == "markers":
+        if slot in ("markers", "beats"):
             return StreamReader(query, on_chunk=self._markers_chunk, buffer_s=60.0)
         return StreamReader(query, buffer_s=2.0)
 
@@ -248,6 +258,8 @@ class LiveFeed:
             if not m.FREQUENT and m.event:
                 self._events.append(m.describe())
             self._view.apply(t_s, m)
+            if isinstance(m, Beat):
+                self._beats.append(t_s)
 
     # ---- snapshots (GUI thread) ------------------------------------------------------------
     def snapshot(self, now_s: float | None = None) -> Snapshot:
@@ -271,11 +283,12 @@ class LiveFeed:
             total = self._steps_total
             view = self._view.copy()
             events = tuple(self._events)
+            beat = max((t for t in self._beats if t <= now), default=math.nan)
         in_stage = int(np.sum(steps["strike_s"] >= view.stage_start_s)) \
             if math.isfinite(view.stage_start_s) else 0
         limits = self.settings.stage_step_limits
         limit = limits[view.stage_index] if 0 <= view.stage_index < len(limits) else None
-        return Snapshot(now, tuple(traces), steps, total, view, events, in_stage, limit)
+        return Snapshot(now, tuple(traces), steps, total, view, events, in_stage, limit, beat)
 
     def health(self) -> list[HealthRow]:
         """One row per stream: measured rate, gaps, dropped samples, lag."""

@@ -424,14 +424,15 @@ class ParticipantWindow(QtWidgets.QWidget):
         if math.isfinite(v.tibial_max_g):
             self._bar(p, self._latest("tibial_peak_g"), v.tibial_max_g, "tibial shock", w, h)
             return "tibial"
-        return "pulse" if v.metronome_spm else "blank"
+        return "pulse" if v.metronome_spm and v.metronome_flash else "blank"
 
     def _pulse(self, p: Any, snap: Snapshot, w: int, h: int) -> None:
         v = snap.session
-        if not v.metronome_spm or not math.isfinite(v.beat_s):
+        # only when the cue asks for it (metronome flash: true): a flash is a second cue
+        if not v.metronome_spm or not v.metronome_flash or not math.isfinite(snap.beat_s):
             self.pulse_level = 0.0
             return
-        age = snap.now_s - v.beat_s
+        age = snap.now_s - snap.beat_s
         self.pulse_level = math.exp(-max(0.0, age) / PULSE_DECAY_S) if age < 1.0 else 0.0
         level = int(40 + 215 * self.pulse_level)
         r = 0.06 * h

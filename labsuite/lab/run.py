@@ -18,6 +18,8 @@ from typing import Any
 
 from labsuite import ids
 from labsuite.archive.recorder import RecorderSettings, run_recorder
+from labsuite.audio.metronome import DeviceInfo, OutputSettings
+from labsuite.audio.role import MetronomeRoleSettings, probe_output, run_metronome
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.lab.live import run_processor
 from labsuite.processes import RoleSpec, Supervisor
@@ -44,6 +46,8 @@ class RunOptions:
     speed_m_s: float | None = None
     record: bool = True
     auto_start: bool = False  # --auto-start: the belt starts without the operator's Start
+    sound: bool = True  # False: --no-sound (the session's timer beats, flagged; no click)
+    audio_device: str | int | None = None  # None: the system default output
     connect_timeout_s: float = 60.0
     settle_s: float = 2.0
     sim_overrides: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +65,8 @@ class RunOptions:
             raise ConfigError(f"--speed: expected 0-8 m/s, got {self.speed_m_s!r}")
         if not (math.isfinite(self.connect_timeout_s) and self.connect_timeout_s > 0):
             raise ConfigError(f"connect timeout: expected > 0 s, got {self.connect_timeout_s!r}")
+        if not self.sound and self.audio_device is not None:
+            raise ConfigError("--audio-device names an output but --no-sound plays none; give one of them")
 
 
 @dataclass
@@ -120,6 +126,7 @@ class LabStreams:
     treadmill: str | None
     extra: tuple[str, ...]  # shown and recorded, not processed (camera, the simulator's plan)
     steps: str
+    beats: str | None = None  # the audio metronome's clicks (None: no metronome role)
 
 
 @dataclass(frozen=True)
@@ -148,13 +155,17 @@ def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None)
     roles = [*device_roles, RoleSpec("processor", run_processor, {
         "plates": streams.plates, "imus": streams.imus, "treadmill": streams.treadmill,
         "steps_source_id": streams.steps, "layout": layout, "mode": mode, "mass_kg": mass})]
+    metronome = metronome_role(protocol, options, lab_id)
+    if metronome is not None:
+        roles.append(metronome)
+        streams = replace(streams, beats=metronome.kwargs["settings"].beats_source_id)
     session_file = None
     if options.record:
         session_file = _session_file(options)
         treadmill_events = ids.treadmill_events_source_id(streams.treadmill) if streams.treadmill else None
         sources = (*streams.plates.values(), *streams.imus.values(), streams.treadmill, treadmill_events,
                    *streams.extra, streams.steps, ids.markers_source_id(lab_id),
-                   ids.commands_source_id(lab_id))
+                   ids.commands_source_id(lab_id), streams.beats)
         rec = RecorderSettings(
             participant_id=options.participant_id, path=session_file,
             source_ids=tuple(s for s in sources if s), wait_s=2.0, mass_kg=mass,
@@ -169,12 +180,51 @@ def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None)
                               treadmill_source_id=streams.treadmill,
                               auto_start="--auto-start" if options.auto_start else None,
                               mass_kg=given_mass_kg(protocol, options),
+                              beats_source_id=streams.beats,
                               programme_session=options.programme_session,
                               connect_timeout_s=options.connect_timeout_s, settle_s=options.settle_s)
     the_plan = Plan(lab_id, tuple(roles), streams, session, session_file)
     if gui is not None:
         the_plan = replace(the_plan, roles=(*the_plan.roles, gui(protocol, the_plan)))
     return the_plan
+
+
+def metronome_role(protocol: Protocol, options: RunOptions, lab_id: str) -> RoleSpec | None:
+    """The audio metronome role when the protocol has a metronome cue and the sound is on.
+
+    It follows the session's metronome markers (tempo and click) and publishes one beat marker
+    per click at its DAC time; restarted like a driver (the session says the tempo again every
+    second, so a new process picks the beat up).
+    """
+    cues = protocol.metronome_cues
+    if not cues or not options.sound:
+        return None
+    settings = MetronomeRoleSettings(
+        session_markers_source_id=ids.markers_source_id(lab_id),
+        beats_source_id=ids.beats_source_id(lab_id), name=f"labsuite-metronome-{lab_id}",
+        output=OutputSettings(device=options.audio_device), click=cues[0].click())
+    return RoleSpec("metronome", run_metronome, {"settings": settings})
+
+
+def check_sound(output: OutputSettings, timeout_s: float = 30.0) -> DeviceInfo:
+    """Open ``output`` once in a child process and close it: the device that will play, or DeviceError.
+
+    In a child (spawned, as the roles are) so this process never loads PortAudio, whose threads
+    a session process has no use for; the DeviceError names the device tried.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(probe_output, output)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise DeviceError(f"audio output: {output.device_label} did not open within "
+                              f"{timeout_s:g} s") from None
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise DeviceError(f"audio output: the check of {output.device_label} crashed ({exc})") from None
 
 
 def _simulated_lab(protocol: Protocol, options: RunOptions, mass: float
@@ -266,6 +316,22 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
             Path(options.out_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {options.out_dir}: cannot create the folder: {exc}") from None
+    metronome = next((r for r in the_plan.roles if r.name == "metronome"), None)
+    if metronome is not None:
+        output = metronome.kwargs["settings"].output
+        try:
+            dev = check_sound(output)
+        except DeviceError as exc:
+            text = str(exc)
+            raise DeviceError(f"{text}{'' if text.endswith(('.', '?')) else '.'} The protocol has a "
+                              "metronome cue: connect a working sound "
+                              "output (check it with `labsuite audio test`), name it with --audio-device, "
+                              "or give --no-sound to run with the session's silent timer beats") from None
+        status(f"sound: clicks on {dev.name!r} ({dev.host_api}, {dev.sample_rate_hz:g} Hz, "
+               f"reported output latency {1e3 * dev.output_latency_s:.1f} ms)")
+    elif protocol.metronome_cues:
+        status("sound: off (--no-sound): no click is played; the beats in the file are the "
+               "session's timer (clock 'timer')")
     events: list[str] = []
 
     def on_role(role: str, text: str) -> None:

@@ -7,6 +7,7 @@ It knows nothing of LSL, threads or terminals, so every rule is unit-testable wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from labsuite.protocol.belt import BeltPlan, BeltWatch, OffSpeed
 from labsuite.protocol.schema import (
     BaselineStage,
     CadenceStage,
+    Metronome,
     Protocol,
     RetentionStage,
 )
@@ -40,6 +42,14 @@ _AT_ONCE_M_S2 = 1e6
 
 PAUSE_AWAITING_START = "awaiting_start"
 PAUSE_BELT_FAULT = "belt_fault"
+
+# Who makes the beats: the audio metronome role (its clicks, stamped with their DAC times, are the
+# beats; the session only says the tempo) or the session's own timer (no sound: --no-sound).
+BEATS_AUDIO = "audio"
+BEATS_TIMER = "timer"
+# While the audio metronome plays, its state is said again this often: a metronome role that was
+# restarted (it reads only markers sent after it connected) picks the beat up within this time.
+METRONOME_ANNOUNCE_S = 1.0
 
 STATE_IDLE = "idle"
 STATE_RUNNING = "running"
@@ -141,8 +151,12 @@ class SessionMachine:
 
     def __init__(self, protocol: Protocol, *, programme_session: int | None = None,
                  participant: str = "", auto_start: str | None = None,
-                 expected_mass_kg: float | None = None, belt_feedback: bool = False) -> None:
+                 expected_mass_kg: float | None = None, belt_feedback: bool = False,
+                 beats: str = BEATS_TIMER) -> None:
+        if beats not in (BEATS_TIMER, BEATS_AUDIO):
+            raise ConfigError(f"session beats: expected {BEATS_TIMER!r} or {BEATS_AUDIO!r}, got {beats!r}")
         self.protocol = protocol
+        self.beats = beats
         self.programme_session = programme_session
         self.participant = participant
         self.state = STATE_IDLE
@@ -184,6 +198,8 @@ class SessionMachine:
         # cues
         self._cue: mk.Cue | None = None  # the cue state last published
         self._metronome_spm: float | None = None
+        self._metronome: mk.Metronome = mk.Metronome()  # the state last published
+        self._metronome_said_s = math.nan
         self._next_beat_s = math.nan
         self._beat_n = 0
 
@@ -278,7 +294,7 @@ class SessionMachine:
             programme=p.programme.name if p.programme else None,
             programme_session=self.programme_session,
             programme_sessions=len(p.programme.sessions) if p.programme else None,
-            stages=len(p.stages)))]
+            stages=len(p.stages), beats=self.beats if p.metronome_cues else None))]
         self.state = STATE_RUNNING
         self._last_s = now_s
         self._last_force_s = now_s  # the force watchdog counts from the start
@@ -310,6 +326,7 @@ class SessionMachine:
             return out
         # beats due so far belong to the stage as it was; a new stage starts with its own cues
         out += self._beats(now_s)
+        out += self._announce_metronome(now_s)
         out += self._maybe_advance(now_s)
         if self.state == STATE_RUNNING:
             out += self._update_cues(now_s)
@@ -719,24 +736,39 @@ class SessionMachine:
         if self._cue is None or cue.encode() != self._cue.encode():
             self._cue = cue
             out.append(self._marker(now_s, cue))
-        out += self._set_metronome(now_s, metronome)
+        out += self._set_metronome(now_s, metronome, cues.metronome if cues is not None else None)
         return out
 
-    def _set_metronome(self, now_s: float, spm: float | None) -> list[Action]:
-        if spm == self._metronome_spm:
+    def _set_metronome(self, now_s: float, spm: float | None, cue: Metronome | None = None) -> list[Action]:
+        click: dict[str, Any] = {}
+        if spm is not None and cue is not None:
+            click = {"sound": cue.sound, "volume_db": cue.volume_db, "ear": cue.ear,
+                     "tone_hz": cue.tone_hz, "flash": cue.flash}
+        state = mk.Metronome(spm=spm, **click)
+        if state == self._metronome:
             return []
+        self._metronome = state
+        self._metronome_said_s = now_s
         previous = self._metronome_spm
         self._metronome_spm = spm
-        if spm is not None:
+        if spm is not None and spm != previous:
             # keep the beat going when only the rate changes; start at once otherwise
             last_beat = self._next_beat_s - 60.0 / previous if previous else math.nan
             self._next_beat_s = last_beat + 60.0 / spm if math.isfinite(last_beat) else now_s
             self._next_beat_s = max(self._next_beat_s, now_s)
-        return [self._marker(now_s, mk.Metronome(spm=spm))]
+        return [self._marker(now_s, state)]
+
+    def _announce_metronome(self, now_s: float) -> list[Action]:
+        """Say the playing metronome's state again (audio beats only; see METRONOME_ANNOUNCE_S)."""
+        if self.beats != BEATS_AUDIO or self._metronome.spm is None \
+                or now_s - self._metronome_said_s < METRONOME_ANNOUNCE_S:
+            return []
+        self._metronome_said_s = now_s
+        return [self._marker(now_s, dataclasses.replace(self._metronome, again=True))]
 
     def _beats(self, now_s: float) -> list[Action]:
         spm = self._metronome_spm
-        if spm is None:
+        if spm is None or self.beats != BEATS_TIMER:
             return []
         period = 60.0 / spm
         out = []
@@ -745,7 +777,8 @@ class SessionMachine:
             self._next_beat_s = now_s
         while self._next_beat_s <= now_s:
             self._beat_n += 1
-            out.append(self._marker(self._next_beat_s, mk.Beat(n=self._beat_n, spm=spm)))
+            out.append(self._marker(self._next_beat_s, mk.Beat(n=self._beat_n, spm=spm,
+                                                               clock=mk.BEAT_CLOCK_TIMER)))
             self._next_beat_s += period
         return out
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from labsuite.audio import clicks
 from labsuite.errors import ConfigError
 from labsuite.yamlfile import KEY_MARK, Loc, format_path, node_positions, parse_yaml, read_text
 
@@ -42,9 +43,26 @@ class _Strict(BaseModel):
 # ---- cues -------------------------------------------------------------------------------------
 
 class Metronome(_Strict):
-    """A metronome at the stage's target cadence (``spm: target``) or at a fixed rate."""
+    """A metronome at the stage's target cadence (``spm: target``) or at a fixed rate, and its click.
+
+    ``sound`` (woodblock or tone), ``volume_db`` (dB re full scale, the click's peak), ``ear``
+    (both, left, right, or alternate: one ear per step) and ``tone_hz`` (the tone's pitch) are
+    played by the audio metronome (labsuite.audio.clicks.ClickSettings, the same limits);
+    ``flash`` also flashes the participant display on every beat.
+    """
 
     spm: Literal["target"] | Annotated[float, Field(ge=MIN_CADENCE_SPM, le=MAX_CADENCE_SPM)] = "target"
+    sound: Literal["woodblock", "tone"] = "woodblock"
+    volume_db: Annotated[float, Field(ge=clicks.MIN_VOLUME_DB, le=clicks.MAX_VOLUME_DB)] = \
+        clicks.DEFAULT_VOLUME_DB
+    ear: Literal["both", "left", "right", "alternate"] = "both"
+    tone_hz: Annotated[float, Field(ge=clicks.MIN_TONE_HZ, le=clicks.MAX_TONE_HZ)] = clicks.DEFAULT_TONE_HZ
+    flash: bool = False
+
+    def click(self) -> clicks.ClickSettings:
+        """The click these settings ask the audio metronome for."""
+        return clicks.ClickSettings(sound=self.sound, volume_db=self.volume_db, ear=self.ear,
+                                    tone_hz=self.tone_hz)
 
 
 class LoadingRateCue(_Strict):
@@ -305,6 +323,12 @@ class Protocol(_Strict):
     def _cross_field(self) -> Protocol:
         _check_protocol(self)
         return self
+
+    @property
+    def metronome_cues(self) -> tuple[Metronome, ...]:
+        """The metronome cues of the stages that give one, in stage order (empty: no metronome)."""
+        return tuple(s.cues.metronome for s in self.stages
+                     if isinstance(s, CadenceStage) and s.cues.metronome is not None)
 
     def stage_speed_m_s(self, index: int) -> float:
         """Belt speed of stage ``index`` in m/s (0 for stages with the belt stopped)."""

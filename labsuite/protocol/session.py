@@ -26,7 +26,7 @@ from labsuite import ids
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.markers import Paused, SessionEnd
 from labsuite.protocol import operator as op
-from labsuite.protocol.machine import Action, SessionMachine
+from labsuite.protocol.machine import BEATS_AUDIO, BEATS_TIMER, Action, SessionMachine
 from labsuite.protocol.schema import Protocol
 from labsuite.steps import STEP_FIELD_NAMES, rows_to_steps
 from labsuite.streams import messages as msg
@@ -56,7 +56,10 @@ class SessionSettings:
     ``treadmill_source_id`` the treadmill's state stream, whose measured speeds are held against
     the commanded ones (and its driver's events stream, beside it). ``auto_start`` names who lets
     the belt start without the operator's Start (``--auto-start``; None: the operator starts it);
-    ``mass_kg`` is the mass the weigh-in is checked against.
+    ``mass_kg`` is the mass the weigh-in is checked against;
+    ``beats_source_id`` the audio metronome's beat stream: with it the clicks are the beats (the
+    session says only the tempo, and waits for that stream before it starts); without it the
+    session's own timer makes silent beats (``--no-sound``).
     """
 
     lab_id: str
@@ -66,6 +69,7 @@ class SessionSettings:
     treadmill_source_id: str | None = None
     auto_start: str | None = None
     mass_kg: float | None = None
+    beats_source_id: str | None = None
     programme_session: int | None = None
     tick_s: float = 0.02
     heartbeat_period_s: float = msg.HEARTBEAT_PERIOD_S
@@ -115,7 +119,8 @@ class Session:
         self.machine = SessionMachine(protocol, programme_session=settings.programme_session,
                                       participant=settings.participant_id,
                                       auto_start=settings.auto_start, expected_mass_kg=settings.mass_kg,
-                                      belt_feedback=settings.treadmill_source_id is not None)
+                                      belt_feedback=settings.treadmill_source_id is not None,
+                                      beats=BEATS_AUDIO if settings.beats_source_id else BEATS_TIMER)
         self.on_action = on_action
         self.published: list[Action] = []
         self.log: list[tuple[float, str]] = []
@@ -156,6 +161,8 @@ class Session:
         inputs = [s.steps_source_id, *s.force_source_ids, s.operator_source_id]
         if s.treadmill_source_id is not None:
             inputs += [s.treadmill_source_id, ids.treadmill_events_source_id(s.treadmill_source_id)]
+        if s.beats_source_id:
+            inputs.append(s.beats_source_id)
         for sid in dict.fromkeys(inputs):
             self._readers[sid] = StreamReader(
                 StreamQuery(source_id=sid), on_chunk=self._on_chunk, on_event=self._on_reader_event,
@@ -183,6 +190,10 @@ class Session:
             tm = self.settings.treadmill_source_id
             if tm is not None and not self._readers[tm].stats().samples:
                 missing.append(f"treadmill speed (stream {tm})")
+            beats = self.settings.beats_source_id
+            if beats and not self._readers[beats].connected:
+                missing.append(f"metronome (stream {beats}: the sound output opened by the "
+                               "metronome role)")
             if not missing:
                 break
             time.sleep(0.1)
@@ -314,6 +325,8 @@ class Session:
         elif s.treadmill_source_id is not None and sid == ids.treadmill_events_source_id(
                 s.treadmill_source_id):
             self._on_treadmill_events(ts, data)
+        elif sid == s.beats_source_id:
+            pass  # read only to know the metronome is up; the recorder keeps the beats
         else:
             # sample time on this machine's clock: pulled right before the watchdog looks
             self._force_last[sid] = max(self._force_last.get(sid, -math.inf), float(ts[-1]))

@@ -1,0 +1,154 @@
+"""``labsuite run --simulate --headless`` with the audible metronome, heard on a private null sink.
+
+One short session (a tempo change between two cadence stages) plays its clicks on a private
+PulseAudio null sink while parec records the sink's monitor. In the session file: one click in the
+recording for every beat marker, inter-onset intervals equal to the marker intervals (SD <= 1 ms)
+and a constant onset-minus-marker offset (SD <= 1 ms) across the tempo change. Without a sound
+output the same command refuses to start, naming the device it tried, unless --no-sound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labsuite import ids
+from labsuite.archive.reader import open_session
+from labsuite.audio.nullsink import NullSinkServer
+from labsuite.audio.onsets import detect_onsets
+
+pytestmark = pytest.mark.slow
+
+RATE = 48000
+SLOW_SPM, FAST_SPM = 165.0, 178.0
+PROTOCOL = f"""\
+schema: labsuite-protocol/1
+name: metronome-run
+speed_m_s: 3.0
+# a generous force watchdog: this test is about the clicks, on a shared 2-core machine
+safety: {{accel_m_s2: 1.5, force_timeout_s: 3.0}}
+checkins: {{at_start: false, at_stage_boundaries: false}}
+simulation: {{mode: run, preferred_cadence_spm: 165}}
+stages:
+  # standing first: the processor's kernels load while the belt is still
+  - {{name: stand, kind: quiet_standing, duration_s: 3}}
+  - {{name: slow, kind: cadence, duration_s: 7, target_spm: {SLOW_SPM:g}, cues: {{metronome: {{}}}}}}
+  - name: fast
+    kind: cadence
+    duration_s: 7
+    target_spm: {FAST_SPM:g}
+    cues: {{metronome: {{spm: target, sound: tone, tone_hz: 1200, volume_db: -10}}}}
+"""
+
+
+def _run(tmp_path: Path, lab_id: str, env: dict[str, str], *extra: str,
+         timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    proto = tmp_path / "metronome.yaml"
+    proto.write_text(PROTOCOL)
+    return subprocess.run(
+        [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "M01", "--simulate",
+         "--headless", "--out", str(tmp_path / "out"), "--lab-id", lab_id, *extra],
+        capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One session on a private null sink, its output, its file and the recording of the sink."""
+    import uuid
+
+    tmp = tmp_path_factory.mktemp("run-metronome")
+    lab_id = f"metro-{uuid.uuid4().hex[:8]}"
+    with NullSinkServer(rate_hz=RATE) as server:
+        env = {**os.environ, **server.client_env()}
+        recording = server.record(tmp / "sink.raw")
+        try:
+            proc = _run(tmp, lab_id, env)
+        finally:
+            samples = recording.stop()
+        files = sorted((tmp / "out").glob("M01_*.h5"))
+        yield {"proc": proc, "files": files, "samples": samples, "lab_id": lab_id,
+               "lost_s": recording.wall_s - recording.recorded_s}
+
+
+def test_the_session_plays_its_beats_and_the_file_keeps_them(played: dict) -> None:
+    proc = played["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sound: clicks on" in proc.stdout and "reported output latency" in proc.stdout
+    assert len(played["files"]) == 1
+    beats_sid = ids.beats_source_id(played["lab_id"])
+    with open_session(played["files"][0]) as f:
+        assert f.complete
+        assert beats_sid in {s.spec.source_id for s in f.streams.values()}  # the recorder kept it
+        markers = f.markers
+        texts = [json.loads(t) for t in markers["text"]]
+        start = next(t for t in texts if t.get("event") == "session_start")
+        assert start["beats"] == "audio"
+        beats = [(float(ts), t) for ts, t, sid in zip(markers["time_s"], texts, markers["source_id"],
+                                                     strict=True) if t.get("event") == "beat"]
+        # every beat in the file is a click of the metronome role, none is the session's timer
+        assert beats and all(sid == beats_sid for sid in
+                             markers["source_id"][[t.get("event") == "beat" for t in texts]])
+        # the file's times are the recorder's corrected ones: the stamped DAC time plus the clock
+        # offset it measured to the role's process (tens of µs on one machine)
+        assert all(t["clock"] == "dac" and t["dac_lsl_s"] == pytest.approx(ts, abs=2e-4)
+                   for ts, t in beats)
+        assert {t["sound"] for _, t in beats} == {"woodblock", "tone"}
+        stages = f.stages[1:]
+    # the tempo change is in the beats: both tempi, in stage order
+    spms = [t["spm"] for _, t in beats]
+    assert spms[0] == SLOW_SPM and spms[-1] == FAST_SPM and sorted(set(spms)) == [SLOW_SPM, FAST_SPM]
+    slow, _ = stages
+    in_slow = [ts for ts, t in beats if slow.start_s <= ts < slow.end_s + 0.2]
+    assert len(in_slow) == pytest.approx((slow.end_s - slow.start_s) * SLOW_SPM / 60, abs=2)
+
+
+def test_clicks_heard_are_the_beat_markers_across_the_tempo_change(played: dict) -> None:
+    proc = played["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert played["lost_s"] < 0.1, f"the recording lost {played['lost_s']:.2f} s: nothing to compare"
+    with open_session(played["files"][0]) as f:
+        markers = f.markers
+        texts = [json.loads(t) for t in markers["text"]]
+        beat_t = np.array([ts for ts, t in zip(markers["time_s"], texts, strict=True)
+                           if t.get("event") == "beat"])
+        flagged = {t["n"] for t in texts if t.get("event") == "beat_disrupted"}
+    onsets_s = detect_onsets(played["samples"], RATE) / RATE
+    # one click in the recording for every beat marker in the file
+    assert len(onsets_s) == len(beat_t), (len(onsets_s), len(beat_t))
+    assert not flagged, f"beats flagged disrupted: {sorted(flagged)} (a stalled sound server)"
+    ioi_err_s = np.diff(onsets_s) - np.diff(beat_t)
+    offset_s = onsets_s - beat_t  # recording clock minus LSL: constant if each marker is its click
+    change = int(np.argmax(np.diff(beat_t) < 60 / SLOW_SPM - 0.01))  # first fast interval
+    assert 5 < change < len(beat_t) - 5, "the tempo change is not inside the run"
+    print(f"run metronome: {len(beat_t)} beats = {len(onsets_s)} clicks; IOI error SD "
+          f"{1e3 * np.std(ioi_err_s):.3f} ms (max {1e3 * np.abs(ioi_err_s).max():.3f}); offset SD "
+          f"{1e3 * np.std(offset_s):.3f} ms, before/after the change "
+          f"{1e3 * np.mean(offset_s[:change]):.3f}/{1e3 * np.mean(offset_s[change + 1:]):.3f} ms")
+    assert np.std(ioi_err_s) <= 0.001
+    assert np.std(offset_s) <= 0.001
+    assert abs(np.mean(offset_s[:change]) - np.mean(offset_s[change + 1:])) <= 0.001
+
+
+def test_without_a_sound_output_the_run_refuses_naming_the_device_unless_no_sound(tmp_path: Path,
+                                                                                  uid: str) -> None:
+    # a sound server that is not there: PortAudio (through ALSA's pulse plugin) finds no output
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    env.update(PULSE_SERVER=f"unix:{tmp_path / 'no-such-server'}", PULSE_RUNTIME_PATH=str(tmp_path),
+               PULSE_COOKIE=str(tmp_path / "cookie"))
+    proc = _run(tmp_path, uid, env, "--quiet", timeout_s=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the system default output" in err[0] and "--no-sound" in err[0], err[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.h5"))
+    with pytest.raises(subprocess.CalledProcessError):  # --audio-device and --no-sound contradict
+        subprocess.run([sys.executable, "-m", "labsuite", "run", str(tmp_path / "metronome.yaml"),
+                        "--participant", "M01", "--simulate", "--no-sound", "--audio-device", "x"],
+                       check=True, capture_output=True, env=env, timeout=60)
