@@ -24,7 +24,8 @@ from labsuite.archive.reader import open_session
 from labsuite.audio.nullsink import NullSinkServer
 from labsuite.audio.onsets import detect_onsets
 
-pytestmark = pytest.mark.slow
+# each test module's sessions take 40-60 s on a loaded 2-core machine (the module fixture runs one)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 RATE = 48000
 SLOW_SPM, FAST_SPM = 165.0, 178.0
@@ -152,3 +153,69 @@ def test_without_a_sound_output_the_run_refuses_naming_the_device_unless_no_soun
         subprocess.run([sys.executable, "-m", "labsuite", "run", str(tmp_path / "metronome.yaml"),
                         "--participant", "M01", "--simulate", "--no-sound", "--audio-device", "x"],
                        check=True, capture_output=True, env=env, timeout=60)
+
+
+RESTART = """\
+schema: labsuite-protocol/1
+name: metronome-restart
+speed_m_s: 3.0
+safety: {accel_m_s2: 1.5, force_timeout_s: 3.0}
+checkins: {at_start: false, at_stage_boundaries: false}
+simulation: {mode: run, preferred_cadence_spm: 165}
+stages:
+  - {name: stand, kind: quiet_standing, duration_s: 3}
+  - {name: cued, kind: cadence, duration_s: 11, target_spm: 170, cues: {metronome: {}}}
+"""
+
+
+def test_a_killed_metronome_role_is_restarted_and_picks_the_beat_up(tmp_path: Path, uid: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL the metronome role mid-stage: the supervisor restarts it and, told the tempo again by
+    the session within a second, it clicks on; the gap and the new start are in the beat stream."""
+    import threading
+
+    import pylsl
+
+    from labsuite.lab.run import RunOptions, run_protocol
+    from labsuite.markers import StageStart
+
+    proto = tmp_path / "restart.yaml"
+    proto.write_text(RESTART)
+    killed: dict[str, float] = {}
+    holder: dict = {}
+
+    def on_action(action) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(action.marker, StageStart) and action.marker.name == "cued":
+            def kill() -> None:
+                threading.Event().wait(3.0)
+                killed["t"] = pylsl.local_clock()
+                holder["sup"].kill("metronome")
+            threading.Thread(target=kill, daemon=True).start()
+
+    with NullSinkServer(rate_hz=RATE) as server:
+        for k, v in server.client_env().items():
+            monkeypatch.setenv(k, v)  # the roles are spawned with this environment
+        result = run_protocol(
+            RunOptions(protocol_path=proto, participant_id="M02", simulate=True, out_dir=tmp_path / "out",
+                       lab_id=uid, connect_timeout_s=60.0),
+            on_action=on_action, supervisor_hook=lambda sup: holder.__setitem__("sup", sup))
+    assert result.end_reason == "completed", result.log[-10:]
+    assert any(e.startswith("metronome: exited") for e in result.role_events), result.role_events
+    assert sum(e.startswith("metronome: started") for e in result.role_events) == 2
+    with open_session(result.session_file) as f:
+        markers = f.markers
+        texts = [json.loads(t) for t in markers["text"]]
+        beats = [(float(ts), t["n"]) for ts, t in zip(markers["time_s"], texts, strict=True)
+                 if t.get("event") == "beat"]
+        cued = f.stages[1]
+    before = [(ts, n) for ts, n in beats if ts < killed["t"]]
+    after = [(ts, n) for ts, n in beats if ts > killed["t"] + 0.2]
+    assert len(before) >= 6 and len(after) >= 5, (len(before), len(after))
+    assert after[0][1] == 1  # a new process counts from 1 again
+    back_s = after[0][0] - killed["t"]
+    print(f"metronome restart: first click {back_s:.2f} s after the kill")
+    assert back_s < 6.0  # restart delay 0.5 s + device settling (1-2 s) + the next announcement (1 s)
+    # after the restart it beats at the stage's tempo until the stage ends
+    t_after = np.array([ts for ts, _ in after])
+    assert np.median(np.diff(t_after)) == pytest.approx(60 / 170, rel=1e-3)
+    assert t_after[-1] > cued.end_s - 1.0
