@@ -122,7 +122,9 @@ def main() -> int:
                                 band_high_spm=spm + 5, belt_speed_m_s=3.0),
                      msg.marker("cue", feedback_on=True, metronome_spm=spm, band_low_spm=spm - 5,
                                 band_high_spm=spm + 5, target_spm=spm, valr_max_bw_per_s=None,
-                                tibial_max_g=None)):
+                                tibial_max_g=None),
+                     # the participant display's flash on the beat (a cue asks for it)
+                     msg.marker(msg.EVENT_METRONOME, spm=spm, flash=True)):
             markers.push_sample([text], t)
         n = 0
         while not stop_beats.wait(60.0 / spm):

@@ -24,7 +24,7 @@ import numpy as np
 from labsuite import markers as mk
 from labsuite.audio.clicks import ClickSettings
 from labsuite.audio.metronome import Beat, DeviceInfo, Metronome, OutputSettings
-from labsuite.errors import ConfigError, DeviceError
+from labsuite.errors import ConfigError, DeviceError, LabsuiteError
 from labsuite.markers import BeatDisrupted
 from labsuite.streams import messages as msg
 from labsuite.streams.contracts import KIND_MARKERS, Channel, StreamSpec
@@ -151,6 +151,19 @@ def probe_output(output: OutputSettings) -> DeviceInfo:
         return metronome.device
     finally:
         metronome.close()
+
+
+def probe_output_to(conn: Any, output: OutputSettings) -> None:
+    """Child-process entry of the composition root's sound check (:func:`probe_output`).
+
+    Sends ``("ok", DeviceInfo)`` or ``("error", message)`` on ``conn``.
+    """
+    try:
+        conn.send(("ok", probe_output(output)))
+    except LabsuiteError as exc:
+        conn.send(("error", str(exc)))
+    finally:
+        conn.close()
 
 
 def run_metronome(stop: Any, settings: MetronomeRoleSettings) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from labsuite import ids
 from labsuite.archive.recorder import RecorderSettings, run_recorder
 from labsuite.audio.metronome import DeviceInfo, OutputSettings
-from labsuite.audio.role import MetronomeRoleSettings, probe_output, run_metronome
+from labsuite.audio.role import MetronomeRoleSettings, probe_output_to, run_metronome
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.lab.live import run_processor
 from labsuite.processes import RoleSpec, Supervisor
@@ -210,21 +210,34 @@ def check_sound(output: OutputSettings, timeout_s: float = 30.0) -> DeviceInfo:
     """Open ``output`` once in a child process and close it: the device that will play, or DeviceError.
 
     In a child (spawned, as the roles are) so this process never loads PortAudio, whose threads
-    a session process has no use for; the DeviceError names the device tried.
+    a session process has no use for; the DeviceError names the device tried. A child that hangs
+    in the sound stack is killed after ``timeout_s``.
     """
-    import concurrent.futures
     import multiprocessing
 
-    with concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        future = pool.submit(probe_output, output)
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=probe_output_to, args=(send, output), name="sound-check", daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout_s):
+            raise DeviceError(f"audio output: {output.device_label} did not open within {timeout_s:g} s")
         try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise DeviceError(f"audio output: {output.device_label} did not open within "
-                              f"{timeout_s:g} s") from None
-        except concurrent.futures.process.BrokenProcessPool as exc:
-            raise DeviceError(f"audio output: the check of {output.device_label} crashed ({exc})") from None
+            kind, value = receive.recv()
+        except EOFError:
+            child.join(5.0)
+            raise DeviceError(f"audio output: the check of {output.device_label} crashed "
+                              f"(exit code {child.exitcode})") from None
+        if kind != "ok":
+            raise DeviceError(value)
+        return value
+    finally:
+        receive.close()
+        child.join(5.0)
+        if child.is_alive():
+            child.kill()
+            child.join(5.0)
 
 
 def _simulated_lab(protocol: Protocol, options: RunOptions, mass: float
