@@ -135,7 +135,8 @@ def run_session(args: argparse.Namespace, tmp: Path) -> tuple[list[float], dict]
     out = tmp / "bench-sessions"
     proc = subprocess.run(
         [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "BENCH", "--simulate",
-         "--headless", "--quiet", "--out", str(out), "--lab-id", f"bench-{uuid.uuid4().hex[:8]}"],
+         "--headless", "--auto-start", "--quiet", "--out", str(out), "--lab-id",
+         f"bench-{uuid.uuid4().hex[:8]}"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=args.duration_s + 300)
     files = sorted(out.glob("BENCH_*.h5"))
     if proc.returncode != 0 or len(files) != 1:

@@ -51,12 +51,27 @@ stages:
 
 def _run(tmp_path: Path, lab_id: str, env: dict[str, str], *extra: str,
          timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    import signal
+
     proto = tmp_path / "metronome.yaml"
     proto.write_text(PROTOCOL)
-    return subprocess.run(
-        [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "M01", "--simulate",
-         "--headless", "--out", str(tmp_path / "out"), "--lab-id", lab_id, *extra],
-        capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "labsuite", "run", str(proto), "--participant", "M01", "--simulate",
+           "--headless", "--auto-start", "--out", str(tmp_path / "out"), "--lab-id", lab_id, *extra]
+    # its own process group: on a timeout the run and every role it started are stopped, not
+    # only the run (its role processes would outlive it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the run stops its roles itself
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"labsuite run did not end within {timeout_s:g} s: {out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +212,7 @@ def test_a_killed_metronome_role_is_restarted_and_picks_the_beat_up(tmp_path: Pa
             monkeypatch.setenv(k, v)  # the roles are spawned with this environment
         result = run_protocol(
             RunOptions(protocol_path=proto, participant_id="M02", simulate=True, out_dir=tmp_path / "out",
-                       lab_id=uid, connect_timeout_s=60.0),
+                       lab_id=uid, connect_timeout_s=60.0, auto_start=True),
             on_action=on_action, supervisor_hook=lambda sup: holder.__setitem__("sup", sup))
     assert result.end_reason == "completed", result.log[-10:]
     assert any(e.startswith("metronome: exited") for e in result.role_events), result.role_events
