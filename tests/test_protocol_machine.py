@@ -508,6 +508,8 @@ def test_the_treadmill_drivers_own_stop_and_a_silent_treadmill_are_belt_faults()
                        belt_feedback=True)
     lab = Lab(m)
     lab.belt = lambda t: m.belt_speed_m_s(t - 0.3)
+    # a watchdog stop of a belt meant to stand still stops nothing: no fault, no pause
+    assert m.note_treadmill_event(lab.t, "treadmill_watchdog_stop", "no heartbeat for 0.51 s") == []
     lab.run(10.0)
     out = m.note_treadmill_event(lab.t, "treadmill_watchdog_stop", "no session heartbeat sent for 0.52 s")
     (fault,) = events(out, "belt_fault")

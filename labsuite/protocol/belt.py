@@ -157,8 +157,14 @@ class BeltWatch:
         return found
 
     def event(self, t_s: float, reason: str, detail: str) -> OffSpeed | None:
-        """The treadmill driver said it stopped the belt by itself (its watchdog, a feedback fault)."""
+        """The treadmill driver said it stopped the belt by itself (its watchdog, a feedback fault).
+
+        None when the belt was meant to stand still and does: the driver stopped nothing.
+        """
         if self.fault is not None:
+            return None
+        still = not (abs(self.measured_m_s) > TOLERANCE_M_S)  # NaN (no speed yet) counts as still
+        if still and self.plan.envelope(t_s - LAG_S, t_s)[1] <= 0:
             return None
         return self._raise(reason, detail, t_s, self.plan.at(t_s), self.measured_m_s)
 
