@@ -102,8 +102,9 @@ class StreamReader:
 
     Two ways to pull. By default the worker thread pulls and calls ``on_chunk`` there, with each
     chunk as soon as it arrives (a pull waits for the first sample only; ``pull_timeout_s`` is
-    how long it waits when nothing comes, i.e. how often it looks at the stop flag and clock). With ``caller_pulls=True`` the worker only finds, opens, reconnects
-    and measures the clock offset; the owner calls :meth:`pull` from its own loop, which drains
+    how long it waits when nothing comes, i.e. how often it looks at the stop flag and clock).
+    With ``caller_pulls=True`` the worker only finds, opens, reconnects and measures the clock
+    offset; the owner calls :meth:`pull` from its own loop, which drains
     what the inlet holds at once and calls ``on_chunk`` in that thread. A watchdog that pulls
     right before it looks never mistakes data that its stalled process has not pulled yet for
     data that stopped (the session's force watchdog, the treadmill's heartbeat watchdog).
