@@ -105,3 +105,19 @@ def test_simulate_walking_single_belt_at_2khz(uid):
     finally:
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback():
+    """`labsuite ... | head` that stops reading: exit 141 (as for SIGPIPE), nothing on stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    protocol = Path(__file__).resolve().parents[1] / "protocols" / "willy2016_cadence_programme.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "labsuite", "validate", str(protocol)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first byte
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
