@@ -498,6 +498,22 @@ def decode(text: str, *, strict: bool = False) -> Marker:
     return from_fields(decode_json(text), strict=strict)
 
 
+def decode_recorded(rows: Iterable[Mapping[str, Any]]) -> list[tuple[float, Marker]]:
+    """Decode recorded markers (rows with ``time_s`` and ``text``, as a session file keeps them).
+
+    Returns (time_s, marker) pairs in the rows' order; a malformed marker is left out (it stays in
+    the file: readers show what they can read).
+    """
+    out = []
+    for row in rows:
+        try:
+            marker = decode(str(row["text"]))
+        except DeviceError:
+            continue
+        out.append((float(row["time_s"]), marker))
+    return out
+
+
 def event_kinds() -> dict[str, type[Marker]]:
     """Every event this version knows, by name (the vocabulary of ``docs/protocols.md``)."""
     return dict(_EVENTS)

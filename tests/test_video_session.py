@@ -9,6 +9,7 @@ the recorded camera stream.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -185,3 +186,91 @@ def test_video_cli_errors_are_one_clear_line(session, tmp_path):
         assert f"MISSING video file: {video.name}" in res.stdout
     finally:
         moved.rename(video)
+
+
+def _expected_picks(valr):
+    """Slow twin of report.sheets.pick_steps: candidate orders by plain sorting."""
+    import statistics
+
+    ok = [i for i, v in enumerate(valr) if math.isfinite(v)]
+    if not ok:
+        return []
+    med = statistics.median(valr[i] for i in ok)
+    median_order = sorted(ok, key=lambda i: (abs(valr[i] - med), i))
+    if len(ok) == 1:
+        return [("median VALR", median_order)]
+    return [("median VALR", median_order), ("highest VALR", sorted(ok, key=lambda i: (-valr[i], i)))]
+
+
+@pytest.mark.parametrize("valr", [[3.0], [1.0, 2.0], [5.0, math.nan, 1.0, 3.0, 3.0, 9.0], [math.nan] * 3,
+                                  [2.0, 2.0, 2.0, 2.0], list(np.random.default_rng(4).normal(60, 9, 41))])
+def test_pick_steps_equals_its_slow_twin(valr):
+    from labsuite.report.sheets import pick_steps
+
+    assert pick_steps(np.array(valr)) == _expected_picks(valr)
+
+
+def test_report_contact_sheet_shows_each_stages_median_and_highest_valr_strike(session, tmp_path):
+    """Per stage the filmed median-VALR and highest-VALR strikes, their frames and their clips."""
+    import av
+
+    from labsuite.report.sheets import contact_sheet
+    from labsuite.stages import StageRecord
+
+    path, cam = session
+    with open_session(path) as s:
+        steps = session_steps(s)
+        times, index, _ = _camera_frames(s, cam.source_id)
+    strike = steps["strike_s"]
+    edges = np.linspace(strike[0], strike[-1] + 1e-3, 4)
+    stages = [StageRecord(i, f"part{i + 1}", "baseline", edges[i], edges[i + 1]) for i in range(3)]
+    sheet = contact_sheet(path, stages, clip_dir=tmp_path, link_base=tmp_path)
+    assert sheet is not None and sheet.camera == cam.source_id
+
+    def nearest(t):
+        k = int(np.argmin(np.abs(times - t)))
+        return k if abs(times[k] - t) <= 3.0 / RATE_HZ else None
+
+    want = []
+    for st in stages:
+        rows = [i for i in range(len(steps)) if st.start_s <= strike[i] < st.end_s
+                and not steps["invalid"][i] > 0 and not steps["crossover"][i] > 0]
+        shown: set[int] = set()
+        for pick, order in _expected_picks([float(steps["valr_bw_per_s"][i]) for i in rows]):
+            k = next(k for k in order if k not in shown and nearest(strike[rows[k]]) is not None)
+            shown.add(k)
+            want.append((st.name, pick, rows[k] + 1))
+    assert [(f.stage, f.pick, f.step_number) for f in sheet.frames] == want
+    assert sheet.problems == ()
+    for f in sheet.frames:
+        k = nearest(strike[f.step_number - 1])
+        img = cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        got = read_band(img)
+        assert got is not None and abs(got - index[k]) <= 1, (f.step_number, got, index[k])
+        assert f.valr_bw_per_s == float(steps["valr_bw_per_s"][f.step_number - 1])
+        with av.open(str(tmp_path / f.clip)) as c:
+            clip_frames = [read_band(fr.to_ndarray(format="bgr24")) for fr in c.decode(video=0)]
+        in_window = (times >= strike[f.step_number - 1] - 0.5) & (times <= strike[f.step_number - 1] + 0.5)
+        assert clip_frames == index[in_window].tolist()
+
+
+def test_report_page_holds_the_contact_sheet_and_links_its_clips(session, tmp_path, capsys):
+    import base64
+    import re
+
+    path, _cam = session
+    out = tmp_path / "r.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0, capsys.readouterr().err
+    page = out.read_text()
+    assert "Video: strikes per stage" in page
+    links = re.findall(r"<a href='([^']+)'><img alt='[^']*' src='data:image/jpeg;base64,([^']+)'>", page)
+    assert len(links) == 2  # a recording without stages: one group, median and highest VALR
+    for clip, b64 in links:
+        assert (tmp_path / clip).is_file() and clip.startswith("r_clips/")
+        assert read_band(cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR))
+    assert main(["report", str(path), "--out", str(tmp_path / "s.html"), "--no-clips"]) == 0
+    page = (tmp_path / "s.html").read_text()
+    assert page.count("data:image/jpeg") == 2 and "<a href=" not in page
+    assert not (tmp_path / "s_clips").exists()
+    assert main(["report", str(path), "--out", str(tmp_path / "n.html"), "--no-video"]) == 0
+    assert "Video: strikes" not in (tmp_path / "n.html").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 COMMAND = "report"
 HELP = ("session report: one self-contained HTML page per session file (--csv: the per-stage table), "
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "programme_report.html in the first folder; CSV goes to stdout)")
     parser.add_argument("--csv", action="store_true",
                         help="write the per-stage table (per-session table with --programme) as CSV")
+    parser.add_argument("--no-video", action="store_true",
+                        help="leave out the contact sheet of strike frames (sessions with video)")
+    parser.add_argument("--no-clips", action="store_true",
+                        help="contact sheet without clips (by default each picture links to a 1 s clip "
+                             "in the folder REPORT_clips beside the page)")
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -34,6 +40,24 @@ def _default_out(args: argparse.Namespace) -> Path:
         return folder / "programme_report.html"
     src = Path(args.session)
     return src.with_name(src.stem + ".report.html")
+
+
+def _contact_sheet(args: argparse.Namespace, rep: Any, target: Path) -> Any:
+    """The session's contact sheet (None without video); clips in TARGET_clips/ unless --no-clips."""
+    from labsuite.errors import ConfigError
+    from labsuite.report.sheets import contact_sheet
+
+    clip_dir = None if args.no_clips else target.with_name(target.stem.replace(".", "_") + "_clips")
+    if clip_dir is not None:
+        try:
+            clip_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot make the folder for the report's clips {clip_dir}: {exc}") from None
+    try:
+        return contact_sheet(args.session, rep.stages, clip_dir=clip_dir, link_base=target.parent)
+    finally:
+        if clip_dir is not None and clip_dir.is_dir() and not any(clip_dir.iterdir()):
+            clip_dir.rmdir()  # no video, or no clip written
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
             text = report.render_programme_html(reports)
     else:
         rep = report.load_session_report(args.session, curves=not args.csv)
-        text = report.table_csv(rep.rows) if args.csv else report.render_session_html(rep)
+        if args.csv:
+            text = report.table_csv(rep.rows)
+        else:
+            sheet = None if args.no_video else _contact_sheet(args, rep, out or _default_out(args))
+            text = report.render_session_html(rep, sheet)
     if args.csv and out is None:
         sys.stdout.write(text)
         return 0

@@ -73,18 +73,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             target_s, what = lookup.event_time(session, args.event, args.occurrence), "event"
             lines = [f"{args.event} #{args.occurrence} at {target_s - t0:.3f} s into the session"]
-        ref = video.nearest(target_s, what=f"the {what}")
         if not clip:
-            clips.write_still(clips.annotate(video.read(ref), lines, offset_s=ref.time_s - target_s,
-                                             nearest=True, target=what), out)
+            image, ref = clips.still_at(video, target_s, lines, what=what)
+            clips.write_still(image, out)
             print(f"wrote {out}: frame {ref.frame_index} of {ref.segment.file} (position {ref.position}), "
                   f"{(ref.time_s - target_s) * 1000:+.0f} ms from the {what} at {target_s - t0:.3f} s")
             return 0
-        refs = video.between(target_s - args.before_s, target_s + args.after_s)
-        frames = ((clips.annotate(video.read(r), lines, offset_s=r.time_s - target_s,
-                                  nearest=r.row == ref.row, target=what), r.time_s) for r in refs)
-        n = clips.write_clip(frames, out, video.rate_hz)
+        refs = clips.clip_around(video, target_s, lines, out, before_s=args.before_s,
+                                 after_s=args.after_s, what=what)
         files = ", ".join(dict.fromkeys(r.segment.file for r in refs))
-        print(f"wrote {out}: {n} frames from {refs[0].time_s - target_s:+.3f} to "
+        print(f"wrote {out}: {len(refs)} frames from {refs[0].time_s - target_s:+.3f} to "
               f"{refs[-1].time_s - target_s:+.3f} s around the {what} at {target_s - t0:.3f} s ({files})")
     return 0

@@ -6,6 +6,7 @@ charts (:mod:`labsuite.report.charts`) of loaded sessions into one page each.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import html
 import math
@@ -23,6 +24,7 @@ from labsuite.report.charts import (
 )
 from labsuite.report.loading import SessionReport
 from labsuite.report.programme import programme_table, session_tick
+from labsuite.report.sheets import ContactSheet
 from labsuite.report.tables import CHANGE_COLUMNS, SYMMETRY_COLUMNS
 
 _CSS = """
@@ -40,6 +42,7 @@ svg.plot{max-width:100%;height:auto}
 @media print{@page{size:A4;margin:12mm}body{margin:0;max-width:none;font-size:10.5px}
  h2{page-break-after:avoid;break-after:avoid}table,figure,.warn{page-break-inside:avoid;break-inside:avoid}
  .noprint{display:none}}
+.sheet{display:flex;flex-wrap:wrap;gap:10px}.sheet figure{width:300px}.sheet img{width:100%;height:auto}
 """
 
 
@@ -176,8 +179,33 @@ def _recording_html(rep: SessionReport) -> str:
     return "".join(out)
 
 
-def render_session_html(rep: SessionReport) -> str:
-    """The session report as one self-contained HTML page (inline SVG plots, print CSS)."""
+def _sheet_html(sheet: ContactSheet | None) -> str:
+    """The contact sheet: per stage its median-VALR and highest-VALR strikes, each linked to its clip."""
+    if sheet is None:
+        return ""
+    figs = []
+    for f in sheet.frames:
+        img = (f"<img alt='{_e(f.stage)}, {_e(f.pick)}: step {f.step_number}' "
+               f"src='data:image/jpeg;base64,{base64.b64encode(f.jpeg).decode()}'>")
+        if f.clip:
+            img = f"<a href='{_e(f.clip)}'>{img}</a>"
+        figs.append(f"<figure>{img}<figcaption class=note><b>{_e(f.stage)}</b>, {_e(f.pick)}: step "
+                    f"{f.step_number} at {f.strike_from_start_s:.1f} s, VALR {_f(f.valr_bw_per_s, 1)} BW/s"
+                    f"{' (click for the clip)' if f.clip else ''}</figcaption></figure>")
+    problems = "".join(f"<p class=note>{_e(p)}</p>" for p in sheet.problems)
+    how = ("<p class=note>Frames from the session's own video (camera " + _e(sheet.camera) + "), the one "
+           "nearest each strike; the caption under each picture gives its offset. Step numbers are "
+           "those of <code>labsuite video SESSION.h5 --step N</code>.</p>")
+    shown = "".join(figs) or "<p>No strike to show.</p>"
+    return f"<h2>Video: strikes per stage</h2><div class=sheet>{shown}</div>{problems}{how}"
+
+
+def render_session_html(rep: SessionReport, sheet: ContactSheet | None = None) -> str:
+    """The session report as one self-contained HTML page (inline SVG plots, print CSS).
+
+    ``sheet``: the session's video contact sheet (:func:`labsuite.report.sheets.contact_sheet`);
+    its pictures are inline, its clips linked files beside the page.
+    """
     sess = "—"
     if rep.session_number is not None:
         sess = f"{rep.session_number}" + (f" of {rep.programme_sessions}" if rep.programme_sessions else "")
@@ -231,6 +259,7 @@ def render_session_html(rep: SessionReport) -> str:
         "<p class=note>Boxes: quartiles; line: median; dot: mean; whiskers: 5th–95th percentile. Force "
         "curve: vertical ground reaction force from the raw force streams, each contact resampled from "
         "strike to toe-off, mean ± SD per stage.</p>",
+        _sheet_html(sheet),
         _recording_html(rep),
         f"<p class=note>labsuite report, generated {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}"
         f" from {_e(rep.path.name)}.</p>",

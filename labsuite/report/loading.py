@@ -21,7 +21,7 @@ import yaml
 from labsuite import markers as mk
 from labsuite.archive.reader import open_session
 from labsuite.constants import GRAVITY_M_S2
-from labsuite.errors import ConfigError, DeviceError, LabsuiteError
+from labsuite.errors import ConfigError, LabsuiteError
 from labsuite.plates import PlateGeometry, plate_axes
 from labsuite.protocol.schema import parse_protocol
 from labsuite.report.tables import stage_table, steps_in_stage
@@ -158,7 +158,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         stream_info, plates, treadmill, (data_start, data_end) = _stream_summary(
             sess, need_plates=curves)
 
-    decoded = _decode_markers(markers)
+    decoded = mk.decode_recorded(markers)
     state = mk.replay(decoded)
     notes: list[str] = [f"Session file: {n}." for n in file_notes]
     t_candidates = [t for t in (data_end, float(np.nanmax(steps["toe_off_s"])) if len(steps) and
@@ -256,18 +256,6 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
 
 def _fmt_speed(v: float) -> str:
     return f"{v:.2f} m/s" if math.isfinite(v) else "no speed"
-
-
-def _decode_markers(markers: np.ndarray) -> list[tuple[float, mk.Marker]]:
-    """Decode the file's markers into (time_s, marker); markers of other apps become ``mk.Other``."""
-    out = []
-    for m in markers:
-        try:
-            marker = mk.decode(str(m["text"]))
-        except DeviceError:
-            continue  # a malformed marker is kept in the file; the report shows what it can read
-        out.append((float(m["time_s"]), marker))
-    return out
 
 
 def _complete_stages(recorded: list[StageRecord], decoded: list[tuple[float, mk.Marker]],

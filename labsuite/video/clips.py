@@ -23,6 +23,7 @@ import numpy as np
 
 from labsuite.errors import ConfigError
 from labsuite.steps import FOOT_NAMES, METHOD_NAMES
+from labsuite.video.lookup import FrameRef, SessionVideo
 
 STILL_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLIP_SUFFIXES = (".mp4",)
@@ -162,3 +163,24 @@ def write_clip(frames: Iterable[tuple[np.ndarray, float]], out: Path, rate_hz: f
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+def still_at(video: SessionVideo, target_s: float, lines: Sequence[str], *,
+             what: str = "strike") -> tuple[np.ndarray, FrameRef]:
+    """The captioned frame nearest ``target_s`` (corrected LSL s) and which frame it is."""
+    ref = video.nearest(target_s, what=f"the {what}")
+    return annotate(video.read(ref), lines, offset_s=ref.time_s - target_s, nearest=True, target=what), ref
+
+
+def clip_around(video: SessionVideo, target_s: float, lines: Sequence[str], out: Path, *,
+                before_s: float, after_s: float, what: str = "strike") -> list[FrameRef]:
+    """Write the captioned frames from ``before_s`` before to ``after_s`` after ``target_s`` as an MP4.
+
+    The frame nearest the target is marked; returns the frames written (in time order).
+    """
+    ref = video.nearest(target_s, what=f"the {what}")
+    refs = video.between(target_s - before_s, target_s + after_s)
+    frames = ((annotate(video.read(r), lines, offset_s=r.time_s - target_s, nearest=r.row == ref.row,
+                        target=what), r.time_s) for r in refs)
+    write_clip(frames, out, video.rate_hz)
+    return refs

@@ -9,13 +9,13 @@ the session start (its ``session_start`` marker, else the start of recording).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from labsuite import markers as mk
 from labsuite.archive.reader import Session, VideoSegment
 from labsuite.errors import ArchiveError, ConfigError
 from labsuite.steps import apply_records
@@ -23,6 +23,10 @@ from labsuite.steps import apply_records
 # A frame further than this many frame periods from the time asked for is not "its" frame: the
 # time lies in a gap (dropped frames, a reconnect) or outside the video.
 MAX_DISTANCE_PERIODS = 3.0
+
+
+class VideoGapError(ArchiveError):
+    """No frame of the camera near the time asked for: it lies in a gap or outside the video."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,9 @@ class FrameRef:
 
 def session_t0(session: Session) -> float:
     """The session's time origin (LSL s): its ``session_start`` marker, else the recording start."""
-    for m in session.markers:
-        try:
-            obj = json.loads(str(m["text"]))
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and obj.get("event") == "session_start":
-            return float(m["time_s"])
+    for t_s, m in mk.decode_recorded(session.markers):
+        if isinstance(m, mk.SessionStart):
+            return t_s
     t0 = session.attrs.get("start_lsl_s", math.nan)
     return float(t0) if isinstance(t0, (int, float)) and math.isfinite(t0) else 0.0
 
@@ -68,13 +68,9 @@ def step_by_number(session: Session, number: int) -> np.ndarray:
 def event_times(session: Session) -> dict[str, list[float]]:
     """Times (LSL s) of every named event: session markers by their ``event``, recording events by kind."""
     out: dict[str, list[float]] = {}
-    for m in session.markers:
-        try:
-            obj = json.loads(str(m["text"]))
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("event"), str):
-            out.setdefault(obj["event"], []).append(float(m["time_s"]))
+    for t_s, m in mk.decode_recorded(session.markers):
+        if m.event:
+            out.setdefault(m.event, []).append(t_s)
     for ev in session.events:
         kind = ev.get("kind")
         if isinstance(kind, str) and kind not in out:
@@ -163,7 +159,7 @@ class SessionVideo:
         limit = MAX_DISTANCE_PERIODS / self.rate_hz if self.rate_hz > 0 else 0.1
         if dist > limit:
             t0 = session_t0(self.session)
-            raise ArchiveError(
+            raise VideoGapError(
                 f"no video frame of camera {self.camera} within {limit * 1000:.0f} ms of {what} "
                 f"({t_s - t0:.3f} s into the session; nearest frame {dist * 1000:.0f} ms away): the video "
                 f"covers {self._times[0] - t0:.3f}..{self._times[-1] - t0:.3f} s with gaps where frames "
