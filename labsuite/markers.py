@@ -203,6 +203,7 @@ class SessionStart(Marker, event="session_start", group=GROUP_SESSION):
     # with a metronome cue: 'audio' (the beats are the audio metronome's clicks) or 'timer'
     # (--no-sound: the session's timer beats, nobody heard them); None without a metronome
     beats: str | None = None
+    auto_resume: bool = False  # resumes by itself after a lost device is back (scripted studies)
 
 
 @dataclass(frozen=True)
@@ -413,10 +414,40 @@ class DecisionRequired(Marker, event="operator_decision_required", group=GROUP_O
 
 @dataclass(frozen=True)
 class SafetyStop(Marker, event="safety_stop", group=GROUP_SAFETY):
-    """A safety rule stopped the belt and ended the session (force_timeout, no_contact, ...)."""
+    """A safety rule stopped the belt (force_timeout, no_contact, device_lost, ...).
+
+    ``device``: the role or data that went missing (``force``, ``sim-fp-left``, ``recorder``) when
+    the stop is for a lost device; the session then pauses until it is back, else it ends.
+    """
 
     reason: str = ""
     detail: str = ""
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceBack(Marker, event="device_back", group=GROUP_SESSION):
+    """A device that went missing is back (its data flow again); ``down_s`` how long it was gone."""
+
+    device: str = ""
+    lost_at_s: float = math.nan
+    down_s: float = math.nan
+
+
+@dataclass(frozen=True)
+class RecordingGap(Marker, event="recording_gap", group=GROUP_SESSION):
+    """The recorder was restarted: it records again in part ``part`` (``file``) of the session.
+
+    ``lost_at_s`` is when the session saw it die and ``gap_s`` the time until it recorded again:
+    what the streams sent in between is not in the session's files, except the session's own
+    markers of that time, which ``missed`` repeats (each as published, JSON, with its ``t_s``).
+    """
+
+    part: int = 0
+    file: str = ""
+    lost_at_s: float = math.nan
+    gap_s: float = math.nan
+    missed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ kill, so Ctrl-C never leaves a device process or a belt command behind.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -62,10 +63,32 @@ class StopFlag:
         return bool(self._flag.value)
 
 
-def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any, log_level: int) -> None:
-    """Child-process entry: ignore SIGINT (the parent decides when we stop), run the role."""
+# A role whose supervisor died (kill -9 of ``labsuite run``) goes on this long, then stops as if
+# asked: long enough for the treadmill's own heartbeat watchdog to stop the belt (0.5 s and the
+# ramp) while the recorder still records it, short enough that no orphan runs on for good.
+ORPHAN_GRACE_S = 8.0
+
+
+def _watch_parent(parent_pid: int, stop: Any) -> None:
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            log.warning("the supervisor (pid %d) is gone; stopping in %.0f s", parent_pid, ORPHAN_GRACE_S)
+            stop.wait(ORPHAN_GRACE_S)
+            stop.set()
+            return
+        time.sleep(0.2)
+
+
+def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any, log_level: int,
+           parent_pid: int) -> None:
+    """Child-process entry: ignore SIGINT (the parent decides when we stop), run the role.
+
+    The role is stopped, after :data:`ORPHAN_GRACE_S`, when its supervisor dies.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(name)s: %(message)s")
+    threading.Thread(target=_watch_parent, args=(parent_pid, stop), name="parent-watch",
+                     daemon=True).start()
     target(stop=stop, **kwargs)
 
 
@@ -73,14 +96,20 @@ def _entry(target: Callable[..., Any], kwargs: dict[str, Any], stop: Any, log_le
 class RoleSpec:
     """What to run as one process: ``target(stop=..., **kwargs)``, a module-level function.
 
-    ``restart``: start it again when it dies (a driver), or not (the recorder, which would start a
-    new file; the GUI, whose closing is the operator's decision).
+    ``restart``: start it again when it dies (a driver, the recorder), or not (the GUI, whose
+    closing is the operator's decision). ``restart_delay_s``: how soon (None: the supervisor's
+    delay, doubled for each recent death). ``signals_ready``: the target is also handed
+    ``start`` (1 for its first start, 2 for the first restart ...) and ``ready``, a flag it sets
+    once it does its job (:meth:`Supervisor.ready`); the recorder uses both to continue the session
+    in a new part file and to say when it records again.
     """
 
     name: str
     target: Callable[..., Any]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     restart: bool = True
+    restart_delay_s: float | None = None
+    signals_ready: bool = False
 
 
 @dataclass
@@ -92,7 +121,10 @@ class Role:
     kwargs: dict[str, Any] = field(default_factory=dict)
     restart: bool = True
     max_restarts_per_min: int = 5
+    restart_delay_s: float | None = None
+    signals_ready: bool = False
     process: Any = None
+    ready_flag: Any = None
     stop_event: Any = None
     starts: int = 0
     exits: list[int | None] = field(default_factory=list)
@@ -106,17 +138,25 @@ class Supervisor:
 
     def __init__(self, *, restart_delay_s: float = 0.5,
                  on_event: Callable[[str, str], None] | None = None,
+                 on_state: Callable[[str, str, int], None] | None = None,
                  log_level: int = logging.WARNING) -> None:
+        """Watch roles; ``on_event(role, text)`` gets a line for the operator.
+
+        ``on_state(role, state, start)`` gets the same as data: ``"started"``, ``"exited"`` or
+        ``"gave_up"`` and the start's number. Both are called on the watcher thread (keep them short).
+        """
         self.roles: dict[str, Role] = {}
         self.log_level = log_level
         self.restart_delay_s = restart_delay_s
         self._on_event = on_event or (lambda role, text: log.info("%s: %s", role, text))
+        self._on_state = on_state or (lambda role, state, start: None)
         self._watch: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
 
     def add(self, name: str, target: Callable[..., Any], kwargs: dict[str, Any] | None = None,
-            *, restart: bool = True, max_restarts_per_min: int = 5) -> None:
+            *, restart: bool = True, max_restarts_per_min: int = 5,
+            restart_delay_s: float | None = None, signals_ready: bool = False) -> None:
         """Register a role; ``target`` must be importable (a module-level function).
 
         A restartable role that dies more than ``max_restarts_per_min`` times within a minute is
@@ -124,11 +164,15 @@ class Supervisor:
         """
         if name in self.roles:
             raise ConfigError(f"role {name!r} is already registered")
-        self.roles[name] = Role(name, target, dict(kwargs or {}), restart, max_restarts_per_min)
+        if restart_delay_s is not None and not (math.isfinite(restart_delay_s) and restart_delay_s >= 0):
+            raise ConfigError(f"role {name!r}: restart_delay_s: expected >= 0 s, got {restart_delay_s!r}")
+        self.roles[name] = Role(name, target, dict(kwargs or {}), restart, max_restarts_per_min,
+                                restart_delay_s, signals_ready)
 
     def add_role(self, role: RoleSpec) -> None:
         """Register a role described by a :class:`RoleSpec`."""
-        self.add(role.name, role.target, dict(role.kwargs), restart=role.restart)
+        self.add(role.name, role.target, dict(role.kwargs), restart=role.restart,
+                 restart_delay_s=role.restart_delay_s, signals_ready=role.signals_ready)
 
     def start(self) -> Supervisor:
         """Start every role and the watcher thread that restarts dead ones."""
@@ -140,12 +184,23 @@ class Supervisor:
 
     def _spawn(self, role: Role) -> None:
         role.stop_event = StopFlag()
+        kwargs = dict(role.kwargs)
+        if role.signals_ready:
+            role.ready_flag = StopFlag()
+            kwargs.update(start=role.starts + 1, ready=role.ready_flag)
         role.process = _CTX.Process(target=_entry,
-                                    args=(role.target, role.kwargs, role.stop_event, self.log_level),
+                                    args=(role.target, kwargs, role.stop_event, self.log_level, os.getpid()),
                                     name=role.name, daemon=False)
         role.process.start()
         role.starts += 1
         self._on_event(role.name, f"started (pid {role.process.pid})")
+        self._on_state(role.name, "started", role.starts)
+
+    def ready(self, name: str) -> bool:
+        """True once the current start of a ``signals_ready`` role said it does its job."""
+        role = self.roles[name]
+        return bool(role.ready_flag is not None and role.ready_flag.is_set()
+                    and role.process is not None and role.process.is_alive())
 
     def _watch_loop(self) -> None:
         while not self._stopping.wait(0.1):
@@ -165,6 +220,7 @@ class Supervisor:
                     role.exit_times.append(now)
                     role.process = None
                     self._on_event(role.name, f"exited with code {proc.exitcode}")
+                    self._on_state(role.name, "exited", role.starts)
                     if not role.restart:
                         continue
                     recent = [t for t in role.exit_times if now - t < 60.0]
@@ -172,8 +228,13 @@ class Supervisor:
                         role.gave_up = True
                         self._on_event(role.name, f"died {len(recent)} times within a minute; "
                                        "not restarting it again")
+                        self._on_state(role.name, "gave_up", role.starts)
                         continue
-                    role.restart_at = now + self.restart_delay_s * 2 ** (len(recent) - 1)
+                    delay = self.restart_delay_s if role.restart_delay_s is None else role.restart_delay_s
+                    role.restart_at = now + delay * 2 ** (len(recent) - 1)
+                    if role.restart_at <= now:
+                        role.restart_at = None
+                        self._spawn(role)
 
     def pid(self, name: str) -> int | None:
         """Return the pid of a running role (None when not running)."""

@@ -334,17 +334,82 @@ def test_force_watchdog_stops_a_moving_belt_only():
     lab = Lab(m)
     lab.force = False
     lab.run(2.5)  # belt stopped: missing force data is not a hazard
-    assert not m.finished
+    assert not m.finished and not m.paused
     lab.force = True
     lab.run(10)
     lab.force = False
     t_lost = lab.t
     out = lab.run(2)
-    assert m.finished and m.end_reason == "safety_stop:force_timeout"
+    # a dead plate driver pauses the session (belt stopped at the safety rate), it does not end it
+    assert m.paused and not m.finished and list(m.lost_devices) == ["force"]
     (stop,) = [a for a in out if a.channel == "command"]
     assert stop.name == "stop" and stop.fields["reason"] == "force_timeout"
+    assert stop.fields["decel_m_s2"] == m.protocol.safety.stop_decel_m_s2
     assert 0.4 < stop.t_s - t_lost <= 0.4 + TICK_S + 1e-9
     assert events(out, "safety_stop")[0]["reason"] == "force_timeout"
+    assert events(out, "paused")[0]["reason"] == "force_timeout"
+
+
+DEVICE = NO_CHECKINS + "\nsafety: {device_resume_timeout_s: 20}"
+
+
+def _lost_plate(extra: str = DEVICE, **kw: object) -> tuple[SessionMachine, Lab]:
+    m = SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 30}\n", extra), **kw)
+    lab = Lab(m)
+    lab.run(8)
+    lab.force = False
+    lab.run(1)
+    assert m.paused
+    return m, lab
+
+
+def test_a_lost_device_pauses_until_it_is_back_and_the_operator_resumes():
+    m, lab = _lost_plate()
+    steps_before = int(m.live()["steps"])
+    active = m.live()["time_left_s"]
+    lab.run(3)  # paused: no steps counted, the stage clock stands still
+    assert m.live()["steps"] == steps_before and m.live()["time_left_s"] == active
+    assert m.resume(lab.t, source="cli")[-1].name == "operator"  # refused: force still missing
+    assert m.paused
+    lab.force = True
+    out = lab.run(0.2)
+    back = events(out, "device_back")
+    assert back and back[0]["device"] == "force" and back[0]["down_s"] > 3
+    assert events(out, "operator_decision_required")[0]["reason"] == "device_back"
+    assert m.paused  # back, but nobody confirmed yet
+    out = m.resume(lab.t, source="cli")
+    assert not m.paused and [c["cmd"] for c in commands(out)] == ["speed"]
+    lab.run(40)
+    assert m.end_reason == "completed"
+
+
+def test_a_lost_device_ends_the_session_for_safety_when_not_resumed_in_time():
+    m, lab = _lost_plate()
+    lab.force = True
+    lab.run(25)
+    assert m.finished and m.end_reason == "safety_stop:device_lost"
+    final = [e for e in events(lab.actions, "safety_stop") if e["reason"] == "device_lost"]
+    assert final and "20 s" in final[0]["detail"]
+
+
+def test_auto_resume_after_the_device_is_back_is_recorded_at_the_start():
+    m, lab = _lost_plate(auto_resume=True)
+    assert events(lab.actions, "session_start")[0]["auto_resume"] is True
+    lab.force = True
+    out = lab.run(0.5)
+    assert events(out, "resumed") and not m.paused
+    assert [e["source"] for e in events(out, "operator")] == ["auto_resume"]
+
+
+def test_a_role_lost_and_back_by_name():
+    m = SessionMachine(protocol("  - {name: b, kind: baseline, duration_s: 30}\n", DEVICE))
+    lab = Lab(m)
+    lab.run(5)
+    out = m.device_lost(lab.t, "processor", "the processor process exited")
+    assert m.paused and events(out, "safety_stop")[0]["device"] == "processor"
+    assert m.device_lost(lab.t, "processor", "again") == []  # once per loss
+    out = m.device_back(lab.t + 1, "processor")
+    assert events(out, "device_back")[0]["down_s"] == pytest.approx(1.0)
 
 
 def test_no_contact_watchdog_allows_the_ramp_then_stops():

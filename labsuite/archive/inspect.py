@@ -78,6 +78,13 @@ def summarize(session: Session) -> dict[str, Any]:
         "video": video,
         "video_missing": [v["file"] for v in video if not v["exists"]],
         "errors": [e["detail"] for e in events if e["kind"] in ("error", "late_stream_refused")],
+        "parts": [{"part": p.part, "path": str(p.path), "status": p.status, "seconds": p.seconds,
+                   "first_s": _finite(p.first_s), "last_s": _finite(p.last_s), "samples": p.samples}
+                  for p in session.parts],
+        "recording_gaps": [{"after_part": g.after_part, "start_s": g.start_s, "length_s": g.length_s}
+                           for g in session.recording_gaps],
+        "missing_s": session.missing_s,
+        "outcome": dict(zip(("outcome", "exit_code", "detail"), session.outcome, strict=True)),
     }
 
 
@@ -94,10 +101,22 @@ def format_summary(s: dict[str, Any]) -> str:
                      "to its last flush")
     elif status == "complete":
         lines.append("  status: complete (closed cleanly)")
+    elif status == "incomplete":
+        lines.append(f"  status: INCOMPLETE: recorded in {len(s['parts'])} parts (the recorder was "
+                     f"restarted); {s['missing_s']:.2f} s of the session are in no file")
     else:
         lines.append("  status: INCOMPLETE: not closed cleanly (its writer stopped without closing "
                      "it: a crash, a kill or a power cut); holds everything up to its last flush")
     lines += [f"  note: {n}" for n in s.get("notes", [])]
+    out = s.get("outcome") or {}
+    if out.get("outcome"):
+        lines.append(f"  outcome: {out['outcome']} (labsuite run exit code {out['exit_code']})"
+                     + (f": {out['detail']}" if out.get("detail") else ""))
+    if len(s.get("parts", [])) > 1:
+        for p in s["parts"]:
+            lines.append(f"  part {p['part']}: {p['path']}  {p['seconds']:.1f} s  {p['status']}")
+        for g in s["recording_gaps"]:
+            lines.append(f"  recording gap after part {g['after_part']}: {g['length_s']:.2f} s")
 
     mass = "-" if s["mass_kg"] is None else f"{s['mass_kg']:g} kg"
     number = "-" if s["session_number"] in (None, -1) else str(s["session_number"])

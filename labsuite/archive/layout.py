@@ -52,8 +52,20 @@ CHECKSUMS = "checksums"  # (k, 2) int64, format 2: [rows so far, CRC-32 of the r
 CRC_BLOCK_ROWS = 1024  # a flush's rows get one checksum per block of at most this many
 HEADER_SHA256 = "header_sha256"  # format 2: SHA-256 of the root attributes written at the start
 # Root attributes written after the start (at the close, or by `labsuite recover`): not hashed.
+# The session's outcome (labsuite run writes it into every part once the recorder closed them,
+# the same outcome its exit code and last lines give): OUTCOME one of the OUTCOMES below,
+# OUTCOME_CODE the exit code, OUTCOME_DETAIL one line (what ended it, seconds missing).
+OUTCOME = "outcome"
+OUTCOME_CODE = "outcome_code"
+OUTCOME_DETAIL = "outcome_detail"
 UNHASHED_ATTRS = ("complete", "end_lsl_s", HEADER_SHA256, "recovered_from", "recovered_utc",
-                  "recovered_by", "recovery_lost")
+                  "recovered_by", "recovery_lost", OUTCOME, OUTCOME_CODE, OUTCOME_DETAIL)
+# A session recorded in several parts (the recorder was restarted): every part names its number
+# and the session's first file (labsuite.archive.naming), written at its start.
+PART = "session_part"
+FIRST_FILE = "session_first_file"
+# The event the first records of a later part: the recorder was restarted, data are missing.
+EVENT_RECORDING_RESUMED = "recording_resumed"
 LATE_SPEC = "spec"  # late slots: a text log holding the stream description as JSON
 
 LATE_PREFIX = "late_"

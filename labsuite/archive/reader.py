@@ -11,7 +11,9 @@ and opens only with ``allow_damaged`` (inspect, recover). Used by inspect, expor
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -23,12 +25,15 @@ import numpy as np
 
 from labsuite import __version__
 from labsuite.archive import layout as L
+from labsuite.archive import naming
 from labsuite.archive.integrity import open_h5, probe_file
 from labsuite.errors import ArchiveError, LabsuiteError
 from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE, empty_steps
 from labsuite.streams.contracts import KIND_MARKERS, StreamSpec
 from labsuite.video.naming import resolve_stored
+
+log = logging.getLogger(__name__)
 
 MARKER_DTYPE = np.dtype([("time_s", np.float64), ("text", object), ("source_id", object)])
 
@@ -129,6 +134,42 @@ STATUS_COMPLETE = "complete"
 STATUS_LIVE = "live"
 STATUS_CUT_SHORT = "cut short"
 STATUS_DAMAGED = "damaged"
+# closed cleanly, but recorded in parts (the recorder was restarted): data are missing between them
+STATUS_INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One file of a session's set (labsuite.archive.naming): its number, path and what it holds.
+
+    ``first_s``/``last_s``: the first and last sample of any stream in it (corrected LSL s, NaN
+    when it holds none); ``status`` as :attr:`Session.status` of that file alone.
+    """
+
+    part: int
+    path: Path
+    status: str
+    first_s: float
+    last_s: float
+    samples: int
+
+    @property
+    def seconds(self) -> float:
+        """Time from its first to its last sample, s."""
+        return self.last_s - self.first_s if math.isfinite(self.first_s) else 0.0
+
+
+@dataclass(frozen=True)
+class RecordingGap:
+    """Time between two parts in which nothing was recorded: ``start_s`` and ``length_s``.
+
+    ``length_s`` is the longest hole any regular-rate stream shows across the boundary (its last
+    sample in part ``after_part`` to its first in the next, less one sample period).
+    """
+
+    after_part: int
+    start_s: float
+    length_s: float
 
 
 class Session:
@@ -139,8 +180,17 @@ class Session:
     gives the consistent part of every stream, with :attr:`problems` saying what was left out.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, allow_damaged: bool = False) -> None:
-        self.path = Path(path)
+    _steps: np.ndarray
+
+    def __init__(self, path: str | os.PathLike[str], *, allow_damaged: bool = False,
+                 parts: bool = True) -> None:
+        path = Path(path)
+        first, number = naming.split_part(path)
+        if parts and number > 1 and first.exists():
+            path = first  # any file of a set opens the whole set, from its first file
+        self.path = path
+        self._with_parts = parts
+        self._parts: list[Session] = []
         self.probe = probe_file(self.path)
         self.live = self.probe.open_for_write and self.probe.writer_alive
         self._file: h5py.File | None = None
@@ -161,7 +211,7 @@ class Session:
                                + (f" ({self._fixed_problems[0]})" if self._fixed_problems else "")) from None
         try:
             self._check_format()
-            self._load()
+            self._load_all()
         except BaseException:
             self.close()
             raise
@@ -209,10 +259,13 @@ class Session:
                 obj.refresh()
             except (OSError, RuntimeError):
                 pass  # reported by the reload below
-        self._load()
+        self._load_all()
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (and the set's other parts)."""
+        for part in self._parts:
+            part.close()
+        self._parts = []
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -241,6 +294,10 @@ class Session:
     def notes(self) -> list[str]:
         """Facts about the file that are not damage: a tail its writer never filled, a recovery."""
         out = [] if self.problems else list(self._fixed_problems)
+        if self._gaps:
+            out.append(f"recorded in {len(self._part_info)} parts (the recorder was restarted): "
+                       + "; ".join(f"{g.length_s:.2f} s missing after part {g.after_part}"
+                                   for g in self._gaps))
         if self._version < 2:
             out.append("session format 1: sample values carry no checksums, so changed bytes in "
                        "them cannot be detected")
@@ -256,12 +313,47 @@ class Session:
 
     @property
     def status(self) -> str:
-        """'damaged', 'live' (being written), 'complete' (closed cleanly) or 'cut short'."""
+        """'damaged', 'live' (being written), 'complete' (closed cleanly) or 'cut short'.
+
+        A session recorded in several parts is 'incomplete' once its last part is closed (data
+        are missing between the parts: :attr:`recording_gaps`), 'live' or 'cut short' before.
+        """
+        last = self._parts[-1] if self._parts else None
+        if last is None or self.problems:
+            return self._file_status()
+        if last.live:
+            return STATUS_LIVE
+        return STATUS_INCOMPLETE if bool(last._attrs.get("complete", False)) else STATUS_CUT_SHORT
+
+    def _file_status(self) -> str:
         if self.problems:
             return STATUS_DAMAGED
         if self.live:
             return STATUS_LIVE
         return STATUS_COMPLETE if bool(self._attrs.get("complete", False)) else STATUS_CUT_SHORT
+
+    @property
+    def parts(self) -> list[PartInfo]:
+        """Every file of the session's set, in order (one for a session recorded in one go)."""
+        return self._part_info
+
+    @property
+    def recording_gaps(self) -> list[RecordingGap]:
+        """Holes between the parts of the set (empty for a session recorded in one go)."""
+        return list(self._gaps)
+
+    @property
+    def missing_s(self) -> float:
+        """Seconds of the session not recorded (the sum of :attr:`recording_gaps`)."""
+        return float(sum(g.length_s for g in self._gaps))
+
+    @property
+    def outcome(self) -> tuple[str, int | None, str]:
+        """(outcome, exit code, detail) as ``labsuite run`` wrote them ('' when it did not)."""
+        src = next((p._attrs for p in reversed(self._parts) if L.OUTCOME in p._attrs), self._attrs)
+        code = src.get(L.OUTCOME_CODE)
+        return (_text(src.get(L.OUTCOME)), int(code) if isinstance(code, (int, np.integer)) else None,
+                _text(src.get(L.OUTCOME_DETAIL)))
 
     @property
     def complete(self) -> bool:
@@ -373,6 +465,84 @@ class Session:
                 for st in self.stages]
 
     # ---- loading and checking ----------------------------------------------------------------
+    def _load_all(self) -> None:
+        """Read this file, then (for the first file of a set) every later part, joined on."""
+        for part in self._parts:
+            part.close()
+        self._parts = []
+        self._load()
+        self._part_info = [self._own_part_info()]
+        self._gaps: list[RecordingGap] = []
+        if not self._with_parts or naming.split_part(self.path)[1] != 1:
+            return
+        for number, path in naming.later_parts(self.path):
+            try:
+                part = Session(path, allow_damaged=True, parts=False)
+            except ArchiveError as exc:
+                self._problem(path.name, f"part {number} of the session cannot be read ({exc}); left out")
+                continue
+            self._parts.append(part)
+            self._join(part, number)
+
+    def _own_part_info(self) -> PartInfo:
+        firsts = [float(sd.timestamps[0]) for sd in self._streams.values() if sd.n_samples]
+        lasts = [float(sd.timestamps[-1]) for sd in self._streams.values() if sd.n_samples]
+        n = sum(sd.n_samples for sd in self._streams.values())
+        number = self._attrs.get(L.PART, 1)
+        number = int(number) if isinstance(number, (int, np.integer)) else 1
+        return PartInfo(number, self.path, self._file_status(),
+                        min(firsts, default=math.nan), max(lasts, default=math.nan), n)
+
+    def _join(self, part: Session, number: int) -> None:
+        """Append a later part's data to this set's (a sample already held is not taken twice)."""
+        where = part.path.name
+        if part.participant_id != self.participant_id or \
+                _text(part._attrs.get(L.FIRST_FILE)) not in ("", self.path.name):
+            self._problem(where, f"part {number} belongs to another session (participant "
+                          f"{part.participant_id!r}, first file {_text(part._attrs.get(L.FIRST_FILE))!r}); "
+                          "left out")
+            return
+        self._problems += [f"{where}: {p}" for p in part._problems + part._header_problems]
+        self._part_info.append(part._own_part_info())
+        ends: list[tuple[float, float]] = []
+        for sid, sd in part._streams.items():
+            old = self._streams.get(sid)
+            if old is None:
+                self._streams[sid] = sd
+                continue
+            keep = np.ones(sd.n_samples, dtype=bool)
+            if sd.spec.rate_hz > 0 and old.n_samples:
+                keep = sd.timestamps_raw > old.timestamps_raw[-1]
+                if keep.any() and old.n_samples:
+                    hole = float(sd.timestamps[keep][0] - old.timestamps[-1]) - 1.0 / sd.spec.rate_hz
+                    ends.append((float(old.timestamps[-1]), max(0.0, hole)))
+            data = (list(old.data) + [d for d, k in zip(sd.data, keep, strict=True) if k]
+                    if isinstance(old.data, list) else np.concatenate([old.data, sd.data[keep]]))
+            self._streams[sid] = StreamData(
+                old.key, old.spec, np.concatenate([old.timestamps, sd.timestamps[keep]]),
+                np.concatenate([old.timestamps_raw, sd.timestamps_raw[keep]]), data,
+                np.concatenate([old.clock_offsets, sd.clock_offsets]), old.late)
+        if ends:
+            start, length = max(ends, key=lambda e: e[1])
+        else:
+            prev, info = self._part_info[-2], self._part_info[-1]
+            start, length = prev.last_s, max(0.0, info.first_s - prev.last_s)
+        self._gaps.append(RecordingGap(number - 1, start, length))
+        self._steps = np.concatenate([self._steps, part._steps])
+        for name in (L.MARKERS, L.STAGES, L.CALIBRATION, L.EVENTS):
+            ts, texts = self._logs[name]
+            pts, ptexts = part._logs[name]
+            self._logs[name] = (np.concatenate([ts, pts]), texts + ptexts)
+        offset = len(self._video_segments)
+        self._video_segments += [dataclasses.replace(v, row=v.row + offset) for v in part._video_segments]
+        for attr in ("_video_frames", "_video_frames_raw"):
+            rows = getattr(part, attr).copy()
+            rows["segment"] += offset
+            setattr(self, attr, np.concatenate([getattr(self, attr), rows]))
+        self._stages += part._stages
+        self._calibration += part._calibration
+        self._events += part._events
+
     def _load(self) -> None:
         assert self._file is not None
         self._problems: list[str] = []
@@ -424,9 +594,11 @@ class Session:
         self._video_frames_raw = self._video_frames
         if self._version >= L.FIRST_VIDEO_VERSION:
             self._guard(L.VIDEO, self._read_video)
-        self._stages = self._parse_log(L.STAGES, lambda obj, t: StageRecord.from_marker(obj))
-        self._calibration = self._parse_log(L.CALIBRATION, lambda obj, t: obj)
-        self._events = self._parse_log(L.EVENTS, lambda obj, t: {**obj, "time_s": float(t)})
+        self._stages: list[StageRecord] = self._parse_log(
+            L.STAGES, lambda obj, t: StageRecord.from_marker(obj))
+        self._calibration: list[dict[str, Any]] = self._parse_log(L.CALIBRATION, lambda obj, t: obj)
+        self._events: list[dict[str, Any]] = self._parse_log(
+            L.EVENTS, lambda obj, t: {**obj, "time_s": float(t)})
 
     def _problem(self, where: str, what: str) -> None:
         self._problems.append(f"{where}: {what}")
@@ -761,12 +933,46 @@ class Session:
         return np.asarray(co[:n], dtype=np.float64).reshape(-1, 2)
 
 
-def open_session(path: str | os.PathLike[str], *, allow_damaged: bool = False) -> Session:
+def open_session(path: str | os.PathLike[str], *, allow_damaged: bool = False,
+                 parts: bool = True) -> Session:
     """Open a session file for reading (complete, cut short, or still being written).
 
-    A damaged file raises :class:`DamagedFileError` unless ``allow_damaged``.
+    A damaged file raises :class:`DamagedFileError` unless ``allow_damaged``. A session recorded
+    in parts (``<first>.part2.h5`` ...) opens as one, from any of its files; ``parts=False``
+    reads the one file alone.
     """
-    return Session(path, allow_damaged=allow_damaged)
+    return Session(path, allow_damaged=allow_damaged, parts=parts)
+
+
+def stream_specs(path: str | os.PathLike[str]) -> list[StreamSpec]:
+    """The stream descriptions a session file holds, read without its data.
+
+    A restarted recorder continues with them. ArchiveError when the file cannot be opened;
+    unreadable groups are skipped.
+    """
+    path = Path(path)
+    probe = probe_file(path)
+    try:
+        f = open_h5(path, swmr=probe.open_for_write or probe.truncated)
+    except OSError as exc:
+        raise ArchiveError(f"cannot open session file {path}: HDF5 says: {exc}") from None
+    specs = []
+    with f:
+        streams = f.get(L.STREAMS)
+        for key in list(streams.keys()) if isinstance(streams, h5py.Group) else []:
+            try:
+                g = streams[key]
+                if bool(g.attrs.get("late_slot", False)):
+                    ends = np.asarray(g[f"{L.LATE_SPEC}_end"][()], dtype=np.int64)
+                    if not len(ends):
+                        continue  # an unused spare slot
+                    text = L.decode_text_log(g[f"{L.LATE_SPEC}_data"][: int(ends[0])], ends[:1])[0]
+                else:
+                    text = _text(g.attrs["spec_json"])
+                specs.append(L.spec_from_json(text))
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError, LabsuiteError) as exc:
+                log.warning("%s: stream group %s unreadable (%s); skipped", path, key, exc)
+    return specs
 
 
 def _group_by_camera(rows: np.ndarray, segments: list[VideoSegment]) -> list[np.ndarray]:

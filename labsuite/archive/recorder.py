@@ -11,7 +11,6 @@ by the session runner (``run_recorder`` role).
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import logging
 import math
 import os
@@ -25,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from labsuite import checks as check
+from labsuite.archive import layout as L
+from labsuite.archive import naming
 from labsuite.archive.layout import FRAME_DTYPE
 from labsuite.archive.writer import SessionWriter, StreamHandle, WriterSettings, expected_bytes_per_s
-from labsuite.errors import ArchiveError
+from labsuite.errors import ArchiveError, ConfigError
 from labsuite.ids import check_participant_id
 from labsuite.steps import STEP_FIELD_NAMES, empty_steps
 from labsuite.streams.acquisition import Acquisition, StreamQuery, StreamReader
@@ -51,7 +52,8 @@ class RecorderSettings:
     ``source_ids`` empty: every stream visible at the start, and any that appears later (kept in
     the writer's spare slots). Named streams not visible after ``wait_s`` are looked for all along
     and recorded from the moment they appear. ``path`` overrides the file name made from
-    ``out_dir``, the participant and the UTC start time.
+    ``out_dir``, the participant and the UTC start time (labsuite.archive.naming). ``part`` > 1
+    continues the session of ``path`` in its numbered part file (a restarted recorder).
     """
 
     participant_id: str
@@ -67,18 +69,20 @@ class RecorderSettings:
     expected_duration_s: float = 3600.0
     writer: WriterSettings = field(default_factory=WriterSettings)
     exclude_source_ids: tuple[str, ...] = ()
+    part: int = 1
 
     def __post_init__(self) -> None:
         check_participant_id(self.participant_id, "participant_id")
         check.positive("", self, "wait_s", "expected_duration_s")
+        naming.part_path("x.h5", self.part)  # ConfigError naming the bad part number
+        if self.part > 1 and self.path is None:
+            raise ConfigError("part > 1 continues a session: give the path of its first file")
 
     def session_path(self) -> Path:
-        """The file to write: ``path`` or ``out_dir/<participant>[_s<n>]_<UTC time>.h5``."""
-        if self.path is not None:
-            return Path(self.path)
-        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        sess = f"_s{self.session_number}" if self.session_number is not None else ""
-        return Path(self.out_dir) / f"{self.participant_id}{sess}_{stamp}.h5"
+        """The file to write: ``path`` (or ``out_dir/<new unique name>``), as part ``part``."""
+        first = Path(self.path) if self.path is not None else Path(self.out_dir) / naming.session_file_name(
+            self.participant_id, self.session_number)
+        return naming.part_path(first, self.part)
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,12 @@ class Recorder:
         """
         s = self.settings
         wanted = set(s.source_ids)
-        specs = [sp for sp in _discover(s.wait_s, wanted) if sp.source_id not in s.exclude_source_ids]
+        # A restarted recorder takes the stream descriptions from the part before (a quick file
+        # read instead of an LSL discovery): it records again sooner (labsuite/lab/watch.py).
+        specs = _specs_of_previous_part(self.path, s.part) if s.part > 1 else []
+        if not specs or (wanted and not wanted <= {sp.source_id for sp in specs}):
+            specs = _discover(s.wait_s, wanted)
+        specs = [sp for sp in specs if sp.source_id not in s.exclude_source_ids]
         if wanted:
             missing = sorted(wanted - {sp.source_id for sp in specs})
             if missing:
@@ -151,13 +160,15 @@ class Recorder:
         n_missing = len(wanted - {sp.source_id for sp in specs})
         writer_settings = dataclasses.replace(
             s.writer, late_stream_slots=min(64, s.writer.late_stream_slots + n_missing))
+        part_attrs: dict[str, Any] = {L.PART: int(s.part), L.FIRST_FILE: naming.split_part(self.path)[0].name}
         self._writer = SessionWriter(
             self.path, participant_id=s.participant_id, mass_kg=s.mass_kg,
             protocol_text=s.protocol_text, protocol_path=s.protocol_path,
             session_number=s.session_number, settings=writer_settings,
             expected_rate_bytes_per_s=expected_bytes_per_s(specs),
             expected_duration_s=s.expected_duration_s,
-            on_event=lambda kind, detail: self._on_message(f"{kind}: {detail}"))
+            on_event=lambda kind, detail: self._on_message(f"{kind}: {detail}"),
+            **part_attrs)
         for spec in specs:
             rec = _Recorded(spec.source_id)
             rec.handle = self._writer.add_stream(spec)
@@ -165,6 +176,12 @@ class Recorder:
         for sid in sorted(wanted - set(self._streams)):
             self._streams[sid] = _Recorded(sid)
         self._writer.start()
+        if s.part > 1:  # only now: an event before start() would switch the file to SWMR early
+            previous = naming.part_path(naming.split_part(self.path)[0], s.part - 1)
+            self._writer.log_event(
+                L.EVENT_RECORDING_RESUMED,
+                f"part {s.part} of the session: the recorder was restarted; what the streams sent "
+                f"between the last flush of {previous.name} and the first samples here is missing")
         self.start_monotonic = time.monotonic()
         for rec in list(self._streams.values()):
             self._start_reader(rec)
@@ -218,10 +235,24 @@ class Recorder:
                 st.reconnects if st else 0, bool(st and st.connected)))
         return out
 
+    def connected(self) -> bool:
+        """True when every stream visible at the start has a connected reader."""
+        return all(r.reader is not None and r.reader.connected
+                   for r in self._streams.values() if r.handle is not None)
+
     def run(self, duration_s: float | None = None, *, report: Callable[[str], None] | None = print,
-            stop_event: Any = None) -> Path:
-        """Start, record until ``duration_s``, ``stop_event`` or Ctrl-C, stop; print progress each second."""
+            stop_event: Any = None, on_ready: Callable[[], None] | None = None) -> Path:
+        """Start, record until ``duration_s``, ``stop_event`` or Ctrl-C, stop; print progress each second.
+
+        ``on_ready()`` is called once every stream found at the start has a connected reader
+        (at the latest ``wait_s`` after the start: a stream that vanished does not hold it back).
+        """
         self.start()
+        if on_ready is not None:
+            deadline = time.monotonic() + self.settings.wait_s
+            while not self.connected() and time.monotonic() < deadline and self.failed is None:
+                time.sleep(0.02)
+            on_ready()
         try:
             t_end = None if duration_s is None else self.start_monotonic + duration_s
             while True:
@@ -401,6 +432,19 @@ def prepare_out_dir(folder: Path) -> Path:
     return folder
 
 
+def _specs_of_previous_part(path: Path, part: int) -> list[StreamSpec]:
+    """The streams the part before ``part`` recorded (empty when it cannot be read)."""
+    from labsuite.archive.reader import stream_specs
+
+    previous = naming.part_path(naming.split_part(path)[0], part - 1)
+    try:
+        return sorted(stream_specs(previous), key=lambda sp: (sp.kind, sp.name, sp.source_id))
+    except ArchiveError as exc:
+        log.warning("stream descriptions of %s unreadable (%s); looking for the streams again",
+                    previous, exc)
+        return []
+
+
 def _discover(wait_s: float, wanted: set[str]) -> list[StreamSpec]:
     """Descriptions of the visible streams (only the ``wanted`` source_ids when given).
 
@@ -448,9 +492,14 @@ def format_progress(elapsed_s: float, rows: Sequence[StreamProgress], queued: in
     return f"[{elapsed_s:7.1f} s] " + "  ".join(parts) + (f"  queued={queued}" if queued else "")
 
 
-def run_recorder(stop: Any, settings: RecorderSettings) -> None:
-    """Supervisor role: record until ``stop`` is set (used by ``labsuite run``)."""
-    Recorder(settings).run(None, report=None, stop_event=stop)
+def run_recorder(stop: Any, settings: RecorderSettings, start: int = 1, ready: Any = None) -> None:
+    """Supervisor role: record until ``stop`` is set (used by ``labsuite run``).
+
+    The supervisor's ``start``-th start writes part ``start`` of the session; ``ready`` is set once
+    its readers are connected (the session then knows it records again).
+    """
+    rec = Recorder(dataclasses.replace(settings, part=start))
+    rec.run(None, report=None, stop_event=stop, on_ready=None if ready is None else ready.set)
 
 
 def spec_summary(spec: StreamSpec) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 from labsuite import __version__
 from labsuite.archive import layout as L
 from labsuite.archive.integrity import WriterLock
+from labsuite.archive.naming import claim
 from labsuite.errors import ArchiveError, ConfigError, DeviceError, LabsuiteError
 from labsuite.ids import check_participant_id
 from labsuite.markers import StageEnd, from_fields
@@ -176,12 +177,15 @@ class SessionWriter:
         self._targets: dict[str, _Target] = {}
         self._writer_lock: WriterLock | None = None
 
+        # The name is claimed with O_EXCL first (labsuite/archive/naming.py): of two writers given
+        # one name only one gets it, whatever HDF5's own file locking does.
+        claim(self.path)
         try:
-            self._file = h5py.File(self.path, "w-", libver="latest")
+            self._file = h5py.File(self.path, "w", libver="latest")
         except (OSError, ValueError) as exc:
+            self.path.unlink(missing_ok=True)  # ours: claimed empty a moment ago
             raise ArchiveError(f"cannot create session file {self.path}: {exc}. Check that the folder "
-                               "exists, is writable and that no file of that name exists (sessions "
-                               "are never overwritten)") from None
+                               "exists and is writable") from None
         try:
             self._write_header(participant_id, mass_kg, protocol_text, protocol_path, session_number,
                                extra_attrs)

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-device", default=None, metavar="NAME|INDEX",
                         help="the sound output for the metronome (default: the system default; "
                              "see `labsuite audio devices`)")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="after a lost device is back, resume without the operator's key "
+                             "(scripted studies; recorded in the file's session_start marker)")
     parser.add_argument("--no-record", action="store_true", help="do not write a session file")
     parser.add_argument("--auto-start", action="store_true",
                         help="start the belt without the operator's Start (key g, the console's "
@@ -168,16 +171,28 @@ class Console:
         elif isinstance(m, mk.DecisionRequired) and m.reason == "belt_fault":
             self.say("!! PAUSED: the belt left its commanded speed; check the participant and the "
                      "treadmill, then press r to resume or q to end the session")
+        elif isinstance(m, mk.DecisionRequired) and m.reason == "device_back":
+            self.say("!! every lost device is back: check the participant, then press r to resume "
+                     "or q to end the session")
         elif isinstance(m, mk.DecisionRequired):
             self.say(f"!! PAUSED for pain {m.pain}: press r to resume or q to end the session")
+        elif isinstance(m, mk.DeviceBack):
+            self.say(f"   {m.device} is back after {m.down_s:.1f} s")
+        elif isinstance(m, mk.RecordingGap):
+            self.say(f"!! the recorder was restarted: recording again in {m.file} after {m.gap_s:.2f} s "
+                     "without recording")
         elif isinstance(m, (mk.Paused, mk.Resumed, mk.Operator)):
             self.say(f"   {m.event}: {json.dumps(m.fields())}")
+        elif isinstance(m, mk.SafetyStop) and m.device:
+            self.say(f"!! {m.event.upper()} ({m.reason}): {m.detail}: belt stopped, session PAUSED "
+                     "until it is back")
         elif isinstance(m, mk.SafetyStop):
             self.say(f"!! {m.event.upper()}: {m.detail or m.reason}")
         elif isinstance(m, mk.EmergencyStop):
             self.say(f"!! {m.event.upper()}: {m.source}")
         elif isinstance(m, mk.SessionEnd):
-            self.say(f"== session ended: {m.reason}")
+            # not yet the outcome: that waits for what the recorder left on disk
+            self.say(f"== protocol ended: {_protocol_end(m.reason)}")
 
     def _checkin(self, checkin_id: int, reason: str) -> None:
         if self.pain_script is not None:
@@ -261,6 +276,11 @@ class Console:
             self.say("   " + format_live(s.live()))
 
 
+def _protocol_end(reason: str) -> str:
+    """The stage machine's end reason in words that do not claim the session's outcome."""
+    return "every stage ran" if reason == "completed" else reason
+
+
 def _fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
@@ -316,8 +336,13 @@ def gui_role(protocol: Any, plan: Any) -> Any:
 
 def execute(options: Any, *, pain_script: list[int] | None, quiet: bool, gui: bool = False,
             supervisor_hook: Any = None) -> int:
-    """Run a session with the terminal console (and the windows with ``gui``); print the summary."""
-    from labsuite.lab.run import prepare, run_protocol
+    """Run a session with the terminal console (and the windows with ``gui``); print the summary.
+
+    Returns the outcome's exit code (labsuite.lab.outcome): 0 completed, 3 stopped by a protocol
+    rule or the operator, 4 stopped for safety, 5 recording incomplete, 6 could not start.
+    """
+    from labsuite.lab import outcome as oc
+    from labsuite.lab.run import CouldNotStart, prepare, run_protocol
 
     protocol = prepare(options)  # a bad file fails here, before any process starts
     console = Console(pain_script, quiet)
@@ -330,14 +355,24 @@ def execute(options: Any, *, pain_script: list[int] | None, quiet: bool, gui: bo
         result = run_protocol(options, gui=gui_role if gui else None, on_action=console.on_action,
                               on_status=(lambda text: None) if quiet else (lambda t: console.say(f"   {t}")),
                               on_session=console.attach, supervisor_hook=supervisor_hook)
+    except CouldNotStart as exc:
+        console.say(f"could not start: {exc}")
+        console.say(f"outcome: {oc.COULD_NOT_START} (exit code {oc.EXIT_CODES[oc.COULD_NOT_START]})")
+        return oc.EXIT_CODES[oc.COULD_NOT_START]
     finally:
         console.close()
+    outcome = result.outcome
+    assert outcome is not None
     console.say("")
     console.say(format_summary(result.records, result.baseline))
-    console.say(f"session ended: {result.end_reason} after {time.monotonic() - t0:.0f} s")
-    if result.session_file is not None:
+    end = result.end_reason if outcome.name == oc.COMPLETED else _protocol_end(result.end_reason)
+    console.say(f"session ended: {end} after {time.monotonic() - t0:.0f} s")
+    if result.recording is not None:
+        for line in oc.format_files(result.recording):
+            console.say(line)
         console.say(f"session file: {result.session_file}")
-    return 0 if result.end_reason == "completed" else 3
+    console.say(f"outcome: {outcome.name} (exit code {outcome.code}): {outcome.detail}")
+    return outcome.code
 
 
 def audio_device(text: str | None) -> str | int | None:
@@ -348,7 +383,7 @@ def audio_device(text: str | None) -> str | int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, then run the session; exit 0 when completed, 3 when ended early, 1 on errors."""
+    """Validate, then run the session; exit code: the outcome's (see :func:`execute`), 1 bad input."""
     from labsuite.lab.run import RunOptions
 
     options = RunOptions(
@@ -357,6 +392,6 @@ def run(args: argparse.Namespace) -> int:
         mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record,
         auto_start=args.auto_start,
         sound=not args.no_sound, audio_device=audio_device(args.audio_device),
-        connect_timeout_s=args.connect_timeout)
+        connect_timeout_s=args.connect_timeout, auto_resume=args.auto_resume)
     return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet,
                    gui=args.gui)

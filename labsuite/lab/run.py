@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from labsuite import ids
+from labsuite.archive.naming import session_file_name
 from labsuite.archive.recorder import RecorderSettings, run_recorder
 from labsuite.audio.metronome import DeviceInfo, OutputSettings
 from labsuite.audio.role import MetronomeRoleSettings, probe_output_to, run_metronome
 from labsuite.errors import ConfigError, DeviceError
 from labsuite.lab.live import run_processor
+from labsuite.lab.outcome import COULD_NOT_START, Outcome, Recording, classify, read_recording, write_outcome
+from labsuite.lab.watch import RECORDER, RoleWatch
 from labsuite.processes import RoleSpec, Supervisor
 from labsuite.protocol.machine import Action
 from labsuite.protocol.schema import Protocol, load_protocol
@@ -50,6 +53,7 @@ class RunOptions:
     audio_device: str | int | None = None  # None: the system default output
     connect_timeout_s: float = 60.0
     settle_s: float = 2.0
+    auto_resume: bool = False
     sim_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,6 +86,8 @@ class RunResult:
     published: list[Action]
     baseline: dict[str, float]
     role_events: list[str]
+    outcome: Outcome | None = None
+    recording: Recording | None = None
 
 
 def prepare(options: RunOptions) -> Protocol:
@@ -172,8 +178,9 @@ def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None)
             protocol_path=Path(options.protocol_path), protocol_text=Path(options.protocol_path).read_text(),
             session_number=options.programme_session,
             expected_duration_s=max(60.0, sum(s.duration_s for s in protocol.stages) * 1.5))
-        # restart=False: a second recorder would truncate the file the first one wrote
-        roles.append(RoleSpec("recorder", run_recorder, {"settings": rec}, restart=False))
+        # restarted at once: a new start continues the session in its next part file
+        roles.append(RoleSpec(RECORDER, run_recorder, {"settings": rec}, restart=True,
+                              restart_delay_s=0.0, signals_ready=True))
     session = SessionSettings(lab_id=lab_id, participant_id=options.participant_id,
                               steps_source_id=streams.steps,
                               force_source_ids=tuple(streams.plates.values()),
@@ -182,7 +189,8 @@ def plan(protocol: Protocol, options: RunOptions, *, gui: GuiRole | None = None)
                               mass_kg=given_mass_kg(protocol, options),
                               beats_source_id=streams.beats,
                               programme_session=options.programme_session,
-                              connect_timeout_s=options.connect_timeout_s, settle_s=options.settle_s)
+                              connect_timeout_s=options.connect_timeout_s, settle_s=options.settle_s,
+                              auto_resume=options.auto_resume)
     the_plan = Plan(lab_id, tuple(roles), streams, session, session_file)
     if gui is not None:
         the_plan = replace(the_plan, roles=(*the_plan.roles, gui(protocol, the_plan)))
@@ -294,9 +302,7 @@ def _lab_file(protocol: Protocol, options: RunOptions) -> tuple[str, list[RoleSp
 
 
 def _session_file(options: RunOptions) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    n = options.programme_session
-    return Path(options.out_dir) / f"{options.participant_id}{f'_s{n}' if n is not None else ''}_{stamp}.h5"
+    return Path(options.out_dir) / session_file_name(options.participant_id, options.programme_session)
 
 
 def _first_moving(protocol: Protocol) -> int:
@@ -310,12 +316,16 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
                  on_action: Callable[[Action], None] | None = None,
                  on_status: Callable[[str], None] | None = None,
                  on_session: Callable[[Session], None] | None = None,
-                 supervisor_hook: Callable[[Any], None] | None = None) -> RunResult:
+                 supervisor_hook: Callable[[Any], None] | None = None,
+                 recorder_hook: Callable[[Any], None] | None = None) -> RunResult:
     """Validate, start every role, run the protocol to its end, stop everything; return the result.
 
     ``gui`` adds the role that shows the run (``labsuite run --gui`` hands in the feedback
     windows'); ``on_session(session)`` is called once the session is open (for keys and pain
-    answers); ``supervisor_hook(supervisor)`` once the roles run (tests use it to kill a driver).
+    answers); ``supervisor_hook(supervisor)`` once the roles run (tests use it to kill a driver),
+    ``recorder_hook(supervisor)`` once the recorder's supervisor runs. ``CouldNotStart`` when the
+    session never started; otherwise :attr:`RunResult.outcome` says how it ended (and the
+    session's files say the same).
     """
     from labsuite.lslconfig import use_machine_scope
 
@@ -351,14 +361,17 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
         events.append(f"{role}: {text}")
         status(f"{role}: {text}")
 
+    session = Session(protocol, the_plan.session, on_action=on_action)
+    watch = RoleWatch(session, session_file=the_plan.session_file)
     # The recorder starts last, once every stream it records is visible: streams that appear
     # after it started only get its few spare slots.
-    supervisor = Supervisor(on_event=on_role)
-    recorder = Supervisor(on_event=on_role)
+    supervisor = Supervisor(on_event=on_role, on_state=watch.on_state)
+    recorder = Supervisor(on_event=on_role, on_state=watch.on_state)
+    watch.supervisors = [supervisor, recorder]
     for role in the_plan.roles:
-        (recorder if role.name == "recorder" else supervisor).add_role(role)
-    session = Session(protocol, the_plan.session, on_action=on_action)
+        (recorder if role.name == RECORDER else supervisor).add_role(role)
     supervisor.start()
+    started = False
     try:
         session.open()
         if on_session is not None:
@@ -368,24 +381,31 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
         status("waiting for the treadmill, force plates and processor ...")
         missing = session.wait_ready()
         if missing:
-            raise DeviceError(not_ready_message(options.connect_timeout_s, missing, session.log))
+            raise CouldNotStart(not_ready_message(options.connect_timeout_s, missing, session.log))
         if the_plan.session_file is not None:
             recorder.start()
-            _wait_for_file(the_plan.session_file, options.connect_timeout_s, recorder)
-            # the recorder's readers connect after the file exists; markers sent before are lost
+            if recorder_hook is not None:
+                recorder_hook(recorder)
+            _wait_for_recorder(the_plan.session_file, options.connect_timeout_s, recorder)
+            # connected readers may still be subscribing; markers sent before that are lost
             time.sleep(options.settle_s)
         status(f"session {the_plan.lab_id}: starting {protocol.name!r}")
         session.start()
-        while not session.wait(0.2):
-            pass
-        # keep recording while the belt ramps down, then a little more for the last samples
+        started = True
+        while not session.wait(0.1):
+            watch.tick(recorder)
+        # keep recording while the belt ramps down, then a little more for the last samples;
+        # a recorder restarting now gets its 2 s to record the end
         import pylsl
 
         deadline = time.monotonic() + 30.0
-        while session.machine.belt_speed_m_s(pylsl.local_clock()) > 0 and time.monotonic() < deadline:
+        while ((session.machine.belt_speed_m_s(pylsl.local_clock()) > 0 or watch.recorder_down)
+               and time.monotonic() < deadline):
+            watch.tick(recorder)
             time.sleep(0.1)
         time.sleep(1.5)
     finally:
+        watch.stopping()
         # nested so that an interrupt during one step (a second Ctrl-C) still stops the rest:
         # role processes are not daemons and would otherwise outlive this one
         try:
@@ -396,10 +416,18 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
             finally:
                 supervisor.stop(timeout_s=15.0)
     m = session.machine
+    recording = None
+    if the_plan.session_file is not None:
+        recording = read_recording(the_plan.session_file, recorder_gave_up=watch.recorder_gave_up)
+    outcome = classify(m.end_reason, len(m.view.safety_events), recording) if started else \
+        Outcome(COULD_NOT_START, "the session did not start")
+    if the_plan.session_file is not None:
+        write_outcome(the_plan.session_file, outcome)
     return RunResult(protocol, list(m.records), m.end_reason, the_plan.session_file, the_plan.lab_id,
                      list(session.log), list(session.published),
                      {"cadence_spm": m.baseline_cadence_spm, "valr_bw_per_s": m.baseline_valr_bw_per_s,
-                      "tibial_peak_g": m.baseline_tibial_g, "body_mass_kg": m.body_mass_kg}, events)
+                      "tibial_peak_g": m.baseline_tibial_g, "body_mass_kg": m.body_mass_kg}, events,
+                     outcome, recording)
 
 
 def not_ready_message(timeout_s: float, missing: list[str], events: list[tuple[float, str]]) -> str:
@@ -415,12 +443,18 @@ def not_ready_message(timeout_s: float, missing: list[str], events: list[tuple[f
             "streams` lists what is visible)")
 
 
-def _wait_for_file(path: Path, timeout_s: float, supervisor: Any) -> None:
+class CouldNotStart(DeviceError):
+    """The session never started: devices, processor or recorder did not come up."""
+
+
+def _wait_for_recorder(path: Path, timeout_s: float, supervisor: Any) -> None:
+    """Wait until the recorder created the session file and connected to every stream."""
     deadline = time.monotonic() + timeout_s
-    while not path.exists():
+    while not (path.exists() and supervisor.ready(RECORDER)):
         if time.monotonic() > deadline:
-            raise DeviceError(f"the recorder did not create {path} within {timeout_s:g} s")
-        role = supervisor.roles.get("recorder")
+            raise CouldNotStart(f"the recorder did not start recording {path} within {timeout_s:g} s")
+        role = supervisor.roles.get(RECORDER)
         if role is not None and role.exits:
-            raise DeviceError(f"the recorder stopped (exit code {role.exits[-1]}) before creating {path}")
-        time.sleep(0.1)
+            raise CouldNotStart(f"the recorder stopped (exit code {role.exits[-1]}) before recording "
+                                f"{path}; nothing was started")
+        time.sleep(0.05)

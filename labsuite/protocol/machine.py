@@ -55,6 +55,8 @@ STATE_IDLE = "idle"
 STATE_RUNNING = "running"
 STATE_PAUSED = "paused"
 STATE_FINISHED = "finished"
+# the lost "device" of the force watchdog (force data from any plate stopped)
+FORCE = "force"
 
 
 @dataclass(frozen=True)
@@ -152,13 +154,17 @@ class SessionMachine:
     def __init__(self, protocol: Protocol, *, programme_session: int | None = None,
                  participant: str = "", auto_start: str | None = None,
                  expected_mass_kg: float | None = None, belt_feedback: bool = False,
-                 beats: str = BEATS_TIMER) -> None:
+                 beats: str = BEATS_TIMER, auto_resume: bool = False) -> None:
         if beats not in (BEATS_TIMER, BEATS_AUDIO):
             raise ConfigError(f"session beats: expected {BEATS_TIMER!r} or {BEATS_AUDIO!r}, got {beats!r}")
         self.protocol = protocol
         self.beats = beats
         self.programme_session = programme_session
         self.participant = participant
+        # after a lost device is back: resume without the operator (the protocol or --auto-resume)
+        self.auto_resume = bool(auto_resume or protocol.safety.auto_resume)
+        self._lost: dict[str, float] = {}  # device -> when it went missing (LSL s)
+        self._device_pause_s = math.nan  # when a lost device paused the session
         self.state = STATE_IDLE
         self.stage_index = -1
         # every marker published, folded by the same reducer the console and the report use:
@@ -232,6 +238,11 @@ class SessionMachine:
         return self._band
 
     @property
+    def lost_devices(self) -> dict[str, float]:
+        """Devices whose data stopped and are not back, with the LSL time they went missing."""
+        return dict(self._lost)
+
+    @property
     def pending_checkins(self) -> tuple[int, ...]:
         """Ids of check-ins asked and not yet answered."""
         return self.view.pending_checkins
@@ -294,7 +305,8 @@ class SessionMachine:
             programme=p.programme.name if p.programme else None,
             programme_session=self.programme_session,
             programme_sessions=len(p.programme.sessions) if p.programme else None,
-            stages=len(p.stages), beats=self.beats if p.metronome_cues else None))]
+            stages=len(p.stages), beats=self.beats if p.metronome_cues else None,
+            auto_resume=self.auto_resume))]
         self.state = STATE_RUNNING
         self._last_s = now_s
         self._last_force_s = now_s  # the force watchdog counts from the start
@@ -319,6 +331,13 @@ class SessionMachine:
         if self.state == STATE_PAUSED:
             self._paused_s += dt
             out += self._watchdogs(now_s)
+            limit = self.protocol.safety.device_resume_timeout_s
+            if self.state == STATE_PAUSED and now_s - self._device_pause_s > limit:
+                what = ", ".join(self._lost) or self._pause_reason
+                out += [self._marker(now_s, mk.SafetyStop(
+                    reason="device_lost", device=what,
+                    detail=f"not resumed within {limit:g} s of losing {what}"))]
+                out += self._finish(now_s, "safety_stop:device_lost", stage_reason="safety_stop")
             return out
         self._active_s += dt
         out += self._watchdogs(now_s)
@@ -335,6 +354,8 @@ class SessionMachine:
     def note_force(self, now_s: float, vertical_force_n: float = math.nan) -> list[Action]:
         """Force data arrived at ``now_s``; ``vertical_force_n`` is the total |Fz| (for weighing)."""
         self._last_force_s = now_s
+        if FORCE in self._lost and now_s > self._lost[FORCE]:
+            return self.device_back(now_s, FORCE)
         stage = self.stage
         if stage is not None and stage.kind == "quiet_standing" and self.state == STATE_RUNNING \
                 and math.isfinite(vertical_force_n) and self._active_s >= stage.duration_s / 2:
@@ -385,10 +406,11 @@ class SessionMachine:
     def resume(self, now_s: float, *, source: str = "api") -> list[Action]:
         """Resume after a pause: belt back to the stage speed, cues on again.
 
-        A belt waiting for its first Start is not resumed: only :meth:`start_belt` starts it.
+        A belt waiting for its first Start is not resumed: only :meth:`start_belt` starts it; nor
+        is a session paused for a lost device that is not back (the request is recorded).
         """
         out = [self._marker(now_s, mk.Operator(action="resume", source=source))]
-        if self.state != STATE_PAUSED or self.awaiting_start:
+        if self.state != STATE_PAUSED or self.awaiting_start or self._lost:
             return out
         return out + self._unpause(now_s)
 
@@ -398,6 +420,7 @@ class SessionMachine:
         self._pause_reason = ""
         self._close_left_out(now_s)
         self._belt_watch.clear(now_s)
+        self._device_pause_s = math.nan
         out.append(self._marker(now_s, mk.Resumed(stage=self.stage.name)))
         out += self._belt(now_s, self.protocol.stage_speed_m_s(self.stage_index))
         self._cue = None  # republish the cue state
@@ -407,6 +430,44 @@ class SessionMachine:
     def _close_left_out(self, now_s: float) -> None:
         self._stats.left_out = [(t0, now_s if t1 == math.inf else t1, off)
                                 for t0, t1, off in self._stats.left_out]
+
+    def device_lost(self, now_s: float, device: str, detail: str, *,
+                    reason: str = "device_lost") -> list[Action]:
+        """A device's data stopped (its driver died or stalled): belt stopped, session paused.
+
+        The belt ramps down at the safety stop rate; the stage clock stops and steps are not
+        counted until the session resumes (:meth:`device_back`, then the operator); it ends for
+        safety when not resumed within ``safety.device_resume_timeout_s``.
+        """
+        if self.state not in (STATE_RUNNING, STATE_PAUSED) or device in self._lost:
+            return []
+        self._lost[device] = now_s
+        s = self.protocol.safety
+        out = [self._marker(now_s, mk.SafetyStop(reason=reason, detail=detail, device=device))]
+        if self._plan.target_m_s > 0 or self.belt_speed_m_s(now_s) > 0:
+            out.insert(0, self._command(now_s, msg.CMD_STOP, decel_m_s2=s.stop_decel_m_s2, reason=reason))
+            out.append(self._marker(now_s, mk.Belt(speed_m_s=0.0, accel_m_s2=s.stop_decel_m_s2)))
+            self._plan.command(now_s, 0.0, s.stop_decel_m_s2)
+        if not math.isfinite(self._device_pause_s):
+            self._device_pause_s = now_s
+        if self.state == STATE_RUNNING:
+            out += self.pause(now_s, reason=reason)
+        elif not self.awaiting_start:  # a belt still waiting for Start keeps waiting for it
+            self._pause_reason = reason
+        return out
+
+    def device_back(self, now_s: float, device: str) -> list[Action]:
+        """A lost device is back; with none left lost the session resumes (auto) or asks the operator."""
+        if device not in self._lost:
+            return []
+        lost_at = self._lost.pop(device)
+        out = [self._marker(now_s, mk.DeviceBack(device=device, lost_at_s=lost_at, down_s=now_s - lost_at))]
+        if self._lost or self.state != STATE_PAUSED or self.awaiting_start:
+            return out
+        if self.auto_resume:
+            return out + self.resume(now_s, source="auto_resume")
+        return [*out, self._marker(now_s, mk.DecisionRequired(reason="device_back",
+                                                              options=("resume", "abort")))]
 
     def skip(self, now_s: float, *, source: str = "api") -> list[Action]:
         """End the current stage now (reason 'skipped') and go to the next."""
@@ -806,10 +867,11 @@ class SessionMachine:
         if belt_to <= 0 and self.belt_speed_m_s(now_s) <= 0:
             return []
         s = self.protocol.safety
-        if now_s - self._last_force_s > s.force_timeout_s:
-            return self._safety_stop(now_s, "force_timeout",
-                                     f"no force data for {now_s - self._last_force_s:.2f} s "
-                                     f"(limit {s.force_timeout_s:g} s) while the belt moves")
+        if now_s - self._last_force_s > s.force_timeout_s and FORCE not in self._lost:
+            # a dead or stalled plate driver pauses the session; it ends only if not resumed
+            return self.device_lost(now_s, FORCE, f"no force data for {now_s - self._last_force_s:.2f} s "
+                                    f"(limit {s.force_timeout_s:g} s) while the belt moves",
+                                    reason="force_timeout")
         ramp_s = belt_to / s.accel_m_s2 if belt_to > 0 else 0.0
         since = max(self._last_contact_s if math.isfinite(self._last_contact_s) else -math.inf,
                     self._moving_since + ramp_s if math.isfinite(self._moving_since) else -math.inf)
@@ -857,6 +919,10 @@ class SessionMachine:
         return [self._marker(now_s, mk.CheckinRequest(
             id=self._checkin_id, reason=reason, stage=stage.name if stage is not None else None,
             question="pain 0-10"))]
+
+    def marker(self, t_s: float, marker: mk.Marker) -> Action:
+        """Publish a marker of the session's surroundings (a recording gap) in the session's order."""
+        return self._marker(t_s, marker)
 
     def _marker(self, t_s: float, marker: mk.Marker) -> Action:
         self.view.apply(t_s, marker)

@@ -253,6 +253,11 @@ class Safety(_Strict):
     force_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.4
     no_contact_timeout_s: Annotated[float, Field(gt=0, le=30)] = 3.0
     max_speed_m_s: Annotated[float, Field(gt=0, le=MAX_SPEED_M_S)] = 6.0
+    # A device whose data stop pauses the session (belt ramped down); once it is back the session
+    # resumes on the operator's confirmation (or by itself with auto_resume, for scripted studies),
+    # and ends for safety when it is not resumed within this time.
+    device_resume_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    auto_resume: bool = False
 
 
 class Checkins(_Strict):

@@ -24,7 +24,7 @@ import numpy as np
 from labsuite import checks as check
 from labsuite import ids
 from labsuite.errors import ConfigError, DeviceError
-from labsuite.markers import Paused, SessionEnd
+from labsuite.markers import Marker, Paused, SessionEnd
 from labsuite.protocol import operator as op
 from labsuite.protocol.machine import BEATS_AUDIO, BEATS_TIMER, Action, SessionMachine
 from labsuite.protocol.schema import Protocol
@@ -75,6 +75,7 @@ class SessionSettings:
     heartbeat_period_s: float = msg.HEARTBEAT_PERIOD_S
     connect_timeout_s: float = 30.0
     settle_s: float = 1.0
+    auto_resume: bool = False
 
     def __post_init__(self) -> None:
         ids.check_lab_id(self.lab_id)
@@ -120,7 +121,8 @@ class Session:
                                       participant=settings.participant_id,
                                       auto_start=settings.auto_start, expected_mass_kg=settings.mass_kg,
                                       belt_feedback=settings.treadmill_source_id is not None,
-                                      beats=BEATS_AUDIO if settings.beats_source_id else BEATS_TIMER)
+                                      beats=BEATS_AUDIO if settings.beats_source_id else BEATS_TIMER,
+                                      auto_resume=settings.auto_resume)
         self.on_action = on_action
         self.published: list[Action] = []
         self.log: list[tuple[float, str]] = []
@@ -281,6 +283,18 @@ class Session:
             raise ConfigError(f"pain rating: expected an integer 0-10, got {pain!r}")
         self._ops.put((op.OP_PAIN, {"pain": pain, "id": checkin_id, "source": source}))
 
+    def device_lost(self, device: str, detail: str) -> None:
+        """A role (driver, processor, recorder) stopped: the session pauses and stops the belt."""
+        self._ops.put(("device_lost", {"device": device, "detail": detail}))
+
+    def device_back(self, device: str) -> None:
+        """A lost role is back: the session resumes on confirmation (or by itself, auto_resume)."""
+        self._ops.put(("device_back", {"device": device}))
+
+    def note_marker(self, marker: Marker) -> None:
+        """Publish a marker the composition root knows of (a recording gap) with the others."""
+        self._ops.put(("marker", {"marker": marker}))
+
     def emergency_stop(self, source: str = "api") -> float:
         """Send emergency_stop to the treadmill from this thread, now; returns its LSL time."""
         import pylsl
@@ -431,6 +445,12 @@ class Session:
                 out += m.start(f["t"])
             elif name == op.OP_START:
                 out += m.start_belt(now, source=source)
+            elif name == "device_lost":
+                out += m.device_lost(now, str(f["device"]), str(f["detail"]))
+            elif name == "device_back":
+                out += m.device_back(now, str(f["device"]))
+            elif name == "marker":
+                out.append(m.marker(now, f["marker"]))
             elif name == op.OP_PAUSE:
                 out += m.pause(now, source=source)
             elif name == op.OP_RESUME:
