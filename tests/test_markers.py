@@ -67,15 +67,15 @@ def test_every_event_and_field_is_in_the_protocol_docs():
 
 
 def _run_a_session() -> Lab:
-    """A session that pauses, resumes, skips, asks and answers, and ends by a safety stop."""
+    """A session that pauses, resumes, skips, asks and answers, loses devices, ends by a safety stop."""
     m = SessionMachine(protocol("""\
   - {name: stand, kind: quiet_standing, duration_s: 4}
   - {name: base, kind: baseline, duration_s: 20, measure_last_steps: 20}
   - {name: up, kind: cadence, duration_s: 30, target_percent: 5,
      cues: {metronome: {spm: target}, visual_band: true}}
   - {name: cool, kind: retention, duration_s: 30}
-""", "checkins: {at_start: true, at_stage_boundaries: true, pause_at: 5, stop_at: 9, stop_on_rise: 9}",
-        auto_start=False))
+""", "checkins: {at_start: true, at_stage_boundaries: true, pause_at: 5, stop_at: 9, stop_on_rise: 9}\n"
+       "safety: {device_resume_timeout_s: 5}", auto_start=False))
     lab = Lab(m)
     lab.actions += m.answer_pain(lab.t, 0)
     lab.run(5)  # the weigh-in, then the belt waits for the operator
@@ -96,9 +96,17 @@ def _run_a_session() -> Lab:
     lab.actions += m.resume(lab.t)
     lab.actions += m.skip(lab.t)
     lab.run(2)
-    lab.force = False  # the force watchdog stops the belt and ends the session
+    lab.force = False  # the force watchdog stops the belt and pauses the session
+    lab.run(2)
+    lab.force = True  # back: the operator resumes
+    lab.run(1)
+    lab.actions += m.resume(lab.t)
+    lab.actions.append(m.marker(lab.t, mk.RecordingGap(part=2, file="x.part2.h5", lost_at_s=lab.t - 1,
+                                                       gap_s=1.0, missed=('{"event":"paused"}',))))
+    lab.run(2)
+    lab.actions += m.device_lost(lab.t, "processor", "exited")  # never back: ends after 5 s
     lab.run(10)
-    assert m.finished and m.end_reason.startswith("safety_stop")
+    assert m.finished and m.end_reason == "safety_stop:device_lost"
     return lab
 
 
@@ -129,9 +137,10 @@ def test_the_reducer_agrees_with_the_machine_that_published_the_markers():
     assert state.body_weight.mass_kg == pytest.approx(m.body_mass_kg, abs=0.01)
     assert [c.pain for _, c in state.checkins] == [p for _, p, _ in m.pain] == [0, 6]
     assert state.pending_checkins == m.pending_checkins and len(state.pending_checkins) >= 2
-    assert [type(e) for _, e in state.safety_events] == [mk.BeltFault, mk.SafetyStop]
+    assert [type(e) for _, e in state.safety_events] == [mk.BeltFault] + [mk.SafetyStop] * 3
+    assert [e.reason for _, e in state.safety_events[1:]] == ["force_timeout", "device_lost", "device_lost"]
     assert state.start_authorised is not None and state.start_authorised.source == "cli"
-    assert state.alert.startswith("safety_stop: reason=force_timeout")
+    assert state.alert.startswith("safety_stop: reason=device_lost")
     # the frequent kinds are folded but not listed; everything else is, in order
     assert not any(e.FREQUENT for _, e in state.events)
     assert state.beat_n == max(a.marker.n for a in lab.actions if isinstance(a.marker, mk.Beat))

@@ -125,16 +125,18 @@ schema: labsuite-protocol/1
 name: kill
 speed_m_s: 3.0
 # 1.0 s rather than the default 0.4 s: under heavy load the simulated drivers stall for more
-# than 0.4 s now and then, and a stop before the kill would say nothing about the kill
-safety: {accel_m_s2: 1.5, stop_decel_m_s2: 3.0, force_timeout_s: 1.0}
+# than 0.4 s now and then, and a stop before the kill would say nothing about the kill.
+# auto_resume: this unattended test has no operator to confirm the restart.
+safety: {accel_m_s2: 1.5, stop_decel_m_s2: 3.0, force_timeout_s: 1.0, auto_resume: true}
 checkins: {at_start: false, at_stage_boundaries: false}
 simulation: {mode: run, preferred_cadence_spm: 165}
 stages:
-  - {name: base, kind: baseline, duration_s: 60, measure_last_steps: 10}
+  - {name: base, kind: baseline, duration_s: 24, measure_last_steps: 10}
 """
 
 
-def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
+@pytest.mark.timeout(300)
+def test_killing_the_force_plate_driver_pauses_the_session_until_it_is_back(tmp_path, uid):
     holder: dict = {}
     moving = threading.Event()
 
@@ -148,8 +150,7 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
             if moving.wait(90):
                 time.sleep(6.0)  # belt at speed, participant running
                 holder["killed_at"] = time.monotonic()
-                # restarted 2 s later, after the 1 s watchdog: a restart within it would hide the
-                # loss. (Not never: Supervisor.stop would hang setting the dead role's event.)
+                # restarted 2 s later, after the 1 s force watchdog
                 supervisor.restart_delay_s = 2.0
                 supervisor.kill("sim-fp-left")
         threading.Thread(target=killer, daemon=True).start()
@@ -158,37 +159,44 @@ def test_killing_the_force_plate_driver_stops_the_belt(tmp_path, uid):
                          out_dir=tmp_path / "out", lab_id=uid, auto_start=True)
     result = run_protocol(options, on_action=on_action, supervisor_hook=hook)
     assert "killed_at" in holder
-    assert result.end_reason == "safety_stop:force_timeout"
-    assert any("force_timeout" in text for _, text in result.log)
+    # the plate came back and the session resumed and ran its stage to the end, but a belt
+    # stopped for safety is never a plain "completed"
+    assert result.end_reason == "completed", result.log[-10:]
+    assert result.outcome is not None and result.outcome.code == 4, result.outcome
     with open_session(result.session_file) as f:
+        assert f.outcome[:2] == ("stopped_safety", 4)
         plate = f.stream(f"labsuite-sim-{uid}-fp-left")
         cmds = f.stream(f"labsuite-session-{uid}-commands")
         belt = f.stream(f"labsuite-sim-{uid}-treadmill")
         texts = strings(cmds)
+        t_killed = ts_kill(holder, plate)
         stops = [t for t, c in zip(cmds.timestamps, texts, strict=True)
-                 if c.get("cmd") == "stop" and c.get("reason") == "force_timeout"]
-        assert len(stops) == 1
+                 if c.get("cmd") == "stop" and c.get("reason") in ("device_lost", "force_timeout")]
+        assert stops, texts[-20:]
         t_stop = stops[0]
-        assert t_stop > ts_kill(holder, plate)
-        ts = plate.timestamps
-        last_before = ts[ts < t_stop].max()
-        delay = t_stop - last_before
-        # the belt slows from the stop command on
+        # the supervisor saw the driver die before the force watchdog's 1 s ran out
+        delay = t_stop - t_killed
+        assert 0 < delay < 1.0 + 0.05
         speed = belt.data[:, 0]
-        after = belt.timestamps > t_stop + 0.3
         before = (belt.timestamps < t_stop) & (belt.timestamps > t_stop - 1.0)
         assert speed[before].min() > 2.9
-        assert speed[after][0] < speed[before].min()
         t_still = belt.timestamps[(belt.timestamps > t_stop) & (speed < 0.05)][0]
-        print(f"watchdog: last force sample -> stop command {1000 * delay:.0f} ms; "
-              f"belt stopped {t_still - t_stop:.2f} s later at {3.0:g} m/s^2")
-        # Lower bound: the 1 s watchdog, less one 10 ms driver chunk: at a SIGKILL the plate's last
-        # chunk can reach the recorder's connection and not the session's (measured 0.993 s once),
-        # so the last sample in the file may be one chunk later than the last the session saw.
-        assert 1.0 - 0.02 <= delay < 1.5
-        stage_markers = [json.loads(t) for t in f.markers["text"]]
-        assert any(m.get("event") == "safety_stop" and m["reason"] == "force_timeout"
-                   for m in stage_markers)
+        markers = [json.loads(t) for t in f.markers["text"]]
+        names = [m["event"] for m in markers]
+        safety = [m for m in markers if m["event"] == "safety_stop"]
+        assert safety and safety[0]["device"] in ("sim-fp-left", "force")
+        for needed in ("paused", "device_back", "resumed", "session_end"):
+            assert needed in names, needed
+        assert names.index("paused") < names.index("device_back") < names.index("resumed")
+        # the belt ran again after the resume, and the plate's data flow again
+        t_resumed = f.markers["time_s"][names.index("resumed")]
+        assert speed[belt.timestamps > t_resumed + 3.0].max() > 2.9
+        assert plate.timestamps[-1] > t_resumed + 3.0
+        (base,) = f.stages
+        summary = json.loads(base.summary_json)
+        assert summary["paused_s"] > 1.0
+        print(f"plate killed: stop command {1000 * delay:.0f} ms after its last sample; belt still "
+              f"{t_still - t_stop:.2f} s later; paused {summary['paused_s']:.1f} s, then resumed")
 
 
 ESTOP = """\

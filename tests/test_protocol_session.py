@@ -146,7 +146,7 @@ def make_rig(uid, text):
     lab.close()
 
 
-def test_session_runs_stages_publishes_markers_heartbeat_and_obeys_the_force_watchdog(rig):
+def test_session_runs_stages_publishes_markers_heartbeat_and_pauses_for_lost_force_data(rig):
     lab, session = rig
     session.start()
     assert wait_for(lambda: lab.events("stage_start") and len(lab.events("stage_start")) == 2, 60)
@@ -169,11 +169,23 @@ def test_session_runs_stages_publishes_markers_heartbeat_and_obeys_the_force_wat
     delay = t_stop - last
     print(f"force watchdog: stop command {delay * 1000:.0f} ms after the last force sample")
     assert 0.4 <= delay < 1.0  # 0.4 s timeout plus a tick; generous for a loaded machine
-    assert wait_for(lambda: lab.events("safety_stop") and lab.events("session_end"), 10)
-    assert lab.events("session_end")[-1][1]["reason"] == "safety_stop:force_timeout"
+    # a dead plate pauses the session, it does not end it
+    assert wait_for(lambda: lab.events("safety_stop") and lab.events("paused"), 10)
+    assert lab.events("paused")[-1][1]["reason"] == "force_timeout"
+    assert lab.events("safety_stop")[-1][1]["device"] == "force"
     assert any("force_timeout" in text for _, text in session.log)
+    lab.force_on.set()  # the driver is back: the operator is asked, then resumes
+    assert wait_for(lambda: lab.events("device_back") and lab.events("operator_decision_required"), 10)
+    assert not lab.events("session_end") and not lab.events("resumed")
+    session.resume(source="test")
+    assert wait_for(lambda: lab.events("resumed"), 10)
+    session.device_lost("processor", "the processor process exited")  # as the supervisor reports
+    assert wait_for(lambda: any(m.get("device") == "processor" for _, m in lab.events("safety_stop")), 10)
+    session.abort(source="test")
+    assert wait_for(lambda: lab.events("session_end"), 10)
+    assert lab.events("session_end")[-1][1]["reason"] == "aborted"
     recs = [StageRecord.from_marker(m) for _, m in lab.events("stage_end")]
-    assert [r.end_reason for r in recs] == ["time", "safety_stop"]
+    assert [r.end_reason for r in recs] == ["time", "aborted"]
     assert session.heartbeats > 0
     # closing: one last heartbeat says so, and the treadmill's watchdog stands down
     assert not [c for _, c in lab.cmds("heartbeat") if c.get("end")]
