@@ -91,7 +91,8 @@ def run_case(case: Case, folder: Path, protocol: Path, freeze_s: float, seed: in
     err = (folder / f"{out_dir.name}.err").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "labsuite", "run", str(protocol), "--participant", participant,
-         "--simulate", "--headless", "--out", str(out_dir), "--auto-resume", "--connect-timeout", "120"],
+         "--simulate", "--headless", "--out", str(out_dir), "--auto-start", "--auto-resume",
+         "--connect-timeout", "120"],
         stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ), start_new_session=True)
     err.close()
     pids: dict[str, int] = {"session": proc.pid}

@@ -179,7 +179,7 @@ def _run(tmp_path: Path, protocol: Path, participant: str, *extra: str) -> subpr
         return subprocess.Popen(
             [sys.executable, "-m", "labsuite", "run", str(protocol), "--participant", participant,
              "--simulate", "--headless", "--out", str(tmp_path / "out"), "--connect-timeout", "120",
-             *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
+             "--auto-start", *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -224,7 +224,8 @@ def render_session_html(rep: SessionReport, sheet: ContactSheet | None = None) -
         speed += (f"; the belt left its commanded speed {rep.belt_faults} time"
                   f"{'s' if rep.belt_faults > 1 else ''} by itself (see above)")
     status = {"complete": "completed", "stopped": f"ended early ({rep.end_reason})",
-              "cut short": "cut short (file not closed)"}[rep.status]
+              "cut short": "cut short (file not closed)",
+              "incomplete": f"incomplete ({rep.parts} files, data missing between them)"}[rep.status]
     info = [("Participant", rep.participant_id), ("Protocol", rep.protocol_name or "—"),
             ("Programme", rep.programme_name or "—"), ("Session", sess), ("Date", date or "—"),
             ("Treadmill speed", speed), ("Body mass", _f(rep.body_mass_kg, 1, " kg")),

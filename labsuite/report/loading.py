@@ -92,13 +92,18 @@ class SessionReport:
     curves: tuple[ForceCurve, ...]
     baseline_valr_bw_per_s: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    parts: int = 1  # files the session was recorded in (a restarted recorder adds one)
     belt_faults: int = 0  # times the belt left its commanded speed by itself (belt_fault markers)
 
     @property
     def status(self) -> str:
-        """'complete', 'stopped' (ended early by a rule or the operator) or 'cut short' (file not closed)."""
+        """The session's state: 'complete', 'stopped', 'incomplete' or 'cut short'.
+
+        'stopped': ended early by a rule or the operator; 'incomplete': recorded in parts with
+        gaps between them; 'cut short': the file was not closed.
+        """
         if not self.complete:
-            return "cut short"
+            return "incomplete" if self.parts > 1 else "cut short"
         if self.end_reason and self.end_reason != "completed":
             return "stopped"
         return "complete"
@@ -106,7 +111,11 @@ class SessionReport:
     def warnings(self) -> list[str]:
         """Plain-language statements about how the session ended, for the top of the page."""
         out = []
-        if not self.complete:
+        if not self.complete and self.parts > 1:
+            out.append(f"This session was recorded in {self.parts} files: the recorder was "
+                       "restarted, and the data between them are missing (see the session file note "
+                       "below).")
+        elif not self.complete:
             out.append("This recording was cut short: the file was never closed (the recorder "
                        "crashed or was killed, the power failed, or it is still being written). "
                        f"Everything up to {self.t_end_s - self.t0_s:.1f} s into the session is shown; "
@@ -153,6 +162,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         rec_events = tuple(sess.events)
         complete = sess.complete
         file_notes = sess.notes  # e.g. a copy made by `labsuite recover`, and what it lost
+        parts = len(sess.parts)
         participant = str(attrs.get("participant_id", ""))
         mass_kg = float(attrs.get("mass_kg", math.nan))
         stream_info, plates, treadmill, (data_start, data_end) = _stream_summary(
@@ -250,7 +260,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         t0_s=t0, t_end_s=t_end if math.isfinite(t_end) else t0, stages=tuple(stages), steps=steps,
         rows=tuple(rows), checkins=tuple(checkins), unanswered_checkins=tuple(unanswered),
         events=tuple(events), recording_events=rec_events, streams=tuple(stream_info),
-        curves=curves_out, baseline_valr_bw_per_s=base_valr, notes=tuple(notes),
+        curves=curves_out, baseline_valr_bw_per_s=base_valr, notes=tuple(notes), parts=parts,
         belt_faults=len(faults))
 
 
