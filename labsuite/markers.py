@@ -345,6 +345,47 @@ class Baseline(Marker, event="baseline", group=GROUP_MEASUREMENT):
     valr_bw_per_s: float = math.nan
     tibial_peak_g: float = math.nan
     detail: str = ""
+    vilr_bw_per_s: float = math.nan
+    contact_s: float = math.nan
+    strike_pattern: str | None = None  # the most common pattern of the steps (None: not known)
+
+
+@dataclass(frozen=True)
+class ProgrammeDecision(Marker, event="programme", group=GROUP_SESSION):
+    """Where this session stands in its programme, published right after ``session_start``.
+
+    ``kind`` training or recheck; ``action`` (labsuite/protocol/progression.py): fixed, first,
+    advance, hold, step_back or recheck; ``step`` the progression step (1-based) and its
+    ``step_percent``; the programme baseline this session's ``of: programme_baseline`` targets use
+    (NaN in the first session: its own baseline becomes the programme's).
+    """
+
+    kind: str = ""
+    action: str = ""
+    step: int | None = None
+    step_percent: float = math.nan
+    reason: str = ""
+    sessions_done: int = 0
+    recheck: int | None = None
+    baseline_cadence_spm: float = math.nan
+    baseline_valr_bw_per_s: float = math.nan
+    retrained_target_spm: float = math.nan
+
+
+@dataclass(frozen=True)
+class RecheckResult(Marker, event="recheck", group=GROUP_MEASUREMENT):
+    """A recheck's verdict at the end of its run: gain lost, VALR rise and the regression flag."""
+
+    number: int = 0
+    cadence_spm: float = math.nan
+    valr_bw_per_s: float = math.nan
+    baseline_cadence_spm: float = math.nan
+    retrained_target_spm: float = math.nan
+    retrained_valr_bw_per_s: float = math.nan
+    gain_lost_pct: float = math.nan
+    valr_rise_pct: float = math.nan
+    regression: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -602,6 +643,8 @@ class SessionState:
     checkins: tuple[tuple[float, Checkin], ...] = ()
     baseline: Baseline | None = None
     body_weight: BodyWeight | None = None
+    programme: ProgrammeDecision | None = None
+    recheck: RecheckResult | None = None
     # what happened
     records: tuple[StageRecord, ...] = ()
     safety_events: tuple[tuple[float, Marker], ...] = ()
@@ -771,6 +814,16 @@ def _checkin(s: SessionState, t_s: float, m: Checkin) -> None:
 @_reduces(Baseline)
 def _baseline(s: SessionState, t_s: float, m: Baseline) -> None:
     s.baseline = m
+
+
+@_reduces(ProgrammeDecision)
+def _programme(s: SessionState, t_s: float, m: ProgrammeDecision) -> None:
+    s.programme = m
+
+
+@_reduces(RecheckResult)
+def _recheck(s: SessionState, t_s: float, m: RecheckResult) -> None:
+    s.recheck = m
 
 
 @_reduces(BodyWeight)

@@ -98,6 +98,14 @@ class ParticipantSettings:
     ``lookahead_s``: the planner hands out steps whose strike is at most this far ahead.
     ``crossover_fraction``: share of steps that land across the gap of a split belt, part of their
     force on the other belt (for testing cross-over flags; 0 by default).
+
+    Learning and fatigue (all off by default): ``habit_spm`` is the cadence change learned in
+    earlier sessions (steps/min above preferred) that the runner keeps without cues;
+    ``learning_per_step`` the share of the gap between that habit and the metronome's demand closed
+    at every cued step (0.004: about two thirds of the way in 250 steps). Without cues the runner
+    returns to preferred + habit, not to preferred. ``fatigue_cadence_spm_per_min`` drifts the
+    preferred cadence and ``fatigue_valr_pct_per_min`` raises the impact (and so VALR and tibial
+    shock) per minute of running in the session.
     """
 
     mass_kg: float = 70.0
@@ -117,6 +125,10 @@ class ParticipantSettings:
     step_width_m: float = 0.14
     lookahead_s: float = 0.5
     crossover_fraction: float = 0.0
+    habit_spm: float = 0.0
+    learning_per_step: float = 0.0
+    fatigue_cadence_spm_per_min: float = 0.0
+    fatigue_valr_pct_per_min: float = 0.0
 
     def __post_init__(self) -> None:
         where = "participant setting "
@@ -129,7 +141,10 @@ class ParticipantSettings:
                              ("variability_cv", 0.0, 0.2), ("step_time_cv", 0.0, 0.1),
                              ("adaptation_steps", 1.0, 200.0), ("foot_length_m", 0.15, 0.35),
                              ("step_width_m", 0.07, 0.4), ("lookahead_s", 0.05, 5.0),
-                             ("crossover_fraction", 0.0, 0.5)):
+                             ("crossover_fraction", 0.0, 0.5), ("habit_spm", -40.0, 40.0),
+                             ("learning_per_step", 0.0, 0.1),
+                             ("fatigue_cadence_spm_per_min", -20.0, 20.0),
+                             ("fatigue_valr_pct_per_min", -50.0, 50.0)):
             check.number(where, name, getattr(self, name), low=lo, high=hi)
         check.number(where, "speed_m_s", self.speed_m_s, low=0.0,
                      high=2.5 if self.mode == "walk" else 8.0, optional=True)
@@ -430,6 +445,8 @@ class GaitPlanner:
         self._cop_dx = {"left": 0.0, "right": 0.0}
         self._standing = False
         self._stand_ramped_out = False
+        self.habit_spm = float(settings.habit_spm)  # learned offset, carried to the next session
+        self._run_s = 0.0  # running time so far (drives fatigue)
 
     # ---- commands ---------------------------------------------------------------------------
     def set_target_cadence(self, spm: float | None, at_s: float) -> None:
@@ -561,16 +578,23 @@ class GaitPlanner:
         if self._pref_spm is None:
             self._pref_spm = pref_now
         self._pref_spm += (pref_now - self._pref_spm) / SPEED_ADAPTATION_STEPS
-        pref = self._pref_spm
+        run_min = self._run_s / 60.0
+        pref = self._pref_spm + s.fatigue_cadence_spm_per_min * run_min
         target = self._cadence.at(strike_s)
-        goal = 0.0 if target is None else target - pref
+        if target is None:
+            goal = self.habit_spm  # what was learned stays without cues
+        else:
+            goal = target - pref
+            self.habit_spm += s.learning_per_step * (target - self._pref_spm - self.habit_spm)
         self._offset_spm += (goal - self._offset_spm) / s.adaptation_steps
         self._offset_spm += rng.normal(0.0, 0.25)
         cadence = pref + self._offset_spm
         t_nom = 60.0 / cadence
         t_pref = 60.0 / pref
         step_s = t_nom * (1.0 + rng.normal(0.0, s.step_time_cv))
+        self._run_s += step_s
         q = cadence / pref  # cadence relative to preferred: drives loading rate
+        tired = max(0.2, 1.0 + s.fatigue_valr_pct_per_min / 100.0 * run_min)
         run = s.mode == "run"
         # Contact time shortens less than the step time when cadence rises (Heiderscheit 2011).
         contact = _duty(s.mode, speed) * t_pref * (t_nom / t_pref) ** 0.5
@@ -591,7 +615,7 @@ class GaitPlanner:
             # Impact scales with speed (Hennig & Lafortune 1991); clamp for belt ramps and jogging.
             u = min(max(speed / 3.0, 0.6), 2.0)
             rise = 0.028 * q**2.2 * u**-0.5 * e()
-            shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
+            shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * tired * e(), imp_rise_s=rise,
                          imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.4,
                          cop_start_frac=0.06, cop_end_frac=0.85, cop_shape_k=3.0,
                          brake_end_frac=0.45, shank_strike_rad=0.18 * e(2.0),

@@ -22,6 +22,7 @@ import numpy as np
 from labsuite import checks as check
 from labsuite.drivers.base import Chunk, Driver, DriverRunner
 from labsuite.drivers.sim import gait
+from labsuite.drivers.sim.learning import save_memory
 from labsuite.drivers.treadmill import (
     SIMULATED_TREADMILL,
     BeltRamp,
@@ -76,6 +77,7 @@ class SimLabSettings:
     treadmill_rate_hz: float = 50.0
     initial_speed_m_s: float | None = None
     chunk_s: float = 0.01
+    memory_file: str | None = None  # where the participant saves its learned habit at the end
 
     def __post_init__(self) -> None:
         check_lab_id(self.lab_id)
@@ -189,6 +191,9 @@ def run_participant(stop: Any, settings: SimLabSettings) -> None:
         for r in readers:
             r.stop()
         del outlet
+        if settings.memory_file is not None:
+            # what the runner learned in this session, for the next one (drivers/sim/learning.py)
+            save_memory(settings.memory_file, planner.habit_spm)
 
 
 # ---- device drivers --------------------------------------------------------------------------

@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the session file (default ./sessions)")
     parser.add_argument("--session", type=int, default=None, metavar="N",
                         help="which session of the protocol's programme this is (1-based)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run the programme's next recheck (no cues, short) instead of a "
+                             "training session")
+    parser.add_argument("--sim-days-later", type=float, default=None, metavar="D",
+                        help="with --simulate: the virtual participant comes back D days after its "
+                             "last session (default: the real time since)")
     parser.add_argument("--mass-kg", type=float, default=None, metavar="KG", help="body mass")
     parser.add_argument("--speed", type=float, default=None, metavar="M_S",
                         help="belt speed for every moving stage (overrides the file)")
@@ -155,6 +161,14 @@ class Console:
                          f"tibial {_fmt(m.tibial_peak_g)} g over {m.n_steps} steps")
             else:
                 self.say(f"   baseline FAILED: {m.detail}")
+        elif isinstance(m, mk.ProgrammeDecision):
+            base = (f"; programme baseline {m.baseline_cadence_spm:.1f} spm"
+                    if math.isfinite(m.baseline_cadence_spm) else "; programme baseline: this session's")
+            self.say(f"== programme ({m.kind}, {m.sessions_done} sessions done): {m.action}: "
+                     f"{m.reason}{base}")
+        elif isinstance(m, mk.RecheckResult):
+            flag = "REGRESSION" if m.regression else "no regression"
+            self.say(f"   recheck {m.number}: {flag}: {m.reason}")
         elif isinstance(m, mk.BodyWeight):
             self.say(f"   weigh-in: {m.mass_kg:.1f} kg")
         elif isinstance(m, mk.CheckinRequest):
@@ -365,6 +379,15 @@ def execute(options: Any, *, pain_script: list[int] | None, quiet: bool, gui: bo
     assert outcome is not None
     console.say("")
     console.say(format_summary(result.records, result.baseline))
+    rc = next((a.marker for a in reversed(result.published)
+               if isinstance(a.marker, mk.RecheckResult)), None)
+    if rc is not None:
+        console.say(f"recheck {rc.number}: {'REGRESSION' if rc.regression else 'no regression'}: "
+                    f"{rc.reason}")
+    if result.programme is not None and result.programme_state is not None:
+        console.say(f"programme state: {result.programme.path} "
+                    f"({result.programme_state.sessions_done} training sessions, "
+                    f"{result.programme_state.rechecks_done} rechecks done)")
     end = result.end_reason if outcome.name == oc.COMPLETED else _protocol_end(result.end_reason)
     console.say(f"session ended: {end} after {time.monotonic() - t0:.0f} s")
     if result.recording is not None:
@@ -392,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
         mass_kg=args.mass_kg, speed_m_s=args.speed, record=not args.no_record,
         auto_start=args.auto_start,
         sound=not args.no_sound, audio_device=audio_device(args.audio_device),
-        connect_timeout_s=args.connect_timeout, auto_resume=args.auto_resume)
+        connect_timeout_s=args.connect_timeout, auto_resume=args.auto_resume, recheck=args.recheck,
+        sim_days_later=args.sim_days_later)
     return execute(options, pain_script=parse_pain_script(args.pain_script), quiet=args.quiet,
                    gui=args.gui)

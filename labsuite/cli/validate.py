@@ -41,6 +41,17 @@ def run(args: argparse.Namespace) -> int:
             if protocol.programme is not None and args.session is None:
                 print(f"  programme {protocol.programme.name!r}: {len(protocol.programme.sessions)} "
                       "sessions (give --session N to see one)")
+            prog = protocol.programme.progression if protocol.programme is not None else None
+            if prog is not None:
+                print(f"  progression: steps {', '.join(f'{x:+g} %' for x in prog.steps_percent)}; "
+                      f"advance when retention has >= {prog.advance_in_band_percent:g} % of steps "
+                      f"in band, {prog.on_pain.replace('_', ' ')} after a pain rule fired")
+            rc = protocol.programme.rechecks if protocol.programme is not None else None
+            if rc is not None:
+                print(f"  rechecks: {', '.join(f'{d:g}' for d in rc.after_days)} days after the last "
+                      f"training session, {rc.duration_s:g} s without cues; regression when more "
+                      f"than {rc.max_gain_lost_percent:g} % of the gain is lost or VALR rises more "
+                      f"than {rc.max_valr_rise_percent:g} %")
             for i, stage in enumerate(protocol.stages):
                 speed = protocol.stage_speed_m_s(i)
                 target = ""
@@ -49,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
                 if spm is not None:
                     target = f" target {spm:g} spm"
                 elif percent is not None:
-                    target = f" target {percent:+g} % of baseline"
+                    of = "programme baseline" if getattr(stage, "of", None) == "programme_baseline" \
+                        else "session baseline"
+                    what = "the progression step" if percent == "progression" else f"{percent:+g} %"
+                    target = f" target {what} of the {of}"
                 cues = getattr(stage, "cues", None)
                 if cues is not None and cues.fading is not None:
                     fading = cues.fading

@@ -22,10 +22,13 @@ from labsuite.archive.recorder import RecorderSettings, run_recorder
 from labsuite.audio.metronome import DeviceInfo, OutputSettings
 from labsuite.audio.role import MetronomeRoleSettings, probe_output_to, run_metronome
 from labsuite.errors import ConfigError, DeviceError
+from labsuite.lab import programme
 from labsuite.lab.live import run_processor
 from labsuite.lab.outcome import COULD_NOT_START, Outcome, Recording, classify, read_recording, write_outcome
+from labsuite.lab.programme import ProgrammeSetup
 from labsuite.lab.watch import RECORDER, RoleWatch
 from labsuite.processes import RoleSpec, Supervisor
+from labsuite.programme_state import ProgrammeState
 from labsuite.protocol.machine import Action
 from labsuite.protocol.schema import Protocol, load_protocol
 from labsuite.protocol.session import Session, SessionSettings
@@ -55,6 +58,8 @@ class RunOptions:
     settle_s: float = 2.0
     auto_resume: bool = False
     sim_overrides: dict[str, Any] = field(default_factory=dict)
+    recheck: bool = False
+    sim_days_later: float | None = None
 
     def __post_init__(self) -> None:
         ids.check_participant_id(self.participant_id, "--participant")
@@ -71,6 +76,14 @@ class RunOptions:
             raise ConfigError(f"connect timeout: expected > 0 s, got {self.connect_timeout_s!r}")
         if not self.sound and self.audio_device is not None:
             raise ConfigError("--audio-device names an output but --no-sound plays none; give one of them")
+        if self.recheck and self.programme_session is not None:
+            raise ConfigError("give --session N (a training session) or --recheck, not both")
+        if self.sim_days_later is not None:
+            if not self.simulate:
+                raise ConfigError("--sim-days-later is for the simulated participant: use it with "
+                                  "--simulate")
+            if not (math.isfinite(self.sim_days_later) and 0 <= self.sim_days_later <= 3650):
+                raise ConfigError(f"--sim-days-later: expected 0-3650 days, got {self.sim_days_later!r}")
 
 
 @dataclass
@@ -88,11 +101,30 @@ class RunResult:
     role_events: list[str]
     outcome: Outcome | None = None
     recording: Recording | None = None
+    programme: ProgrammeSetup | None = None
+    programme_state: ProgrammeState | None = None
 
 
 def prepare(options: RunOptions) -> Protocol:
     """Load and validate the protocol for this run (nothing is started); ConfigError if invalid."""
-    protocol = load_protocol(options.protocol_path).for_session(options.programme_session)
+    return prepare_session(options)[0]
+
+
+def prepare_session(options: RunOptions) -> tuple[Protocol, ProgrammeSetup | None]:
+    """The protocol as this run runs it and its place in the programme (read from the state file).
+
+    Nothing is started or written; ConfigError for an invalid protocol or programme state.
+    """
+    file_protocol = load_protocol(options.protocol_path)
+    setup = programme.setup(file_protocol, participant_id=options.participant_id,
+                            folder=Path(options.out_dir), session=options.programme_session,
+                            recheck=options.recheck)
+    protocol = setup.protocol if setup is not None else file_protocol.for_session(
+        options.programme_session)
+    return _with_speed(protocol, options), setup
+
+
+def _with_speed(protocol: Protocol, options: RunOptions) -> Protocol:
     if options.speed_m_s is not None:
         if options.speed_m_s > protocol.safety.max_speed_m_s:
             raise ConfigError(f"--speed {options.speed_m_s:g} m/s exceeds the protocol's "
@@ -255,12 +287,17 @@ def _simulated_lab(protocol: Protocol, options: RunOptions, mass: float
 
     lab_id = options.lab_id or f"run-{uuid.uuid4().hex[:8]}"
     sim = protocol.simulation
+    memory_file, habit = _sim_memory(protocol, options)
+    learn: dict[str, Any] = {"habit_spm": habit, "learning_per_step": sim.learning.per_step,
+                             "fatigue_cadence_spm_per_min": sim.fatigue.cadence_spm_per_min,
+                             "fatigue_valr_pct_per_min": sim.fatigue.valr_percent_per_min}
     participant = gait.ParticipantSettings(
         mass_kg=mass, mode=sim.mode, strike=sim.strike, single_belt=sim.single_belt,
         preferred_cadence_spm=sim.preferred_cadence_spm,
         speed_m_s=protocol.speed_m_s or protocol.stage_speed_m_s(_first_moving(protocol)),
-        **options.sim_overrides)
-    lab = SimLabSettings(lab_id=lab_id, participant=participant, initial_speed_m_s=0.0)
+        **{**learn, **options.sim_overrides})
+    lab = SimLabSettings(lab_id=lab_id, participant=participant, initial_speed_m_s=0.0,
+                         memory_file=memory_file)
     belts = ("single",) if sim.single_belt else ("left", "right")
     streams = LabStreams(plates={b: lab.source_id(f"fp-{b}") for b in belts},
                          imus={s: lab.source_id(f"imu-{s}") for s in ("left", "right")},
@@ -268,6 +305,30 @@ def _simulated_lab(protocol: Protocol, options: RunOptions, mass: float
                          extra=(gait_plan_spec(lab).source_id, lab.source_id("camera")),
                          steps=ids.steps_source_id(lab_id))
     return lab_id, sim_lab_roles(lab), streams, ("single" if sim.single_belt else "split"), sim.mode
+
+
+def _sim_memory(protocol: Protocol, options: RunOptions) -> tuple[str | None, float]:
+    """The simulated participant's memory file (when recording) and the habit it starts with.
+
+    The habit saved at the end of the last simulated session, faded by the protocol's
+    ``simulation.learning`` over ``--sim-days-later`` days (default: the real time since).
+    """
+    import time as _time
+
+    from labsuite.drivers.sim import learning
+
+    if not options.record:
+        return None, 0.0
+    path = learning.memory_path(options.out_dir, options.participant_id)
+    memory = learning.load_memory(path)
+    if memory is None:
+        return str(path), 0.0
+    days = options.sim_days_later if options.sim_days_later is not None else max(
+        0.0, (_time.time() - memory.saved_epoch_s) / 86400.0)
+    rules = protocol.simulation.learning
+    return str(path), learning.carried_habit(memory.habit_spm, days,
+                                             kept_between_sessions=rules.kept_between_sessions,
+                                             half_life_days=rules.half_life_days)
 
 
 def _lab_file(protocol: Protocol, options: RunOptions) -> tuple[str, list[RoleSpec], LabStreams, str, str]:
@@ -331,7 +392,7 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
 
     if options.simulate:
         use_machine_scope()
-    protocol = prepare(options)
+    protocol, prog_setup = prepare_session(options)
     the_plan = plan(protocol, options, gui=gui)
     status = on_status or (lambda text: log.info("%s", text))
     if the_plan.session_file is not None:
@@ -361,7 +422,8 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
         events.append(f"{role}: {text}")
         status(f"{role}: {text}")
 
-    session = Session(protocol, the_plan.session, on_action=on_action)
+    session = Session(protocol, the_plan.session, on_action=on_action,
+                      context=prog_setup.context if prog_setup is not None else None)
     watch = RoleWatch(session, session_file=the_plan.session_file)
     # The recorder starts last, once every stream it records is visible: streams that appear
     # after it started only get its few spare slots.
@@ -416,6 +478,12 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
             finally:
                 supervisor.stop(timeout_s=15.0)
     m = session.machine
+    new_state = None
+    if prog_setup is not None and the_plan.session_file is not None and m.state != "idle":
+        # the session ran and was recorded: it counts in the programme (an unrecorded one does not)
+        new_state = programme.record(prog_setup, records=list(m.records), view=m.view,
+                                     end_reason=m.end_reason, session_file=the_plan.session_file)
+        status(f"programme state: {prog_setup.path}")
     recording = None
     if the_plan.session_file is not None:
         recording = read_recording(the_plan.session_file, recorder_gave_up=watch.recorder_gave_up)
@@ -427,7 +495,7 @@ def run_protocol(options: RunOptions, *, gui: GuiRole | None = None,
                      list(session.log), list(session.published),
                      {"cadence_spm": m.baseline_cadence_spm, "valr_bw_per_s": m.baseline_valr_bw_per_s,
                       "tibial_peak_g": m.baseline_tibial_g, "body_mass_kg": m.body_mass_kg}, events,
-                     outcome, recording)
+                     outcome, recording, prog_setup, new_state)
 
 
 def not_ready_message(timeout_s: float, missing: list[str], events: list[tuple[float, str]]) -> str:

@@ -18,8 +18,12 @@ import numpy as np
 from labsuite import markers as mk
 from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError
+from labsuite.protocol import progression as prog
 from labsuite.protocol.belt import BeltPlan, BeltWatch, OffSpeed
 from labsuite.protocol.schema import (
+    PROGRAMME_BASELINE,
+    PROGRESSION,
+    RECHECK_STAGE,
     BaselineStage,
     CadenceStage,
     Metronome,
@@ -27,7 +31,7 @@ from labsuite.protocol.schema import (
     RetentionStage,
 )
 from labsuite.stages import StageRecord
-from labsuite.steps import STEP_DTYPE
+from labsuite.steps import PATTERN_NAMES, STEP_DTYPE
 from labsuite.streams import messages as msg
 
 DEFAULT_BAND_PERCENT = 3.0
@@ -154,7 +158,8 @@ class SessionMachine:
     def __init__(self, protocol: Protocol, *, programme_session: int | None = None,
                  participant: str = "", auto_start: str | None = None,
                  expected_mass_kg: float | None = None, belt_feedback: bool = False,
-                 beats: str = BEATS_TIMER, auto_resume: bool = False) -> None:
+                 beats: str = BEATS_TIMER, auto_resume: bool = False,
+                 context: prog.ProgrammeContext | None = None) -> None:
         if beats not in (BEATS_TIMER, BEATS_AUDIO):
             raise ConfigError(f"session beats: expected {BEATS_TIMER!r} or {BEATS_AUDIO!r}, got {beats!r}")
         self.protocol = protocol
@@ -165,6 +170,8 @@ class SessionMachine:
         self.auto_resume = bool(auto_resume or protocol.safety.auto_resume)
         self._lost: dict[str, float] = {}  # device -> when it went missing (LSL s)
         self._device_pause_s = math.nan  # when a lost device paused the session
+        self.context = context
+        _check_context(protocol, context)
         self.state = STATE_IDLE
         self.stage_index = -1
         # every marker published, folded by the same reducer the console and the report use:
@@ -307,6 +314,17 @@ class SessionMachine:
             programme_sessions=len(p.programme.sessions) if p.programme else None,
             stages=len(p.stages), beats=self.beats if p.metronome_cues else None,
             auto_resume=self.auto_resume))]
+        ctx = self.context
+        if ctx is not None:
+            d, base, rc = ctx.decision, ctx.baseline, ctx.recheck
+            out.append(self._marker(now_s, mk.ProgrammeDecision(
+                kind=ctx.kind, action=d.action,
+                step=d.step_index + 1 if d.step_index is not None else None,
+                step_percent=d.step_percent, reason=d.reason, sessions_done=ctx.sessions_done,
+                recheck=rc.number if rc is not None else None,
+                baseline_cadence_spm=base.cadence_spm if base is not None else math.nan,
+                baseline_valr_bw_per_s=base.valr_bw_per_s if base is not None else math.nan,
+                retrained_target_spm=rc.retrained_target_spm if rc is not None else math.nan)))
         self.state = STATE_RUNNING
         self._last_s = now_s
         self._last_force_s = now_s  # the force watchdog counts from the start
@@ -567,7 +585,14 @@ class SessionMachine:
         if stage.target_spm is not None:
             target = float(stage.target_spm)
         else:
-            target = self.baseline_cadence_spm * (1 + float(stage.target_percent or 0.0) / 100)
+            percent = stage.target_percent
+            if percent == PROGRESSION:
+                percent = self.context.decision.step_percent if self.context is not None else math.nan
+            base = self.baseline_cadence_spm
+            ctx_base = self.context.baseline if self.context is not None else None
+            if stage.baseline_of == PROGRAMME_BASELINE and ctx_base is not None:
+                base = ctx_base.cadence_spm  # else the first session: its own baseline
+            target = base * (1 + float(percent or 0.0) / 100)
         if stage.band_spm is not None:
             half = float(stage.band_spm)
         else:
@@ -595,6 +620,10 @@ class SessionMachine:
         summary = self._summary()
         if isinstance(stage, BaselineStage) and reason not in ("aborted", "safety_stop", "pain_stop"):
             out += self._measure_baseline(now_s, stage)
+        rc = self.context.recheck if self.context is not None else None
+        if rc is not None and stage.name == RECHECK_STAGE and stage.kind == "retention" \
+                and reason not in ("aborted", "safety_stop", "pain_stop"):
+            out.append(self._recheck_result(now_s, rc))
         weigh_in_problem = ""
         if stage.kind == "quiet_standing" and reason not in ("aborted", "safety_stop", "pain_stop"):
             weigh_in_problem = self._weigh_in(now_s, reason, out, summary)
@@ -677,7 +706,26 @@ class SessionMachine:
         return [self._marker(now_s, mk.Baseline(ok=True, n_steps=len(steps),
                                                 cadence_spm=self.baseline_cadence_spm,
                                                 valr_bw_per_s=self.baseline_valr_bw_per_s,
-                                                tibial_peak_g=self.baseline_tibial_g))]
+                                                tibial_peak_g=self.baseline_tibial_g,
+                                                vilr_bw_per_s=_finite_mean(valid["vilr_bw_per_s"]),
+                                                contact_s=_finite_mean(valid["contact_s"]),
+                                                strike_pattern=_main_pattern(valid)))]
+
+    def _recheck_result(self, now_s: float, plan: prog.RecheckPlan) -> Action:
+        """The recheck's verdict from the steps of the second half of its run (past the ramp)."""
+        steps = self._stats.steps
+        half = steps[steps["strike_s"] >= self._stage_start_s + 0.5 * self._active_s] \
+            if len(steps) else steps
+        cadence = cadence_from_steps(half)
+        valr = _finite_mean(_valid_loading(half)["valr_bw_per_s"])
+        base = self.context.baseline if self.context is not None else None
+        base_cad = base.cadence_spm if base is not None else math.nan
+        v = prog.recheck_verdict(plan, base_cad, cadence, valr)
+        return self._marker(now_s, mk.RecheckResult(
+            number=plan.number, cadence_spm=cadence, valr_bw_per_s=valr,
+            baseline_cadence_spm=base_cad, retrained_target_spm=plan.retrained_target_spm,
+            retrained_valr_bw_per_s=plan.retrained_valr_bw_per_s, gain_lost_pct=v.gain_lost_pct,
+            valr_rise_pct=v.valr_rise_pct, regression=v.regression, reason=v.reason))
 
     def _take_steps(self, now_s: float, steps: np.ndarray) -> list[Action]:
         stage = self.stage
@@ -930,6 +978,33 @@ class SessionMachine:
 
     def _command(self, t_s: float, name: str, **fields: Any) -> Action:
         return Action("command", name, msg.command(name, **fields), t_s)
+
+
+def _main_pattern(steps: np.ndarray) -> str | None:
+    """The most common strike pattern of the steps (None when none is known)."""
+    codes = steps["strike_pattern"]
+    codes = codes[np.isfinite(codes)].astype(int)
+    if not len(codes):
+        return None
+    return PATTERN_NAMES[int(np.bincount(codes, minlength=len(PATTERN_NAMES)).argmax())]
+
+
+def _check_context(protocol: Protocol, context: prog.ProgrammeContext | None) -> None:
+    """ConfigError when a stage's target cannot be resolved from this session's programme state."""
+    baseline_before = False
+    for i, stage in enumerate(protocol.stages):
+        if stage.kind == "baseline":
+            baseline_before = True
+        if not isinstance(stage, (CadenceStage, RetentionStage)) or stage.target_percent is None:
+            continue
+        if stage.target_percent == PROGRESSION and (context is None or context.decision.step_index is None):
+            raise ConfigError(f"stages[{i}] {stage.name!r}: target_percent 'progression' needs the "
+                              "programme's progression step (run it as a programme session)")
+        has_base = context is not None and context.baseline is not None
+        if stage.baseline_of == PROGRAMME_BASELINE and not has_base and not baseline_before:
+            raise ConfigError(f"stages[{i}] {stage.name!r}: its target is relative to the programme "
+                              "baseline, which is not measured yet, and no baseline stage comes "
+                              "before it; run a session with a baseline stage first")
 
 
 def _json_safe(obj: dict[str, Any]) -> dict[str, Any]:

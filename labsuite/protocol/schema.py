@@ -120,13 +120,31 @@ class _Stage(_Strict):
     checkin: bool | None = None
 
 
+# What a % target is relative to: this session's own baseline stage, or the programme's first
+# baseline (kept in the participant's programme state file, labsuite/programme_state.py).
+SESSION_BASELINE = "session_baseline"
+PROGRAMME_BASELINE = "programme_baseline"
+BASELINE_OF = (SESSION_BASELINE, PROGRAMME_BASELINE)
+PROGRESSION = "progression"  # target_percent: the programme's current progression step
+
+
 class _Target(_Strict):
     target_spm: Annotated[float, Field(ge=MIN_CADENCE_SPM, le=MAX_CADENCE_SPM)] | None = None
-    target_percent: Annotated[float, Field(ge=-MAX_TARGET_PERCENT, le=MAX_TARGET_PERCENT)] | None = None
+    target_percent: (Annotated[float, Field(ge=-MAX_TARGET_PERCENT, le=MAX_TARGET_PERCENT)]
+                     | Literal["progression"] | None) = None
+    of: Literal["session_baseline", "programme_baseline"] | None = None
     band_percent: Annotated[float, Field(gt=0, le=MAX_BAND_PERCENT)] | None = None
     band_spm: Annotated[float, Field(gt=0)] | None = None
 
+    @property
+    def baseline_of(self) -> str:
+        """What ``target_percent`` is relative to (``of``; this session's baseline by default)."""
+        return self.of or SESSION_BASELINE
+
     def _check_target(self) -> None:
+        if self.of is not None and self.target_percent is None:
+            raise ValueError("'of' says what target_percent is relative to; give target_percent "
+                             "or remove 'of'")
         if self.target_spm is not None and self.target_percent is not None:
             raise ValueError("give target_spm or target_percent, not both")
         if self.band_percent is not None and self.band_spm is not None:
@@ -286,12 +304,73 @@ class SessionPlan(_Strict):
                                Annotated[float, Field(ge=0, le=1)]] = {}
 
 
+class Progression(_Strict):
+    """Cadence steps between sessions: advance when the last retention met the criterion.
+
+    ``steps_percent`` are the steps in order (% of the baseline named by the stage's ``of``);
+    the programme starts at the first. Before each session: advance one step when the last
+    session's retention (no cues) had at least ``advance_in_band_percent`` of its steps in the
+    band, hold otherwise, and go one step back (``on_pain``: ``step_back``) or hold (``hold``)
+    when a pain rule fired in the last session (a pause or a stop for pain).
+    """
+
+    steps_percent: Annotated[list[Annotated[float, Field(ge=-MAX_TARGET_PERCENT,
+                                                         le=MAX_TARGET_PERCENT)]],
+                             Field(min_length=1, max_length=20)]
+    advance_in_band_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
+    on_pain: Literal["step_back", "hold"] = "step_back"
+
+
+class Rechecks(_Strict):
+    """Recheck sessions after the training: no cues, short, compared with the retrained target.
+
+    Due ``after_days`` after the last training session. A recheck runs the file's
+    quiet-standing stages, then one retention stage of ``duration_s`` at the retrained target
+    (the last training session's retention target) with ``band_percent``. It flags a regression
+    when the runner lost more than ``max_gain_lost_percent`` of the cadence gain (retrained target
+    minus programme baseline) or VALR rose more than ``max_valr_rise_percent`` above the last
+    training session's retention VALR.
+    """
+
+    after_days: Annotated[list[Annotated[float, Field(gt=0, le=730)]],
+                          Field(min_length=1, max_length=20)]
+    duration_s: PositiveS = 120.0
+    band_percent: Annotated[float, Field(gt=0, le=MAX_BAND_PERCENT)] = 3.0
+    speed_m_s: Speed | None = None
+    max_gain_lost_percent: Annotated[float, Field(gt=0, le=100)] = 50.0
+    max_valr_rise_percent: Annotated[float, Field(gt=0, le=200)] = 10.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Rechecks:
+        if list(self.after_days) != sorted(self.after_days):
+            raise ValueError(f"after_days {list(self.after_days)} are not in order; expected "
+                             "increasing days after the last training session")
+        return self
+
+
 class Programme(_Strict):
-    """A plan of sessions; a run names which one it is (``--session N``)."""
+    """A plan of sessions; a run names which one it is (``--session N``) or runs a recheck."""
 
     name: str
     weeks: Annotated[float, Field(gt=0, le=52)] | None = None
     sessions: Annotated[list[SessionPlan], Field(min_length=1, max_length=200)]
+    progression: Progression | None = None
+    rechecks: Rechecks | None = None
+
+
+class SimLearning(_Strict):
+    """How the virtual participant learns a cued cadence and keeps it between sessions."""
+
+    per_step: Annotated[float, Field(ge=0, le=0.1)] = 0.0
+    kept_between_sessions: Annotated[float, Field(ge=0, le=1)] = 1.0
+    half_life_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
+
+
+class SimFatigue(_Strict):
+    """How the virtual participant tires: per minute of running in a session."""
+
+    cadence_spm_per_min: Annotated[float, Field(ge=-20, le=20)] = 0.0
+    valr_percent_per_min: Annotated[float, Field(ge=-50, le=50)] = 0.0
 
 
 class Simulation(_Strict):
@@ -302,6 +381,8 @@ class Simulation(_Strict):
     preferred_cadence_spm: Annotated[float, Field(ge=MIN_CADENCE_SPM, le=MAX_CADENCE_SPM)] | None = None
     body_mass_kg: Annotated[float, Field(ge=20, le=250)] = 70.0
     single_belt: bool = False
+    learning: SimLearning = SimLearning()
+    fatigue: SimFatigue = SimFatigue()
 
 
 class Protocol(_Strict):
@@ -371,6 +452,29 @@ class Protocol(_Strict):
         return self.model_copy(update={"stages": stages})
 
 
+RECHECK_STAGE = "recheck"
+
+
+def recheck_protocol(p: Protocol, *, target_spm: float) -> Protocol:
+    """The protocol of a recheck session: the file's weigh-ins, then one no-cue run at ``target_spm``.
+
+    ConfigError when the file plans no rechecks (``programme.rechecks``).
+    """
+    rc = p.programme.rechecks if p.programme is not None else None
+    if rc is None:
+        raise ConfigError(f"protocol {p.name!r} plans no rechecks; expected programme.rechecks "
+                          "in the file")
+    if not (math.isfinite(target_spm) and MIN_CADENCE_SPM <= target_spm <= MAX_CADENCE_SPM):
+        raise ConfigError(f"recheck target {target_spm!r} spm: expected "
+                          f"{MIN_CADENCE_SPM:g}-{MAX_CADENCE_SPM:g} steps/min")
+    stages: list[Any] = [s for s in p.stages if s.kind == "quiet_standing"]
+    stages.append(RetentionStage(
+        name=RECHECK_STAGE, kind="retention", duration_s=rc.duration_s, target_spm=target_spm,
+        band_percent=rc.band_percent, speed_m_s=rc.speed_m_s,
+        instructions="Run as you normally do now; there is no click and no display."))
+    return p.model_copy(update={"stages": stages})
+
+
 def _check_protocol(p: Protocol) -> None:
     """Rules that span fields; each raises with the path of the offending field."""
     seen: dict[str, int] = {}
@@ -391,13 +495,19 @@ def _check_protocol(p: Protocol) -> None:
                 raise _PathError(field, f"speed {speed:g} m/s exceeds safety.max_speed_m_s "
                                  f"{p.safety.max_speed_m_s:g}")
         if isinstance(stage, (CadenceStage, RetentionStage)):
-            if stage.target_percent is not None and not baseline_before:
+            if stage.target_percent is not None and not baseline_before \
+                    and stage.baseline_of == SESSION_BASELINE:
                 raise _PathError(f"{where}.target_percent", "a % cadence target needs a baseline "
                                  "stage before it; expected a stage of kind baseline earlier, "
-                                 "or an absolute target_spm")
+                                 "an absolute target_spm, or 'of: programme_baseline'")
+            if stage.target_percent == PROGRESSION and (
+                    p.programme is None or p.programme.progression is None):
+                raise _PathError(f"{where}.target_percent", "target_percent 'progression' needs "
+                                 "programme.progression (the cadence steps); expected a number "
+                                 "or a programme with a progression")
             if stage.band_spm is not None and stage.target_percent is not None:
-                # the smallest plausible baseline makes the widest relative band
-                low = MIN_CADENCE_SPM * (1 + stage.target_percent / 100)
+                # the smallest plausible baseline (and the lowest step) makes the widest band
+                low = MIN_CADENCE_SPM * (1 + _lowest_percent(p, stage.target_percent) / 100)
                 if stage.band_spm >= low:
                     raise _PathError(f"{where}.band_spm", f"band ±{stage.band_spm:g} spm is as wide "
                                      "as the target itself; expected a narrower band")
@@ -409,6 +519,15 @@ def _check_protocol(p: Protocol) -> None:
                                      "a target relative to baseline needs a baseline stage before it")
         if stage.kind == "baseline":
             baseline_before = True
+    rc = p.programme.rechecks if p.programme is not None else None
+    if rc is not None:
+        speed = rc.speed_m_s or p.speed_m_s
+        if speed is None:
+            raise _PathError("programme.rechecks.speed_m_s", "a recheck runs on the belt but no "
+                             "speed is given; expected speed_m_s here or at the top level")
+        if speed > p.safety.max_speed_m_s:
+            raise _PathError("programme.rechecks.speed_m_s", f"speed {speed:g} m/s exceeds "
+                             f"safety.max_speed_m_s {p.safety.max_speed_m_s:g}")
     if p.programme is not None:
         for k, plan in enumerate(p.programme.sessions):
             for field in ("duration_s", "feedback_on_fraction"):
@@ -421,6 +540,14 @@ def _check_protocol(p: Protocol) -> None:
                             isinstance(stage, CadenceStage) and stage.cues.any):
                         raise _PathError(f"programme.sessions[{k}].{field}.{name}",
                                          f"stage {name!r} gives no feedback cue to fade")
+
+
+def _lowest_percent(p: Protocol, target_percent: float | str) -> float:
+    """A stage's % target, the lowest progression step for ``progression``."""
+    if isinstance(target_percent, str):
+        prog = p.programme.progression if p.programme is not None else None
+        return min(prog.steps_percent) if prog is not None else 0.0
+    return float(target_percent)
 
 
 class _PathError(ValueError):

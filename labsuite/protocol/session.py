@@ -27,6 +27,7 @@ from labsuite.errors import ConfigError, DeviceError
 from labsuite.markers import Marker, Paused, SessionEnd
 from labsuite.protocol import operator as op
 from labsuite.protocol.machine import BEATS_AUDIO, BEATS_TIMER, Action, SessionMachine
+from labsuite.protocol.progression import ProgrammeContext
 from labsuite.protocol.schema import Protocol
 from labsuite.steps import STEP_FIELD_NAMES, rows_to_steps
 from labsuite.streams import messages as msg
@@ -114,7 +115,8 @@ class Session:
     """
 
     def __init__(self, protocol: Protocol, settings: SessionSettings, *,
-                 on_action: Callable[[Action], None] | None = None) -> None:
+                 on_action: Callable[[Action], None] | None = None,
+                 context: ProgrammeContext | None = None) -> None:
         self.protocol = protocol
         self.settings = settings
         self.machine = SessionMachine(protocol, programme_session=settings.programme_session,
@@ -122,7 +124,7 @@ class Session:
                                       auto_start=settings.auto_start, expected_mass_kg=settings.mass_kg,
                                       belt_feedback=settings.treadmill_source_id is not None,
                                       beats=BEATS_AUDIO if settings.beats_source_id else BEATS_TIMER,
-                                      auto_resume=settings.auto_resume)
+                                      auto_resume=settings.auto_resume, context=context)
         self.on_action = on_action
         self.published: list[Action] = []
         self.log: list[tuple[float, str]] = []
