@@ -270,14 +270,14 @@ def test_csv_is_the_same_table(sessions, capsys):
     assert cli_main(["report", str(sessions["complete"]), "--csv"]) == 0
     text = capsys.readouterr().out
     parsed = list(csv.DictReader(io.StringIO(text)))
-    assert list(parsed[0].keys()) == list(report.STAGE_COLUMN_NAMES)
+    assert list(parsed[0].keys()) == list(report.SESSION_CSV_COLUMN_NAMES)
     assert len(parsed) == len(rep.rows)
     for got, row in zip(parsed, rep.rows, strict=True):
-        for name in report.STAGE_COLUMN_NAMES:
+        for name in report.SESSION_CSV_COLUMN_NAMES:
             value = row[name]
             if isinstance(value, str):
                 assert got[name] == value
-            elif isinstance(value, float) and math.isnan(value):
+            elif value is None or (isinstance(value, float) and math.isnan(value)):
                 assert got[name] == "", name
             else:
                 assert float(got[name]) == value, name  # full precision, no rounding

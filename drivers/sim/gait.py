@@ -104,8 +104,9 @@ class ParticipantSettings:
     ``learning_per_step`` the share of the gap between that habit and the metronome's demand closed
     at every cued step (0.004: about two thirds of the way in 250 steps). Without cues the runner
     returns to preferred + habit, not to preferred. ``fatigue_cadence_spm_per_min`` drifts the
-    preferred cadence and ``fatigue_valr_pct_per_min`` raises the impact (and so VALR and tibial
-    shock) per minute of running in the session.
+    preferred cadence and ``fatigue_impact_pct_per_min`` steepens the impact (its rise time shortens
+    by that % per minute of running in the session, the peak unchanged): the true VALR (Milner's
+    20-80 % slope on the whole force) rises about 0.7 times as fast, tibial shock with it.
     """
 
     mass_kg: float = 70.0
@@ -128,7 +129,7 @@ class ParticipantSettings:
     habit_spm: float = 0.0
     learning_per_step: float = 0.0
     fatigue_cadence_spm_per_min: float = 0.0
-    fatigue_valr_pct_per_min: float = 0.0
+    fatigue_impact_pct_per_min: float = 0.0
 
     def __post_init__(self) -> None:
         where = "participant setting "
@@ -144,7 +145,7 @@ class ParticipantSettings:
                              ("crossover_fraction", 0.0, 0.5), ("habit_spm", -40.0, 40.0),
                              ("learning_per_step", 0.0, 0.1),
                              ("fatigue_cadence_spm_per_min", -20.0, 20.0),
-                             ("fatigue_valr_pct_per_min", -50.0, 50.0)):
+                             ("fatigue_impact_pct_per_min", -50.0, 50.0)):
             check.number(where, name, getattr(self, name), low=lo, high=hi)
         check.number(where, "speed_m_s", self.speed_m_s, low=0.0,
                      high=2.5 if self.mode == "walk" else 8.0, optional=True)
@@ -594,7 +595,7 @@ class GaitPlanner:
         step_s = t_nom * (1.0 + rng.normal(0.0, s.step_time_cv))
         self._run_s += step_s
         q = cadence / pref  # cadence relative to preferred: drives loading rate
-        tired = max(0.2, 1.0 + s.fatigue_valr_pct_per_min / 100.0 * run_min)
+        tired = max(0.2, 1.0 + s.fatigue_impact_pct_per_min / 100.0 * run_min)
         run = s.mode == "run"
         # Contact time shortens less than the step time when cadence rises (Heiderscheit 2011).
         contact = _duty(s.mode, speed) * t_pref * (t_nom / t_pref) ** 0.5
@@ -614,8 +615,9 @@ class GaitPlanner:
         if run and s.strike == "rearfoot":
             # Impact scales with speed (Hennig & Lafortune 1991); clamp for belt ramps and jogging.
             u = min(max(speed / 3.0, 0.6), 2.0)
-            rise = 0.028 * q**2.2 * u**-0.5 * e()
-            shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * tired * e(), imp_rise_s=rise,
+            # fatigue steepens the impact (a shorter rise at the same peak): VALR rises with it
+            rise = 0.028 * q**2.2 * u**-0.5 * e() / tired
+            shape.update(imp_amp_bw=1.05 * q**-1.5 * u**0.5 * e(), imp_rise_s=rise,
                          imp_decay_s=0.9 * rise * e(0.5), b1_a=1.6, b1_b=1.4,
                          cop_start_frac=0.06, cop_end_frac=0.85, cop_shape_k=3.0,
                          brake_end_frac=0.45, shank_strike_rad=0.18 * e(2.0),

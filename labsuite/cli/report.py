@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         rep = report.load_session_report(args.session, curves=not args.csv)
         if args.csv:
-            text = report.table_csv(rep.rows)
+            text = report.table_csv(rep.rows, report.SESSION_CSV_COLUMN_NAMES)
         else:
             sheet = None if args.no_video else _contact_sheet(args, rep, out or _default_out(args))
             text = report.render_session_html(rep, sheet)

@@ -290,7 +290,7 @@ def _simulated_lab(protocol: Protocol, options: RunOptions, mass: float
     memory_file, habit = _sim_memory(protocol, options)
     learn: dict[str, Any] = {"habit_spm": habit, "learning_per_step": sim.learning.per_step,
                              "fatigue_cadence_spm_per_min": sim.fatigue.cadence_spm_per_min,
-                             "fatigue_valr_pct_per_min": sim.fatigue.valr_percent_per_min}
+                             "fatigue_impact_pct_per_min": sim.fatigue.impact_percent_per_min}
     participant = gait.ParticipantSettings(
         mass_kg=mass, mode=sim.mode, strike=sim.strike, single_belt=sim.single_belt,
         preferred_cadence_spm=sim.preferred_cadence_spm,

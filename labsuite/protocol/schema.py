@@ -370,7 +370,7 @@ class SimFatigue(_Strict):
     """How the virtual participant tires: per minute of running in a session."""
 
     cadence_spm_per_min: Annotated[float, Field(ge=-20, le=20)] = 0.0
-    valr_percent_per_min: Annotated[float, Field(ge=-50, le=50)] = 0.0
+    impact_percent_per_min: Annotated[float, Field(ge=-50, le=50)] = 0.0
 
 
 class Simulation(_Strict):

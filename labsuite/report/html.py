@@ -119,6 +119,43 @@ def _change_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
             "stage means, in % (0 symmetric, + left larger).</p>")
 
 
+_DRIFT_DIGITS = {"cadence": 1, "valr": 1, "contact": 3, "tibial_peak": 2, "rearfoot_share": 0}
+_DRIFT_LABELS = {"cadence": "cadence", "valr": "VALR", "contact": "contact time",
+                 "tibial_peak": "tibial peak", "rearfoot_share": "rearfoot strikes"}
+
+
+def drift_table_html(drift: Sequence[Mapping[str, Any]], *, only_stages: Sequence[str] | None = None
+                     ) -> str:
+    """Form under fatigue: slope per minute with its 95 % CI and first vs last two minutes."""
+    rows = [d for d in drift if only_stages is None or d["stage"] in only_stages]
+    if not any(d["n_steps"] for d in rows):
+        return "<p class=note>No moving stage with enough steps to show a trend.</p>"
+    head = ("<tr><th class=l>stage</th><th class=l>metric</th><th>steps</th><th>span (s)</th>"
+            "<th>slope per min [95 % CI]</th><th>first</th><th>last</th><th>change</th>"
+            "<th class=l>drift</th></tr>")
+    body = []
+    for d in rows:
+        k = _DRIFT_DIGITS.get(d["metric"], 2)
+        if not math.isfinite(d["slope_per_min"]):
+            slope = "—"
+        else:
+            slope = (f"{d['slope_per_min']:+.{k + 1}f} [{d['slope_ci_low']:+.{k + 1}f}, "
+                     f"{d['slope_ci_high']:+.{k + 1}f}] {_e(d['unit'])}/min")
+        unit = (" pts" if d["metric"] == "rearfoot_share" else " %") if math.isfinite(d["change"]) else ""
+        flag = "<b style='color:#b00'>DRIFT</b>" if d["drift"] else "—"
+        body.append(f"<tr><td class=l>{_e(d['stage'])}</td><td class=l>"
+                    f"{_e(_DRIFT_LABELS.get(d['metric'], d['metric']))}</td><td>{d['n_steps']}</td>"
+                    f"<td>{_f(d['span_s'], 0)}</td><td>{slope}</td><td>{_f(d['first_mean'], k)}</td>"
+                    f"<td>{_f(d['last_mean'], k)}</td><td>{_signed(d['change'])}{unit}</td>"
+                    f"<td class=l>{flag}</td></tr>")
+    return (f"<table class=drift>{head}{''.join(body)}</table><p class=note>Least-squares slope of the "
+            "per-step values over time (from 10 s into the stage, at most a quarter of it: the belt "
+            "ramp and the approach to a new target), 95 % CI from the t distribution; first and last: "
+            "means over the first and the last two minutes (half the span when shorter). DRIFT: the CI "
+            "excludes 0 and slope × span reaches 3 % (cadence), 10 % (VALR, tibial peak), 5 % "
+            "(contact time) or 20 points (rearfoot strikes).</p>")
+
+
 def _events_html(rep: SessionReport) -> str:
     parts = ["<h2>Pain check-ins</h2>"]
     if rep.checkins:
@@ -200,6 +237,23 @@ def _sheet_html(sheet: ContactSheet | None) -> str:
     return f"<h2>Video: strikes per stage</h2><div class=sheet>{shown}</div>{problems}{how}"
 
 
+def _programme_html(rep: SessionReport) -> str:
+    """The session's place in its programme: the decision and, for a recheck, its verdict."""
+    p, rc = rep.programme, rep.recheck
+    if p is None:
+        return ""
+    out = ["<h2>Programme</h2>"]
+    if rc is not None:
+        cls = "warn" if rc.get("regression") else "ok"
+        out.append(f"<div class={cls}>Recheck {_e(rc.get('number'))}: "
+                   f"{'REGRESSION' if rc.get('regression') else 'no regression'}: "
+                   f"{_e(rc.get('reason', ''))}</div>")
+    base = p.get("baseline_cadence_spm")
+    out.append(f"<p>{_e(p.get('kind', ''))}: <b>{_e(p.get('action', ''))}</b>: {_e(p.get('reason', ''))}"
+               f"{'; programme baseline ' + _f(base) + ' steps/min' if base is not None else ''}</p>")
+    return "".join(out)
+
+
 def render_session_html(rep: SessionReport, sheet: ContactSheet | None = None) -> str:
     """The session report as one self-contained HTML page (inline SVG plots, print CSS).
 
@@ -249,6 +303,8 @@ def render_session_html(rep: SessionReport, sheet: ContactSheet | None = None) -
         "the band. VALR/VILR after Milner et al. 2006 (13 % of stance when there is no impact peak, "
         "Blackmore et al. 2016); steps with a foot on both belts are left out of force metrics.</p>",
         "<h2>Change from baseline and symmetry</h2>", _change_table_html(rep.rows),
+        _programme_html(rep),
+        "<h2>Form under fatigue</h2>", drift_table_html(rep.drift),
         _events_html(rep),
         "<h2>Over the session</h2>",
         f"<figure>{plot_cadence(rep)}<figcaption class=note>Dots: per-step cadence; line: rolling "
@@ -270,6 +326,59 @@ def render_session_html(rep: SessionReport, sheet: ContactSheet | None = None) -
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
             + "".join(body) + "</body></html>\n")
 
+
+
+def _programme_flags_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Regressions and drifts first: what a clinician must not miss."""
+    out = []
+    for i, r in enumerate(rows):
+        if r["regression"]:
+            out.append(f"<div class=warn style='border-color:#b00;background:#fde8e8'>REGRESSION at "
+                       f"recheck {_e(r['recheck_number'])} (session {_e(session_tick(r, i))}, "
+                       f"{_e(r['date_utc'][:10])}): {_e(r['recheck_reason'])}</div>")
+    for i, r in enumerate(rows):
+        if r["drifts"]:
+            out.append(f"<div class=warn>Drift in session {_e(session_tick(r, i))}: "
+                       f"{_e(r['drifts'].replace(' ', ', '))}</div>")
+    return "".join(out)
+
+
+def _progression_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    train = [(i, r) for i, r in enumerate(rows) if r["kind"] == "training"]
+    if not train:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(session_tick(r, i))}</td><td class=l>{_e(r['action'])}</td>"
+        f"<td>{_e(r['step'] if r['step'] is not None else '—')}</td>"
+        f"<td>{_signed(r['step_percent'])}</td><td>{_f(r['programme_baseline_cadence_spm'])}</td>"
+        f"<td>{_f(r['training_target_spm'])}</td><td>{_f(r['retention_in_band_pct'], 0, ' %')}</td>"
+        f"<td>{_signed(r['retention_vs_programme_baseline_pct'])}</td>"
+        f"<td class=l>{_e(r['decision_reason'])}</td></tr>" for i, r in train)
+    return ("<h2>Progression</h2><table class=prog><tr><th>#</th><th class=l>decision</th><th>step</th>"
+            "<th>step %</th><th>programme baseline</th><th>target</th><th>retention in band</th>"
+            "<th>retention vs programme baseline Δ%</th><th class=l>reason</th></tr>" + body
+            + "</table><p class=note>Decided before each session from the last training session "
+            "(labsuite/protocol/progression.py); targets are % of the programme baseline, the "
+            "first session's baseline (empty in the first session, which sets it).</p>")
+
+
+_REGRESSION = "<b style='color:#b00'>REGRESSION</b>"
+
+
+def _rechecks_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    checks = [(i, r) for i, r in enumerate(rows) if r["kind"] == "recheck"]
+    if not checks:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(r['recheck_number'])}</td><td class=l>{_e(r['date_utc'][:10])}</td>"
+        f"<td>{_f(r['retention_target_spm'])}</td><td>{_f(r['retention_cadence_spm'])}</td>"
+        f"<td>{_f(r['recheck_gain_lost_pct'], 0, ' %')}</td>"
+        f"<td>{_signed(r['recheck_valr_rise_pct'], 0)}</td>"
+        f"<td class=l>{_REGRESSION if r['regression'] else 'kept'}</td>"
+        f"<td class=l>{_e(r['recheck_reason'])}</td></tr>" for _, r in checks)
+    return ("<h2>Rechecks</h2><table class=prog><tr><th>#</th><th class=l>date</th>"
+            "<th>retrained target</th><th>cadence</th><th>gain lost</th><th>VALR vs retrained Δ%</th>"
+            "<th class=l>flag</th><th class=l>verdict</th></tr>" + body + "</table>")
 
 
 def render_programme_html(reports: Sequence[SessionReport]) -> str:
@@ -299,10 +408,6 @@ def render_programme_html(reports: Sequence[SessionReport]) -> str:
              "<th colspan=3>VALR (BW/s)<br>baseline · training · retention</th>"
              "<th>reten&shy;tion cad. Δ%</th><th>reten&shy;tion VALR Δ%</th><th>max pain</th></tr>"
              + "".join(body_rows) + "</table>")
-    cad_plot = programme_plot(rows, (("baseline_cadence_spm", "baseline", "#555"),
-                                      ("training_cadence_spm", "training", "#1f77b4"),
-                                      ("retention_cadence_spm", "retention", "#2ca02c")),
-                               "Cadence per session", "cadence (steps/min)")
     valr_plot = programme_plot(rows, (("baseline_valr_bw_per_s", "baseline", "#555"),
                                        ("training_valr_bw_per_s", "training", "#d62728"),
                                        ("retention_valr_bw_per_s", "retention", "#ff7f0e")),
@@ -310,6 +415,20 @@ def render_programme_html(reports: Sequence[SessionReport]) -> str:
     fb_rows = [{**r, "feedback_pct": 100 * r["feedback_on_fraction"]} for r in rows]
     fb_plot = programme_plot(fb_rows, (("feedback_pct", "feedback on", "#9467bd"),),
                               "Feedback level per session", "feedback on (% of time)", (0.0, 100.0))
+    cad_plot = programme_plot(rows, (("baseline_cadence_spm", "baseline", "#555"),
+                                      ("programme_baseline_cadence_spm", "programme baseline", "#000"),
+                                      ("training_target_spm", "training target", "#aec7e8"),
+                                      ("training_cadence_spm", "training", "#1f77b4"),
+                                      ("retention_cadence_spm", "retention", "#2ca02c")),
+                               "Cadence per session", "cadence (steps/min)")
+    flags = _programme_flags_html(rows)
+    progression = _progression_html(rows)
+    rechecks = _rechecks_html(rows)
+    drift = "".join(
+        f"<h3>Session {_e(session_tick(r, i))} ({_e(rep.path.name)})</h3>"
+        + drift_table_html(rep.drift, only_stages=[st.name for st in rep.stages
+                                                     if st.kind in ("cadence", "retention")])
+        for i, (r, rep) in enumerate(zip(rows, reports, strict=True)))
     stopped = [r for r in rows if r["status"] != "complete"]
     warn = "".join(f"<div class=warn>Session {_e(session_tick(r, 0))} ({_e(r['file'])}) was "
                    f"{_e(r['status'])}{': ' + _e(r['end_reason']) if r['end_reason'] else ''}.</div>"
@@ -324,12 +443,13 @@ def render_programme_html(reports: Sequence[SessionReport]) -> str:
         f"<tr><td><b>Protocol</b></td><td>{_e(', '.join(protocols) or '—')}</td></tr>"
         f"<tr><td><b>Sessions</b></td><td>{len(reports)}"
         f"{' of ' + str(first.programme_sessions) if first.programme_sessions else ''}</td></tr></table>",
-        warn, proto_note, "<h2>Sessions</h2>", table,
+        flags, warn, proto_note, rechecks, progression, "<h2>Sessions</h2>", table,
         "<p class=note>Cadence: mean of per-step cadence over all steps of the stages of that kind; "
         "VALR: mean over valid steps; Δ%: retention relative to the same session's baseline; feedback: "
         "share of the training time with cues on.</p>",
         f"<h2>Progress</h2><div class=figs><figure>{cad_plot}</figure><figure>{valr_plot}</figure>"
         f"<figure>{fb_plot}</figure></div>",
+        "<h2>Form under fatigue (training and retention stages)</h2>", drift,
         f"<p class=note>labsuite report --programme, {len(reports)} files: "
         f"{_e(', '.join(r.path.name for r in reports))}.</p>",
     ]

@@ -24,6 +24,7 @@ from labsuite.constants import GRAVITY_M_S2
 from labsuite.errors import ConfigError, LabsuiteError
 from labsuite.plates import PlateGeometry, plate_axes
 from labsuite.protocol.schema import parse_protocol
+from labsuite.report.drift import add_drift_to_stage_rows, drift_rows
 from labsuite.report.tables import stage_table, steps_in_stage
 from labsuite.stages import StageRecord
 from labsuite.steps import STEP_DTYPE
@@ -33,7 +34,7 @@ MOVING_KINDS = ("baseline", "cadence", "retention")
 
 # Groups of markers the page lists as session events (the markers module's groups).
 _SHOWN_GROUPS = (mk.GROUP_SESSION, mk.GROUP_MEASUREMENT, mk.GROUP_OPERATOR, mk.GROUP_SAFETY)
-_ENDING_EVENTS = (mk.BodyWeight, mk.Baseline, mk.SessionEnd)  # published as a stage ends
+_ENDING_EVENTS = (mk.BodyWeight, mk.Baseline, mk.RecheckResult, mk.SessionEnd)  # published as a stage ends
 _END_TOLERANCE_S = 0.5
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class SessionReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
     parts: int = 1  # files the session was recorded in (a restarted recorder adds one)
     belt_faults: int = 0  # times the belt left its commanded speed by itself (belt_fault markers)
+    drift: tuple[dict[str, Any], ...] = ()  # labsuite.report.drift rows: stage x metric
+    programme: dict[str, Any] | None = None  # the `programme` marker's fields (a programme session)
+    recheck: dict[str, Any] | None = None  # the `recheck` marker's fields (a recheck's verdict)
 
     @property
     def status(self) -> str:
@@ -193,7 +197,10 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         t0 = float(steps["strike_s"][0])
     else:
         t0 = 0.0
-    rows = stage_table(stages, steps, t0_s=t0)
+    drift = drift_rows(stages, steps)
+    rows = add_drift_to_stage_rows(stage_table(stages, steps, t0_s=t0), drift)
+    programme = state.programme.fields() if state.programme is not None else None
+    recheck = state.recheck.fields() if state.recheck is not None else None
 
     start = state.start
     protocol_name, programme_name, session_label, n_sessions = _protocol_info(attrs, start)
@@ -261,7 +268,7 @@ def load_session_report(path: str | os.PathLike[str], *, curves: bool = True,
         rows=tuple(rows), checkins=tuple(checkins), unanswered_checkins=tuple(unanswered),
         events=tuple(events), recording_events=rec_events, streams=tuple(stream_info),
         curves=curves_out, baseline_valr_bw_per_s=base_valr, notes=tuple(notes), parts=parts,
-        belt_faults=len(faults))
+        belt_faults=len(faults), drift=tuple(drift), programme=programme, recheck=recheck)
 
 
 def _fmt_speed(v: float) -> str:

@@ -37,6 +37,23 @@ PROGRAMME_COLUMNS: tuple[Column, ...] = (
     Column("retention_cadence_change_pct", "%", "retention cadence vs this session's baseline"),
     Column("retention_valr_change_pct", "%", "retention VALR vs this session's baseline"),
     Column("max_pain", "0-10", "highest pain rating of the session"),
+    Column("kind", "", "training or recheck (from the programme marker; empty outside programmes)"),
+    Column("action", "", "progression decision: fixed, first, advance, hold, step_back, recheck"),
+    Column("step", "", "progression step (1-based)"),
+    Column("step_percent", "%", "the step's cadence change"),
+    Column("decision_reason", "", "why (the rule and the numbers it used)"),
+    Column("programme_baseline_cadence_spm", "steps/min",
+           "the programme baseline the targets used (empty in the first session)"),
+    Column("training_target_spm", "steps/min", "cadence target of the training (cadence) stages"),
+    Column("retention_target_spm", "steps/min", "cadence target of the retention stages"),
+    Column("retention_vs_programme_baseline_pct", "%",
+           "retention cadence vs the programme baseline (the first session: its own baseline)"),
+    Column("recheck_number", "", "which recheck"),
+    Column("regression", "flag", "1 when the recheck flagged a regression"),
+    Column("recheck_gain_lost_pct", "%", "share of the cadence gain lost at the recheck"),
+    Column("recheck_valr_rise_pct", "%", "VALR at the recheck vs the retrained VALR"),
+    Column("recheck_reason", "", "the recheck's verdict in words"),
+    Column("drifts", "", "metrics that drifted, as stage:metric (labsuite.report.drift)"),
 )
 PROGRAMME_COLUMN_NAMES = tuple(c.name for c in PROGRAMME_COLUMNS)
 
@@ -78,8 +95,44 @@ def programme_table(reports: Sequence[SessionReport]) -> list[dict[str, Any]]:
             "retention_cadence_change_pct": pct_change(re_cad, base_cad),
             "retention_valr_change_pct": pct_change(re_valr, base_valr),
             "max_pain": max(pains) if pains else math.nan,
+            **_programme_fields(rep),
         })
+        prog_base = rows[-1]["programme_baseline_cadence_spm"]
+        rows[-1]["retention_vs_programme_baseline_pct"] = pct_change(
+            re_cad, prog_base if math.isfinite(prog_base) else base_cad)
     return rows
+
+
+def _target(rep: SessionReport, kind: str) -> float:
+    targets = [st.target_cadence_spm for st in rep.stages
+               if st.kind == kind and math.isfinite(st.target_cadence_spm)]
+    return float(np.mean(targets)) if targets else math.nan
+
+
+def _num(obj: Mapping[str, Any] | None, key: str) -> float:
+    v = obj.get(key) if obj is not None else None
+    return math.nan if v is None else float(v)
+
+
+def _programme_fields(rep: SessionReport) -> dict[str, Any]:
+    """The programme and recheck markers' numbers, and the drifts of the session."""
+    p, rc = rep.programme, rep.recheck
+    return {
+        "kind": str(p.get("kind") or "") if p else "",
+        "action": str(p.get("action") or "") if p else "",
+        "step": p.get("step") if p else None,
+        "step_percent": _num(p, "step_percent"),
+        "decision_reason": str(p.get("reason") or "") if p else "",
+        "programme_baseline_cadence_spm": _num(p, "baseline_cadence_spm"),
+        "training_target_spm": _target(rep, "cadence"),
+        "retention_target_spm": _target(rep, "retention"),
+        "recheck_number": rc.get("number") if rc else None,
+        "regression": bool(rc.get("regression")) if rc else None,
+        "recheck_gain_lost_pct": _num(rc, "gain_lost_pct"),
+        "recheck_valr_rise_pct": _num(rc, "valr_rise_pct"),
+        "recheck_reason": str(rc.get("reason") or "") if rc else "",
+        "drifts": " ".join(f"{d['stage']}:{d['metric']}" for d in rep.drift if d["drift"]),
+    }
 
 
 def session_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
