@@ -22,7 +22,7 @@ from labsuite.atomic import write_text_atomic
 from labsuite.errors import ArchiveError, ConfigError, LabsuiteError
 
 INDEX_NAME = ".labsuite-sessions.json"
-INDEX_FORMAT = "labsuite-session-index/1"
+INDEX_FORMAT = "labsuite-catalogue-index/1"
 INDEX_VERSION = 1  # bump when a row's fields change: old rows are read again
 MAX_DEPTH = 3  # DIR, DIR/<participant>/, DIR/<site>/<participant>/
 MAX_INDEX_BYTES = 64 << 20
