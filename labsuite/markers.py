@@ -373,6 +373,19 @@ class ProgrammeDecision(Marker, event="programme", group=GROUP_SESSION):
 
 
 @dataclass(frozen=True)
+class Drift(Marker, event="drift", group=GROUP_MEASUREMENT):
+    """A stage's drift rule fired: the metric's last window against its first; ``action`` end or pause."""
+
+    stage: str = ""
+    metric: str = ""
+    first_mean: float = math.nan
+    last_mean: float = math.nan
+    change_pct: float = math.nan
+    limit_pct: float = math.nan
+    action: str = ""
+
+
+@dataclass(frozen=True)
 class RecheckResult(Marker, event="recheck", group=GROUP_MEASUREMENT):
     """A recheck's verdict at the end of its run: gain lost, VALR rise and the regression flag."""
 

@@ -161,6 +161,29 @@ def apply_records(steps: np.ndarray) -> np.ndarray:
     return full
 
 
+TREND_METRICS = ("cadence", "valr", "contact", "tibial_peak", "rearfoot_share")
+_TREND_FIELDS = {"valr": "valr_bw_per_s", "contact": "contact_s", "tibial_peak": "tibial_peak_g"}
+
+
+def metric_values(steps: np.ndarray, metric: str) -> np.ndarray:
+    """Per-step values of a trended metric (NaN where not measured), for drift and its live rule.
+
+    ``cadence`` 60 / step_s (steps/min); ``valr``, ``contact``, ``tibial_peak`` the step fields,
+    NaN for cross-over steps (their force metrics are not valid); ``rearfoot_share`` 100 for a
+    rearfoot strike, 0 for another pattern (percent when averaged).
+    """
+    if metric == "cadence":
+        step_s = steps["step_s"]
+        ok = np.isfinite(step_s) & (step_s > 0)
+        return np.where(ok, 60.0 / np.where(ok, step_s, 1.0), np.nan)
+    if metric == "rearfoot_share":
+        code = steps["strike_pattern"]
+        return np.where(np.isfinite(code), 100.0 * (code == PATTERN_REARFOOT), np.nan)
+    if metric not in _TREND_FIELDS:
+        raise ValueError(f"metric {metric!r}: expected one of {', '.join(TREND_METRICS)}")
+    return np.where(~(steps["crossover"] >= 1), steps[_TREND_FIELDS[metric]], np.nan)
+
+
 def steps_to_rows(steps: np.ndarray) -> np.ndarray:
     """Return step records as a plain (n, n_fields) float64 array, column order ``STEP_FIELDS``."""
     return np.column_stack([steps[name] for name in STEP_FIELD_NAMES]) if len(steps) else np.empty(

@@ -115,8 +115,9 @@ def test_the_machine_publishes_known_events_that_decode_to_themselves():
     published = [a for a in lab.actions if a.channel == "marker"]
     kinds = {a.name for a in published}
     # the run covers the session's vocabulary (emergency_stop has its own test below;
-    # beat_disrupted is the audio role's; programme and recheck a programme's, tests/test_programme.py)
-    assert kinds >= set(KINDS) - {"emergency_stop", "beat_disrupted", "programme", "recheck"}, \
+    # beat_disrupted is the audio role's; programme, recheck and drift a programme's and a drift
+    # rule's, tests/test_programme.py)
+    assert kinds >= set(KINDS) - {"emergency_stop", "beat_disrupted", "programme", "recheck", "drift"}, \
         set(KINDS) - kinds
     for a in published:
         back = mk.decode(a.text, strict=True)

@@ -267,3 +267,60 @@ def test_setup_and_record_carry_the_programme(tmp_path):
     with pytest.raises(ConfigError, match="is for protocol 'staged'"):
         programme.setup(file.model_copy(update={"name": "other"}), participant_id="P01",
                         folder=tmp_path, session=1, recheck=False)
+
+
+# ---- a stage that ends or pauses on drift ----------------------------------------------------------
+
+DRIFTING = """\
+  - {name: base, kind: baseline, duration_s: 10, measure_last_steps: 10}
+  - name: train
+    kind: cadence
+    duration_s: 120
+    target_spm: 160
+    cues: {metronome: {spm: target}}
+    drift: {metric: valr, max_change_percent: 10, window_s: 20, action: ACTION}
+  - {name: keep, kind: retention, duration_s: 10}
+"""
+
+
+@pytest.mark.parametrize("action", ["end", "pause"])
+def test_a_stage_ends_or_pauses_on_drift(action):
+    from test_protocol_machine import NO_CHECKINS, protocol
+
+    m = SessionMachine(protocol(DRIFTING.replace("ACTION", action), NO_CHECKINS))
+    lab = Lab(m, cadence_spm=160.0)
+    lab.run(10.0)  # baseline
+    t_train = lab.t
+    # VALR climbs 0.5 %/s from the start of training: after 10 s settle and two 20 s windows the
+    # last window's mean is 20 s later than the first's: +10 %, the limit, then more
+    lab.valr_of = lambda spm: 80.0 * (1 + 0.005 * max(0.0, lab.t - t_train))
+    lab.run(60.0)
+    d = events(lab.actions, "drift")
+    assert len(d) == 1 and d[0]["metric"] == "valr" and d[0]["action"] == action
+    drift_action = next(a for a in lab.actions if a.name == "drift")
+    back = mk.decode(drift_action.text, strict=True)
+    assert type(back) is mk.Drift and back.encode() == drift_action.text and not back.problems
+    assert d[0]["change_pct"] >= 10.0 and d[0]["limit_pct"] == 10.0
+    fired = next(a.t_s for a in lab.actions if a.name == "drift")
+    assert 50.0 <= fired - t_train <= 56.0  # 10 + 2 x 20 s, then the first crossing of +10 %
+    if action == "end":
+        train = next(r for r in m.records if r.name == "train")
+        assert train.end_reason == "drift" and m.stage.name == "keep"
+    else:
+        assert m.paused and m.stage.name == "train"
+        assert events(lab.actions, "operator_decision_required")[-1]["reason"] == "drift"
+        lab.actions += m.resume(lab.t)
+        lab.run(5.0)
+        assert not m.paused and len(events(lab.actions, "drift")) == 1  # once per stage
+
+
+def test_steady_loading_never_fires_the_drift_rule():
+    from test_protocol_machine import NO_CHECKINS, protocol
+
+    m = SessionMachine(protocol(DRIFTING.replace("ACTION", "end"), NO_CHECKINS))
+    lab = Lab(m, cadence_spm=160.0)
+    lab.run(150.0)
+    assert events(lab.actions, "drift") == [] and m.finished, m.records
+    assert [r.end_reason for r in m.records] == ["time", "time", "time"]
+    with pytest.raises(ProtocolError, match="two windows"):
+        protocol(DRIFTING.replace("ACTION", "end").replace("window_s: 20", "window_s: 60"), NO_CHECKINS)

@@ -32,9 +32,9 @@ PROTOCOL = """\
 schema: labsuite-protocol/1
 name: e2e-programme
 speed_m_s: 3.0
-# generous watchdogs (as in test_protocol_run.py): this test is about the programme, and a 2-core
-# machine at load 20-30 starves the simulated drivers and the processor for seconds now and then
-safety: {accel_m_s2: 1.5, force_timeout_s: 3.0, no_contact_timeout_s: 6.0}
+# a generous force watchdog (as in test_protocol_run.py): this test is about the programme, and a
+# loaded 2-core machine starves the simulated drivers for more than the default 0.4 s now and then
+safety: {accel_m_s2: 1.5, force_timeout_s: 3.0}
 checkins: {at_start: false, at_stage_boundaries: false}
 simulation:
   mode: run
@@ -52,6 +52,8 @@ programme:
   rechecks: {after_days: [28], duration_s: 12, band_percent: 3, max_gain_lost_percent: 50,
              max_valr_rise_percent: 10}
 stages:
+  # the weigh-in also gives the virtual participant time to find the belt's stream before it moves
+  - {name: stand, kind: quiet_standing, duration_s: 3}
   - {name: base, kind: baseline, duration_s: 10, measure_last_steps: 15}
   - name: train
     kind: cadence
@@ -160,14 +162,14 @@ def test_recheck_after_a_loss_of_retention_is_flagged(programme):
     f3, f4 = programme["files"][2], programme["files"][3]
     keep3 = next(s for s in open_session(f3).stages if s.name == "keep")
     with open_session(f4) as f:
-        assert [s.name for s in f.stages] == ["recheck"]
-        assert f.stages[0].target_cadence_spm == pytest.approx(keep3.target_cadence_spm)
+        assert [s.name for s in f.stages] == ["stand", "recheck"]
+        assert f.stages[1].target_cadence_spm == pytest.approx(keep3.target_cadence_spm)
     d = event(f4, "programme")
     assert d["kind"] == "recheck" and d["recheck"] == 1
     rc = event(f4, "recheck")
     assert rc["regression"] is True and rc["gain_lost_pct"] > 50, rc["reason"]
     # independently: the runner is back near the programme baseline, far from the retrained target
-    st = open_session(f4).stages[0]
+    st = open_session(f4).stages[1]
     truth = planned_cadence(f4, 0.5 * (st.start_s + st.end_s), st.end_s)
     base = d["baseline_cadence_spm"]
     lost = 100 * (1 - (truth - base) / (rc["retrained_target_spm"] - base))

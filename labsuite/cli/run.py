@@ -189,7 +189,13 @@ class Console:
             self.say("!! every lost device is back: check the participant, then press r to resume "
                      "or q to end the session")
         elif isinstance(m, mk.DecisionRequired):
-            self.say(f"!! PAUSED for pain {m.pain}: press r to resume or q to end the session")
+            why = f"pain {m.pain}" if m.reason == "pain" else m.reason
+            self.say(f"!! PAUSED for {why}: press r to resume"
+                     + (", s to skip the stage" if "skip" in m.options else "")
+                     + " or q to end the session")
+        elif isinstance(m, mk.Drift):
+            self.say(f"!! DRIFT in {m.stage}: {m.metric} {m.change_pct:+.1f} % (last vs first "
+                     f"window; limit {m.limit_pct:g} %): {'stage ended' if m.action == 'end' else 'paused'}")
         elif isinstance(m, mk.DeviceBack):
             self.say(f"   {m.device} is back after {m.down_s:.1f} s")
         elif isinstance(m, mk.RecordingGap):

@@ -21,6 +21,7 @@ from labsuite.errors import ConfigError
 from labsuite.protocol import progression as prog
 from labsuite.protocol.belt import BeltPlan, BeltWatch, OffSpeed
 from labsuite.protocol.schema import (
+    DRIFT_SETTLE_S,
     PROGRAMME_BASELINE,
     PROGRESSION,
     RECHECK_STAGE,
@@ -31,7 +32,7 @@ from labsuite.protocol.schema import (
     RetentionStage,
 )
 from labsuite.stages import StageRecord
-from labsuite.steps import PATTERN_NAMES, STEP_DTYPE
+from labsuite.steps import PATTERN_NAMES, STEP_DTYPE, metric_values
 from labsuite.streams import messages as msg
 
 DEFAULT_BAND_PERCENT = 3.0
@@ -102,6 +103,7 @@ class _Stats:
     left_out: list[tuple[float, float, bool]] = field(default_factory=list)
     steps_off_speed: int = 0
     belt_faults: int = 0
+    drift_fired: bool = False
 
     def keep(self, steps: np.ndarray) -> tuple[np.ndarray, int]:
         """The steps struck outside every left-out interval, and how many off speed were dropped."""
@@ -364,6 +366,9 @@ class SessionMachine:
         # beats due so far belong to the stage as it was; a new stage starts with its own cues
         out += self._beats(now_s)
         out += self._announce_metronome(now_s)
+        out += self._drift_rule(now_s)
+        if self.state != STATE_RUNNING:
+            return out
         out += self._maybe_advance(now_s)
         if self.state == STATE_RUNNING:
             out += self._update_cues(now_s)
@@ -598,6 +603,37 @@ class SessionMachine:
         else:
             half = target * (stage.band_percent or DEFAULT_BAND_PERCENT) / 100
         return target, (target - half, target + half)
+
+    def _drift_rule(self, now_s: float) -> list[Action]:
+        """The stage's drift rule: the metric's last window vs its first; end or pause once."""
+        stage = self.stage
+        rule = getattr(stage, "drift", None)
+        if rule is None or self._stats.drift_fired:
+            return []
+        t_first = self._stage_start_s + DRIFT_SETTLE_S
+        if now_s - t_first < 2 * rule.window_s:
+            return []
+        steps = self._stats.steps
+        values = metric_values(steps, rule.metric)
+        strike = steps["strike_s"]
+        first = values[(strike >= t_first) & (strike < t_first + rule.window_s)]
+        last = values[strike >= now_s - rule.window_s]
+        a, b = _finite_mean(first), _finite_mean(last)
+        if not (math.isfinite(a) and math.isfinite(b)) or a == 0:
+            return []
+        change = 100.0 * (b / a - 1.0)
+        if abs(change) < rule.max_change_percent:
+            return []
+        self._stats.drift_fired = True
+        out = [self._marker(now_s, mk.Drift(stage=stage.name, metric=rule.metric, first_mean=a,
+                                            last_mean=b, change_pct=change,
+                                            limit_pct=rule.max_change_percent, action=rule.action))]
+        if rule.action == "pause":
+            out += self.pause(now_s, reason="drift")
+            out.append(self._marker(now_s, mk.DecisionRequired(reason="drift", pain=None,
+                                                               options=("resume", "skip", "abort"))))
+            return out
+        return out + self._end_stage(now_s, "drift")
 
     def _maybe_advance(self, now_s: float) -> list[Action]:
         stage = self.stage

@@ -113,6 +113,22 @@ Speed = Annotated[float, Field(gt=0, le=MAX_SPEED_M_S)]
 StepCount = Annotated[int, Field(ge=1, le=100_000)]
 
 
+class DriftRule(_Strict):
+    """End or pause a stage when a metric drifts: the mean of its last ``window_s`` against its first.
+
+    The first window starts 10 s into the stage (the belt ramp and the approach to the target);
+    the rule looks once both windows are full, and fires once per stage.
+    """
+
+    metric: Literal["cadence", "valr", "contact", "tibial_peak"]
+    max_change_percent: Annotated[float, Field(gt=0, le=100)]
+    window_s: Annotated[float, Field(ge=10, le=600)] = 60.0
+    action: Literal["end", "pause"] = "end"
+
+
+DRIFT_SETTLE_S = 10.0
+
+
 class _Stage(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     duration_s: PositiveS
@@ -200,10 +216,12 @@ class CadenceStage(_Target, _Stage):
     cues: Cues = Cues()
     until_steps: StepCount | None = None
     until_in_band_steps: StepCount | None = None
+    drift: DriftRule | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> CadenceStage:
         self._check_target()
+        _check_drift(self)
         if self.until_steps is not None and self.until_in_band_steps is not None:
             raise ValueError("give until_steps or until_in_band_steps, not both")
         if not self.has_target:
@@ -233,11 +251,21 @@ class RetentionStage(_Target, _Stage):
     kind: Literal["retention"]
     speed_m_s: Speed | None = None
     until_steps: StepCount | None = None
+    drift: DriftRule | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RetentionStage:
         self._check_target()
+        _check_drift(self)
         return self
+
+
+def _check_drift(stage: CadenceStage | RetentionStage) -> None:
+    rule = stage.drift
+    if rule is not None and DRIFT_SETTLE_S + 2 * rule.window_s > stage.duration_s:
+        raise ValueError(f"drift.window_s {rule.window_s:g}: two windows after the first "
+                         f"{DRIFT_SETTLE_S:g} s do not fit in duration_s {stage.duration_s:g}; "
+                         "expected a shorter window or a longer stage")
 
 
 Stage = Annotated[

@@ -17,7 +17,7 @@ from scipy import stats
 
 from labsuite.report.tables import STAGE_COLUMNS, Column, steps_in_stage
 from labsuite.stages import StageRecord
-from labsuite.steps import PATTERN_REARFOOT
+from labsuite.steps import metric_values
 
 MOVING_KINDS = ("baseline", "cadence", "retention")
 SETTLE_S = 10.0  # left out at a stage's start: the belt ramp and the approach to a new target
@@ -100,19 +100,6 @@ def ols_slope(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) -> S
     return Slope(b, b - half, b + half, n)
 
 
-def _values(steps: np.ndarray, metric: str) -> np.ndarray:
-    valid = ~(steps["crossover"] >= 1)
-    if metric == "cadence":
-        step_s = steps["step_s"]
-        return np.where(np.isfinite(step_s) & (step_s > 0), 60.0 / np.where(step_s > 0, step_s, 1.0),
-                        np.nan)
-    if metric == "rearfoot_share":
-        code = steps["strike_pattern"]
-        return np.where(np.isfinite(code), 100.0 * (code == PATTERN_REARFOOT), np.nan)
-    field = {"valr": "valr_bw_per_s", "contact": "contact_s", "tibial_peak": "tibial_peak_g"}[metric]
-    return np.where(valid, steps[field], np.nan)
-
-
 def drift_rows(stages: Sequence[StageRecord], steps: np.ndarray) -> list[dict[str, Any]]:
     """One row per moving stage and metric (keys :data:`DRIFT_COLUMN_NAMES`); NaN where not measurable."""
     rows: list[dict[str, Any]] = []
@@ -128,7 +115,7 @@ def drift_rows(stages: Sequence[StageRecord], steps: np.ndarray) -> list[dict[st
 
 
 def _row(st: StageRecord, steps: np.ndarray, metric: DriftMetric) -> dict[str, Any]:
-    y = _values(steps, metric.name)
+    y = metric_values(steps, metric.name)
     t = steps["strike_s"]
     keep = np.isfinite(y) & np.isfinite(t)
     t, y = t[keep], y[keep]
