@@ -324,3 +324,30 @@ def test_steady_loading_never_fires_the_drift_rule():
     assert [r.end_reason for r in m.records] == ["time", "time", "time"]
     with pytest.raises(ProtocolError, match="two windows"):
         protocol(DRIFTING.replace("ACTION", "end").replace("window_s: 20", "window_s: 60"), NO_CHECKINS)
+
+
+def test_run_options_for_programmes_are_checked(tmp_path):
+    from labsuite.lab.run import RunOptions, prepare_session
+
+    proto = tmp_path / "p.yaml"
+    proto.write_text(PROG)
+    with pytest.raises(ConfigError, match=r"--session N .* or --recheck, not both"):
+        RunOptions(protocol_path=proto, participant_id="P01", simulate=True, programme_session=2,
+                   recheck=True)
+    with pytest.raises(ConfigError, match="--sim-days-later is for the simulated participant"):
+        RunOptions(protocol_path=proto, participant_id="P01", lab_file=tmp_path / "lab.yaml",
+                   sim_days_later=3.0)
+    with pytest.raises(ConfigError, match="--sim-days-later: expected 0-3650"):
+        RunOptions(protocol_path=proto, participant_id="P01", simulate=True, sim_days_later=-1.0)
+    # nothing is started or written: the decision comes from the (missing) state file
+    _, setup = prepare_session(RunOptions(protocol_path=proto, participant_id="P01",
+                                                 simulate=True, out_dir=tmp_path / "out",
+                                                 programme_session=1))
+    assert setup is not None and setup.context.decision.action == "first"
+    assert not (tmp_path / "out").exists()
+    # a damaged state file stops the run before anything starts, naming the file
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "P01.programme.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"P01\.programme\.json: programme state file is not valid JSON"):
+        prepare_session(RunOptions(protocol_path=proto, participant_id="P01", simulate=True,
+                                   out_dir=tmp_path / "out", programme_session=2))
