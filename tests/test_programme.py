@@ -24,6 +24,7 @@ PROG = """\
 schema: labsuite-protocol/1
 name: staged
 speed_m_s: 3.0
+auto_start: true  # scripted: the operator's Start has tests of its own
 checkins: {at_start: false, at_stage_boundaries: false}
 programme:
   name: p

@@ -32,6 +32,7 @@ PROTOCOL = """\
 schema: labsuite-protocol/1
 name: e2e-programme
 speed_m_s: 3.0
+auto_start: true  # an unattended study: the belt starts without the operator's Start
 # a generous force watchdog (as in test_protocol_run.py): this test is about the programme, and a
 # loaded 2-core machine starves the simulated drivers for more than the default 0.4 s now and then
 safety: {accel_m_s2: 1.5, force_timeout_s: 3.0}
