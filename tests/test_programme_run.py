@@ -115,7 +115,7 @@ def programme(tmp_path_factory):
         options = RunOptions(protocol_path=proto, participant_id="P21", simulate=True, out_dir=out,
                              programme_session=session, recheck=session is None,
                              lab_id=f"prog-{uuid.uuid4().hex[:10]}", connect_timeout_s=60.0,
-                             sim_overrides=overrides, sim_days_later=days)
+                             sim_overrides=overrides, sim_days_later=days, sound=False)
         result = run_protocol(options)
         assert result.end_reason == "completed", "\n".join(f"{t:.2f} {x}" for t, x in result.log)
         runs.append(result)

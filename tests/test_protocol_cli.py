@@ -142,7 +142,7 @@ def test_plan_records_the_programme_session_and_all_streams(tmp_path):
     assert the_plan.session.force_source_ids == ("labsuite-sim-plan-fp-left", "labsuite-sim-plan-fp-right")
     assert the_plan.session.programme_session == 6
     restart = {r.name: r.restart for r in the_plan.roles}
-    assert restart["recorder"] is False and restart["sim-fp-left"] is True
+    assert restart["recorder"] is True and restart["sim-fp-left"] is True  # the recorder: a new part
     assert list(tmp_path.iterdir()) == []  # planning starts nothing
 
 

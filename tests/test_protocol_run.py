@@ -260,7 +260,7 @@ def test_emergency_stop_key_in_a_real_terminal(tmp_path, uid):
     assert started and sent, text[-2000:]
     assert "EMERGENCY STOP sent" in text
     assert "session ended: emergency_stop" in text
-    assert proc.returncode == 3
+    assert proc.returncode == 4  # stopped for safety (docs/protocols.md, exit codes)
     files = list((tmp_path / "out").glob("*.h5"))
     assert len(files) == 1
     with open_session(files[0]) as f:

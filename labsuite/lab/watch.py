@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 RECORDER = "recorder"
 RECORDER_RESUME_S = 2.0
-# roles whose end is no device loss: the GUI closes when the operator closes it
-NOT_DEVICES = ("gui",)
+# roles whose end is no device loss: the GUI closes when the operator closes it; the metronome is
+# restarted by its supervisor and picks the beat up from the session's repeated tempo (the belt is
+# safe without a click; the gap shows in the beat stream and the role events)
+NOT_DEVICES = ("gui", "metronome")
 
 
 @dataclass
