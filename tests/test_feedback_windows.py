@@ -180,6 +180,9 @@ def test_windows_show_the_simulated_lab_and_closing_aborts_the_session(rig, uid,
     force.save(str(tmp_path / "operator_force.png"))
     gui.operator.cop_plot.grab().save(str(tmp_path / "operator_cop.png"))
     gui.operator.cadence_plot.grab().save(str(tmp_path / "operator_cadence.png"))
+    # the belt now starts at the baseline (operator start), so a 6 s baseline brings ~15 steps:
+    # wait for the processor's 20th step inside the cued stage (it lasts 90 s)
+    rig.until(lambda: gui.last_snapshot is not None and gui.last_snapshot.steps_total >= 20, 30)
     snap = gui.last_snapshot
     v = snap.session
     # the stage view follows the session's markers
