@@ -457,6 +457,9 @@ def _summary_key(stdout: str) -> Any:
     except json.JSONDecodeError:
         return None
     s.pop("path", None)
+    for part in s.get("parts") or []:  # each part names its file: the file name is no data
+        if isinstance(part, dict):
+            part.pop("path", None)
     return s
 
 
